@@ -1,0 +1,333 @@
+"""Failure processes: stochastic (superposed, vectorised), scheduled, and replayed from a trace.
+
+Nothing is simulated per chip. ``N`` independent chips failing at rate ``1/MTBF`` are one Poisson
+stream of rate ``N/MTBF``; a fault's stream is the superposition over every island it targets, and
+the victim (island, then chip) is drawn only when a failure happens. Gaps and victims are drawn from
+the fault's own named random stream in numpy blocks, so a fault costs one SimPy event per failure.
+
+Weibull chip lifetimes are not memoryless, so superposition does not give a Poisson stream. Then
+(and only then) per-chip next-failure times are kept in one numpy array; the process takes the
+earliest few thousand with ``argpartition`` into a small heap and only goes back to the array when
+that batch is used up (a renewed chip whose next failure falls inside the batch joins the heap).
+
+A fault's effect is delivered to the learner groups by an :class:`Effects` object (built by the
+runner), which knows which group owns an island and what links and the synchronizer are.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import math
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import simpy
+
+from .distributions import BlockSampler, Exponential
+from .recorder import Recorder
+from .rng import Streams
+from .scenario import (
+    BlastRadius,
+    ChipFailure,
+    Fault,
+    FaultBase,
+    IslandOutage,
+    LinkDegradation,
+    LinkPartition,
+    RegionOutage,
+    SelectMode,
+    Slowdown,
+    SyncerOutage,
+    Target,
+    TraceReplay,
+)
+from .topology import Island, Topology
+
+
+class Effects(Protocol):
+    """What faults can do; the runner implements it over the learner groups, network and syncer."""
+
+    def chip_failure(self, island: Island, chip: int, radius: BlastRadius, repair_s: float, fault: str) -> None: ...
+    def outage(self, islands: list[Island], started: bool, kind: str, fault: str) -> None: ...
+    def slowdown(self, islands: list[Island], factor: float, started: bool, fault: str) -> None: ...
+    def link(self, links: list[str], bandwidth_bps: float | None, latency_s: float | None, started: bool, fault: str) -> None: ...
+    def syncer(self, started: bool, fault: str) -> None: ...
+
+
+class FaultCounter:
+    """Failures by fault kind and name (every arrival, whether or not it hit a running group)."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, int] = {}
+        self.by_fault: dict[str, int] = {}
+
+    def add(self, kind: str, name: str, n: int = 1) -> None:
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + n
+        self.by_fault[name] = self.by_fault.get(name, 0) + n
+
+
+def select(target: Target, pool: list, rng: np.random.Generator) -> list:
+    """Apply a selector's mode to the matching ``pool`` (all, one, fixed count, fixed percent)."""
+    if not pool or target.mode is SelectMode.ALL:
+        return list(pool)
+    if target.mode is SelectMode.ONE:
+        n = 1
+    elif target.mode is SelectMode.FIXED:
+        n = int(target.value)
+    else:
+        n = int(math.floor(len(pool) * target.value / 100.0))
+    n = max(0, min(n, len(pool)))
+    picks = np.sort(rng.choice(len(pool), size=n, replace=False))
+    return [pool[k] for k in picks]
+
+
+def matching_islands(target: Target, topology: Topology, where: str) -> list[Island]:
+    islands = topology.islands
+    if target.regions is not None:
+        unknown = set(target.regions) - set(topology.regions)
+        if unknown:
+            raise ValueError(f"{where}: unknown region(s) {sorted(unknown)} (known: {topology.regions})")
+        islands = [i for i in islands if i.region in target.regions]
+    if target.islands is not None:
+        names = {i.name for i in topology.islands}
+        # an island spec with count > 1 can be targeted by its base name
+        wanted = set(target.islands)
+        unknown = {w for w in wanted if w not in names and not any(n.startswith(w + "-") for n in names)}
+        if unknown:
+            raise ValueError(f"{where}: unknown island(s) {sorted(unknown)} (known: {sorted(names)})")
+        islands = [i for i in islands if i.name in wanted or i.name.rsplit("-", 1)[0] in wanted]
+    return islands
+
+
+def matching_links(target: Target, topology: Topology, where: str) -> list[str]:
+    if target.links is None:
+        return sorted(topology.links)
+    out = []
+    for link in target.links:
+        ends = link.split("~")
+        name = "~".join(sorted(ends))
+        if len(ends) != 2 or name not in topology.links:
+            raise ValueError(f"{where}: unknown link {link!r} (known: {sorted(topology.links)})")
+        out.append(name)
+    return out
+
+
+def schedule_times(fault: FaultBase, horizon_s: float, rng: np.random.Generator) -> list[float]:
+    """Injection times of a scheduled fault within the horizon (jitter is uniform in [0, jitter])."""
+    sched = fault.arrivals()
+    if sched is None:
+        return []
+    times = list(sched.at)
+    if sched.every is not None:
+        t = sched.start if sched.start > 0 else sched.every  # '@every 1d' first fires after one period
+        while t < min(horizon_s, sched.until):
+            times.append(t)
+            t += sched.every
+    if sched.jitter > 0:
+        times = [t + float(rng.uniform(0, sched.jitter)) for t in times]
+    return sorted(t for t in times if t < horizon_s)
+
+
+class FaultProcesses:
+    """Builds one SimPy process per fault (never per chip, island or event source)."""
+
+    def __init__(
+        self, env: simpy.Environment, topology: Topology, effects: Effects, streams: Streams,
+        recorder: Recorder, horizon_s: float, scenario_dir: Path | None = None,
+    ):
+        self.env, self.topology, self.effects, self.streams = env, topology, effects, streams
+        self.recorder, self.horizon_s, self.scenario_dir = recorder, horizon_s, scenario_dir
+        self.counter = FaultCounter()
+
+    def start(self, faults: list[Fault]) -> None:
+        for index, fault in enumerate(faults):
+            where = f"faults[{index}] ({fault.name})"
+            rng = self.streams.get(f"fault/{fault.name}")
+            if isinstance(fault, ChipFailure):
+                islands = select(fault.target, matching_islands(fault.target, self.topology, where), rng)
+                if not islands:
+                    continue
+                if fault.lifetime == "weibull" and fault.shape != 1.0:
+                    self.env.process(self._weibull_chips(fault, islands, rng))
+                else:
+                    self.env.process(self._poisson_chips(fault, islands, rng))
+            elif isinstance(fault, TraceReplay):
+                self.env.process(self._trace(fault, self._read_trace(fault, where)))
+            else:
+                self._check_targets(fault, where)
+                if fault.arrivals() is not None:
+                    self.env.process(self._scheduled(fault, schedule_times(fault, self.horizon_s, rng), rng))
+                if fault.mtbf is not None:
+                    self.env.process(self._stochastic(fault, rng))
+
+    # ------------------------------------------------------------------------------- chip failures
+
+    def _poisson_chips(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator):
+        chips = np.array([i.chips for i in islands], dtype=np.float64)
+        cumulative = np.cumsum(chips) / chips.sum()
+        rate_per_s = chips.sum() / fault.mtbf
+        gaps = BlockSampler(Exponential(1.0 / rate_per_s), rng, 4096)
+        repairs = BlockSampler(fault.repair.build(), rng, 4096)
+        uniforms = BlockSampler(_Uniform(), rng, 4096)
+        while True:
+            yield self.env.timeout(gaps.next())
+            u = uniforms.next()
+            k = min(int(np.searchsorted(cumulative, u, side="right")), len(islands) - 1)
+            island = islands[k]
+            # re-use the position of u inside island k's slice of [0, 1) as the chip index
+            low = cumulative[k - 1] if k else 0.0
+            chip = min(int((u - low) / (cumulative[k] - low) * island.chips), island.chips - 1)
+            self._chip(fault, island, chip, repairs.next())
+
+    def _weibull_chips(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator, batch: int = 4096):
+        sizes = np.array([i.chips for i in islands])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        scale = fault.mtbf / math.gamma(1 + 1 / fault.shape)
+        next_fail = scale * rng.weibull(fault.shape, int(offsets[-1]))  # all chips new at t = 0
+        repairs = BlockSampler(fault.repair.build(), rng, 4096)
+        while True:
+            k = min(batch, len(next_fail))
+            idx = np.argpartition(next_fail, k - 1)[:k] if k < len(next_fail) else np.arange(len(next_fail))
+            threshold = float(next_fail[idx].max())
+            heap = [(float(next_fail[j]), int(j)) for j in idx]
+            heapq.heapify(heap)
+            while heap:
+                t, j = heapq.heappop(heap)
+                if t != next_fail[j]:
+                    continue  # stale entry
+                yield self.env.timeout(t - self.env.now)
+                # the failed chip is replaced by a new one: renewal at the failure time
+                renewed = t + scale * float(rng.weibull(fault.shape))
+                next_fail[j] = renewed
+                if renewed <= threshold:
+                    heapq.heappush(heap, (renewed, j))
+                island_k = int(np.searchsorted(offsets, j, side="right")) - 1
+                self._chip(fault, islands[island_k], int(j - offsets[island_k]), repairs.next())
+
+    def _chip(self, fault: ChipFailure, island: Island, chip: int, repair_s: float) -> None:
+        self.counter.add(fault.kind, fault.name)
+        self.effects.chip_failure(island, chip, fault.blast_radius, repair_s, fault.name)
+
+    # ------------------------------------------------------------------------------- other faults
+
+    def _check_targets(self, fault: FaultBase, where: str) -> None:
+        if isinstance(fault, (IslandOutage, RegionOutage, Slowdown)):
+            matching_islands(fault.target, self.topology, where)
+        elif isinstance(fault, (LinkDegradation, LinkPartition)):
+            matching_links(fault.target, self.topology, where)
+
+    def _scheduled(self, fault: FaultBase, times: list[float], rng: np.random.Generator):
+        durations = BlockSampler(fault.duration.build(), rng, 256)
+        for t in times:
+            yield self.env.timeout(t - self.env.now)
+            self._inject(fault, durations.next(), rng)
+
+    def _stochastic(self, fault: FaultBase, rng: np.random.Generator):
+        """Poisson arrivals at rate (number of matching targets) / mtbf, each on one target."""
+        durations = BlockSampler(fault.duration.build(), rng, 256)
+        n_targets = max(len(self._targets(fault)), 1)
+        gaps = BlockSampler(Exponential(fault.mtbf / n_targets), rng, 256)
+        one = fault.target.model_copy(update={"mode": SelectMode.ONE})
+        while True:
+            yield self.env.timeout(gaps.next())
+            self._inject(fault.model_copy(update={"target": one}), durations.next(), rng)
+
+    def _targets(self, fault: FaultBase) -> list:
+        where = f"fault {fault.name}"
+        if isinstance(fault, RegionOutage):
+            regions = fault.target.regions if fault.target.regions is not None else self.topology.regions
+            return list(regions)
+        if isinstance(fault, (IslandOutage, Slowdown)):
+            return matching_islands(fault.target, self.topology, where)
+        if isinstance(fault, (LinkDegradation, LinkPartition)):
+            return matching_links(fault.target, self.topology, where)
+        return ["syncer"]
+
+    def _inject(self, fault: FaultBase, duration_s: float, rng: np.random.Generator) -> None:
+        picked = select(fault.target, self._targets(fault), rng)
+        if not picked:
+            return
+        self.counter.add(fault.kind, fault.name, len(picked))
+        label = ",".join(str(p) if not isinstance(p, Island) else p.name for p in picked)
+        self.recorder.event(self.env.now, f"{fault.kind}_start", fault.name, label, f"for {duration_s:.6g}s")
+        self._apply(fault, picked, True)
+        end = self.env.timeout(duration_s)
+        end.callbacks.append(lambda _e: self._end(fault, picked, label))
+
+    def _end(self, fault: FaultBase, picked: list, label: str) -> None:
+        self.recorder.event(self.env.now, f"{fault.kind}_end", fault.name, label, "")
+        self._apply(fault, picked, False)
+
+    def _apply(self, fault: FaultBase, picked: list, started: bool) -> None:
+        if isinstance(fault, RegionOutage):
+            self.effects.outage(self.topology.islands_in(picked), started, fault.kind, fault.name)
+            if self.topology.syncer_region in picked:
+                self.effects.syncer(started, fault.name)
+        elif isinstance(fault, IslandOutage):
+            self.effects.outage(picked, started, fault.kind, fault.name)
+        elif isinstance(fault, Slowdown):
+            self.effects.slowdown(picked, fault.factor, started, fault.name)
+        elif isinstance(fault, LinkDegradation):
+            self.effects.link(picked, fault.bandwidth, fault.latency, started, fault.name)
+        elif isinstance(fault, LinkPartition):
+            self.effects.link(picked, 0.0, None, started, fault.name)
+        elif isinstance(fault, SyncerOutage):
+            self.effects.syncer(started, fault.name)
+
+    # ------------------------------------------------------------------------------- trace replay
+
+    def _read_trace(self, fault: TraceReplay, where: str) -> list[tuple[float, Island, float, str]]:
+        """Rows of ``time,target[,duration][,kind]``: times/durations are unit strings or seconds."""
+        from .units import parse_duration
+
+        path = Path(fault.file)
+        if not path.is_absolute() and self.scenario_dir is not None:
+            path = self.scenario_dir / path
+        if not path.exists():
+            raise ValueError(f"{where}.file: trace file {str(path)!r} does not exist")
+        by_name = {i.name: i for i in self.topology.islands}
+        rows = []
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"time", "target"} <= set(reader.fieldnames):
+                raise ValueError(f"{path}: expected a CSV header with columns time,target[,duration][,kind]")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    time_s = parse_duration(row["time"])
+                    duration_s = parse_duration(row.get("duration") or "1h")
+                except ValueError as err:
+                    raise ValueError(f"{path}:{line}: {err}") from None
+                if row["target"] not in by_name:
+                    raise ValueError(f"{path}:{line}: unknown island {row['target']!r} (known: {sorted(by_name)})")
+                kind = row.get("kind") or "chip_failure"
+                if kind not in ("chip_failure", "island_outage"):
+                    raise ValueError(f"{path}:{line}: kind must be chip_failure or island_outage, got {kind!r}")
+                if time_s < 0 or duration_s < 0:
+                    raise ValueError(f"{path}:{line}: time and duration must be >= 0")
+                rows.append((time_s, by_name[row["target"]], duration_s, kind))
+        return sorted(rows, key=lambda r: r[0])
+
+    def _trace(self, fault: TraceReplay, rows: list[tuple[float, Island, float, str]]):
+        for time_s, island, duration_s, kind in rows:
+            if time_s >= self.horizon_s:
+                return
+            yield self.env.timeout(time_s - self.env.now)
+            self.counter.add(kind, fault.name)
+            if kind == "island_outage":
+                self.recorder.event(self.env.now, "island_outage_start", fault.name, island.name, f"for {duration_s:.6g}s")
+                self.effects.outage([island], True, kind, fault.name)
+                self.env.timeout(duration_s).callbacks.append(
+                    lambda _e, isl=island: self.effects.outage([isl], False, kind, fault.name)
+                )
+            else:
+                self.effects.chip_failure(island, 0, fault.blast_radius, duration_s, fault.name)
+
+
+class _Uniform:
+    mean = 0.5
+
+    @staticmethod
+    def sample(rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.random(n)

@@ -1,0 +1,343 @@
+"""A learner group: islands that train in lockstep, reacting to failures as interrupts.
+
+Under lockstep policies (``sync_dp``, ``elastic_dp``) all islands form one group: the job. In the
+DiLoCo family each island is a group of its own: a learner. A group is one SimPy process that moves
+through phases (see :class:`sim.metrics.Phase`) and spends one event per phase change, never one per
+step: a stretch of running is a single timeout that ends at the next checkpoint or chaos event, and
+progress is integrated at the step rate in between.
+
+What a failure does is chosen per scenario (``training.on_failure``):
+
+``restart``  The group stops and loses the work since its last checkpoint; it pays D (detect +
+             reschedule, holding no chips: nothing can fail) and then R (reload on the new
+             allocation: failures can strike and start recovery over). Failed hardware is replaced by
+             the rescheduling, so only island/region outages keep capacity away.
+``spares``   As ``restart``, but while the group's hot-spare pool covers the failed unit the swap
+             (``spares.swap``) replaces D; the failed unit is repaired and returns to the pool.
+``elastic``  The failed unit (the larger of the blast radius and ``elastic.unit``) is dropped after a
+             downscale pause; the group continues smaller, losing only the step in flight, and re-adds
+             the unit after its repair and an upscale pause. A failure during a pause joins it or
+             starts it over (``elastic.during_pause``).
+
+Per island the group keeps only counters and the set of failed units (indices, never objects), so
+state grows with concurrent failures, not with chips.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import simpy
+
+from .metrics import Ledger, Phase
+from .recorder import Recorder
+from .scenario import BlastRadius, OnFailure, PauseConflict, Training
+from .topology import Island
+
+_RADIUS_ORDER = [BlastRadius.CHIP, BlastRadius.HOST, BlastRadius.CUBE, BlastRadius.ISLAND]
+_TIMED = (Phase.CHECKPOINT, Phase.DETECT, Phase.SWAP, Phase.RELOAD, Phase.DOWNSCALE, Phase.UPSCALE)
+# Phases in which the group holds chips, so that a failure interrupts it.
+_HOLDING = (Phase.RUNNING, Phase.CHECKPOINT, Phase.RELOAD, Phase.DOWNSCALE, Phase.UPSCALE)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Interrupt cause: capacity was lost."""
+
+    island: str
+    kind: str
+    fault: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Interrupt cause: something changed (repair, outage end, slowdown, link); re-plan."""
+
+    reason: str
+
+
+StepModel = Callable[["Group"], tuple[float, float]]  # -> (compute_s, exposed_comm_s) per step
+
+
+class Group:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        name: str,
+        islands: list[Island],
+        training: Training,
+        mode: OnFailure,
+        step_model: StepModel,
+        recorder: Recorder,
+        checkpoint_interval_s: float | None,
+        base_compute_s: float,
+    ):
+        self.env, self.name, self.islands, self.training, self.mode = env, name, islands, training, mode
+        self.step_model, self.recorder = step_model, recorder
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.base_compute_s = base_compute_s  # step compute time with every chip in the job, no slowdown
+        self.elastic_unit = training.elastic.unit
+        self.full_flops = sum(i.peak_flops for i in islands)
+        # per island: chips in the job, failed unit indices (in elastic.unit granularity), spares free
+        self.in_job = {i.index: i.chips for i in islands}
+        self.down_units: dict[int, set[int]] = {i.index: set() for i in islands}
+        spare_unit = {i.index: i.unit_chips(self.elastic_unit) for i in islands}
+        self.spare_free = {i.index: i.spare_units * spare_unit[i.index] if mode is OnFailure.SPARES else 0 for i in islands}
+        spares = sum(self.spare_free.values())
+        self.ledger = Ledger(provisioned_chips=sum(i.chips for i in islands) + spares, start_s=env.now)
+        self.interrupts_s: list[float] = []  # times of failures that interrupted the group
+        self.absorbed = 0
+        self.intent = Phase.RUNNING
+        self.phase = Phase.BLOCKED
+        self.phase_since_s = env.now
+        self.phase_end_s: float | None = None
+        self.work_left_s = checkpoint_interval_s if checkpoint_interval_s else math.inf
+        self._run_started_s = env.now
+        self._step_wall_s = math.inf
+        self._never = env.event()
+        self.listeners: list[Callable[["Group", Phase, Phase], None]] = []
+        self.process = env.process(self._run())
+
+    # ----------------------------------------------------------------------------------- capacity
+
+    def available_chips(self, island: Island) -> int:
+        """Chips of ``island`` that could be in the job now."""
+        if island.outages > 0:
+            return 0
+        if self.mode is OnFailure.ELASTIC:
+            size = island.unit_chips(self.elastic_unit)
+            lost = sum(min(size, island.chips - u * size) for u in self.down_units[island.index])
+            return island.chips - lost
+        return island.chips
+
+    @property
+    def active_chips(self) -> int:
+        return sum(self.in_job.values())
+
+    def _sync_capacity(self, upscale: bool) -> None:
+        """Drop chips that died; with ``upscale`` also take back chips that are available again."""
+        for island in self.islands:
+            available = self.available_chips(island)
+            if upscale or available < self.in_job[island.index]:
+                self.in_job[island.index] = available
+
+    def needs_upscale(self) -> bool:
+        return any(self.available_chips(i) > self.in_job[i.index] for i in self.islands)
+
+    @property
+    def holding(self) -> bool:
+        return self.phase in _HOLDING or (self.phase is Phase.BLOCKED and self.intent is Phase.RUNNING)
+
+    def step_times(self) -> tuple[float, float]:
+        """(compute_s, exposed_comm_s) of one step with the chips in the job now."""
+        return self.step_model(self)
+
+    def compute_time_s(self) -> float:
+        """Compute time of one step: fixed global batch over the chips in the job, slowest island rules."""
+        flops = sum(self.in_job[i.index] * i.chip.peak_flops for i in self.islands)
+        if flops <= 0:
+            return math.inf
+        slowdown = max((i.slowdown for i in self.islands if self.in_job[i.index] > 0), default=1.0)
+        return self.base_compute_s * (self.full_flops / flops) * slowdown
+
+    # ----------------------------------------------------------------------------------- faults in
+
+    def fail_chip(self, island: Island, chip: int, radius: BlastRadius, repair_s: float, kind: str, fault: str) -> bool:
+        """A failure of the unit around ``chip``; returns True if it took capacity from the group."""
+        if island.outages > 0 or (self.mode is not OnFailure.ELASTIC and not self.holding):
+            return self._absorb(island, kind, fault, "group holds no chips there")
+        if self.mode is OnFailure.RESTART:
+            return self._hit(island, kind, fault, "restart")
+        eff = max(radius, self.elastic_unit, key=_RADIUS_ORDER.index)
+        size_eff, size_unit = island.unit_chips(eff), island.unit_chips(self.elastic_unit)
+        first = (chip // size_eff) * size_eff
+        last = min(first + size_eff, island.chips)
+        units = set(range(first // size_unit, -(-last // size_unit))) - self.down_units[island.index]
+        if not units:
+            return self._absorb(island, kind, fault, "unit already down")
+        chips = sum(min(size_unit, island.chips - u * size_unit) for u in units)
+        if self.mode is OnFailure.SPARES:
+            if self.spare_free[island.index] < chips:
+                return self._hit(island, kind, fault, "no spare left: reschedule")
+            self.spare_free[island.index] -= chips
+            self._mark_down(island, units, repair_s, spare=True)
+            return self._hit(island, kind, fault, f"spare swap of {chips} chips")
+        self._mark_down(island, units, repair_s, spare=False)
+        return self._hit(island, kind, fault, f"dropped {chips} chips")
+
+    def outage_changed(self, island: Island, started: bool, kind: str, fault: str) -> None:
+        """An island/region outage began (``island.outages`` already raised) or ended."""
+        if started:
+            if self.in_job[island.index] > 0 or self.intent is Phase.RELOAD:
+                self._hit(island, kind, fault, "outage")
+            else:
+                self._book()
+        else:
+            self.wake(f"{island.name} back")
+
+    def wake(self, reason: str) -> None:
+        """Something changed that may re-time or unblock the group."""
+        if self.process.is_alive:
+            self.process.interrupt(Wake(reason))
+
+    def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: bool) -> None:
+        self.down_units[island.index] |= units
+        size = island.unit_chips(self.elastic_unit)
+        chips = sum(min(size, island.chips - u * size) for u in units)
+
+        def repaired(_event) -> None:
+            self.down_units[island.index] -= units
+            self.recorder.event(self.env.now, "repair", "", island.name, f"{chips} chips")
+            if spare:
+                self.spare_free[island.index] += chips
+                self._book()
+            else:
+                self.wake(f"repair on {island.name}")
+
+        self.env.timeout(repair_s).callbacks.append(repaired)
+
+    def _absorb(self, island: Island, kind: str, fault: str, why: str) -> bool:
+        self.absorbed += 1
+        self.recorder.event(self.env.now, "absorbed", fault, island.name, f"{kind}: {why}")
+        return False
+
+    def _hit(self, island: Island, kind: str, fault: str, detail: str) -> bool:
+        self.interrupts_s.append(self.env.now)
+        self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
+        if self.mode is OnFailure.ELASTIC:
+            self._sync_capacity(upscale=False)
+            self._book()
+        if self.process.is_alive:
+            self.process.interrupt(Failure(island.name, kind, fault))
+        return True
+
+    # ----------------------------------------------------------------------------------- the process
+
+    def _run(self):
+        while True:
+            phase, duration = self._plan()
+            self._enter(phase)
+            try:
+                yield self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
+            except simpy.Interrupt as irq:
+                self._interrupted(irq.cause)
+            else:
+                self._completed()
+
+    def _plan(self) -> tuple[Phase, float]:
+        now = self.env.now
+        if self.intent is Phase.RELOAD and self.phase_end_s is None and any(i.outages for i in self.islands):
+            if self.mode is not OnFailure.ELASTIC:
+                return Phase.BLOCKED, math.inf  # waiting for the capacity to come back
+        if self.intent is Phase.RUNNING and self.mode is OnFailure.ELASTIC and self.needs_upscale():
+            self.intent, self.phase_end_s = Phase.UPSCALE, now + self.training.elastic.upscale
+            self._sync_capacity(upscale=True)
+        if self.intent in _TIMED:
+            if self.phase_end_s is None:
+                self.phase_end_s = now + self._phase_length(self.intent)
+            return self.intent, self.phase_end_s - now
+        if self.mode is not OnFailure.ELASTIC:
+            self._sync_capacity(upscale=True)
+        if self.active_chips == 0:
+            return Phase.DOWN, math.inf
+        compute_s, comm_s = self.step_times()
+        if not math.isfinite(compute_s + comm_s):
+            return Phase.BLOCKED, math.inf
+        self._step_wall_s = compute_s + comm_s
+        return Phase.RUNNING, self.work_left_s
+
+    def _phase_length(self, phase: Phase) -> float:
+        t = self.training
+        return {
+            Phase.CHECKPOINT: t.checkpoint.write_time,
+            Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
+            Phase.SWAP: t.spares.swap,
+            Phase.RELOAD: t.recovery.reload,
+            Phase.DOWNSCALE: t.elastic.downscale,
+            Phase.UPSCALE: t.elastic.upscale,
+        }[phase]
+
+    def _enter(self, phase: Phase) -> None:
+        now = self.env.now
+        if phase is Phase.RUNNING:
+            self._run_started_s = now
+        if phase is not self.phase:
+            self.recorder.interval(
+                self.name, self.phase.value, self.phase_since_s, now, self.active_chips,
+                self.ledger.provisioned_chips - self.active_chips - sum(self.spare_free.values()),
+            )
+            old, self.phase, self.phase_since_s = self.phase, phase, now
+            for listener in self.listeners:
+                listener(self, old, phase)
+        self._book()
+
+    def _book(self) -> None:
+        """Tell the ledger what the chips are doing now."""
+        active, spare = self.active_chips, sum(self.spare_free.values())
+        down = self.ledger.provisioned_chips - active - spare
+        if self.phase is Phase.RUNNING:
+            compute_s, comm_s = self.step_times()
+            wall = compute_s + comm_s
+            self.ledger.set_state(
+                self.env.now, Phase.RUNNING, active=active, down=down, spare=spare,
+                compute_fraction=compute_s / wall, steps_per_s=1.0 / wall,
+            )
+        else:
+            self.ledger.set_state(self.env.now, self.phase, active=active, down=down, spare=spare)
+
+    def _completed(self) -> None:
+        now, phase = self.env.now, self.phase
+        self.phase_end_s = None
+        if phase is Phase.RUNNING:
+            self.work_left_s = 0.0
+            self.intent = Phase.CHECKPOINT
+        elif phase is Phase.CHECKPOINT:
+            steps = self.ledger.commit(now)
+            self.recorder.event(now, "checkpoint", "", self.name, f"{steps:.6g} steps committed")
+            self.work_left_s = self.checkpoint_interval_s or math.inf
+            self.intent = Phase.RUNNING
+        elif phase in (Phase.DETECT, Phase.SWAP):
+            self.intent = Phase.RELOAD
+        else:  # RELOAD, DOWNSCALE, UPSCALE
+            self.intent = Phase.RUNNING
+
+    def _interrupted(self, cause: Failure | Wake) -> None:
+        now, phase = self.env.now, self.phase
+        if phase is Phase.RUNNING:
+            self.work_left_s = max(self.work_left_s - (now - self._run_started_s), 0.0)
+        if isinstance(cause, Wake):
+            return  # re-plan: timed phases keep their end, running is re-timed
+        if self.mode is OnFailure.ELASTIC:
+            self._elastic_failure(phase, now)
+            return
+        if phase in (Phase.DETECT, Phase.SWAP) or not (phase in _HOLDING or self.intent is Phase.RUNNING):
+            return  # holding no chips: nothing to lose, recovery goes on
+        self.ledger.rollback(now)
+        swapped = "spare" in (self.recorder.events.columns["detail"][-1] if self.recorder.events.columns["detail"] else "")
+        self.intent, self.phase_end_s = (Phase.SWAP if swapped else Phase.DETECT), None
+        self.work_left_s = self.checkpoint_interval_s or math.inf
+
+    def _elastic_failure(self, phase: Phase, now: float) -> None:
+        if phase is Phase.RUNNING and math.isfinite(self._step_wall_s):
+            steps_in_segment = (now - self._run_started_s) / self._step_wall_s
+            partial = steps_in_segment - math.floor(steps_in_segment)
+            chip_s = partial * self._step_wall_s * self.ledger.compute_fraction * self.ledger.active_chips
+            self.ledger.discard_chip_s(now, chip_s, partial)
+        if phase is Phase.CHECKPOINT:
+            self.work_left_s = 0.0  # the write was cut short: write again after the pause
+        if phase in (Phase.DOWNSCALE, Phase.UPSCALE) and self.training.elastic.during_pause is PauseConflict.JOIN:
+            return
+        if phase in (Phase.DOWN, Phase.BLOCKED) and self.active_chips == 0:
+            return
+        self.intent, self.phase_end_s = Phase.DOWNSCALE, now + self.training.elastic.downscale
+
+    def finish(self) -> None:
+        """Close the last timeline interval and the ledger at the end of the run."""
+        now = self.env.now
+        self.recorder.interval(
+            self.name, self.phase.value, self.phase_since_s, now, self.active_chips,
+            self.ledger.provisioned_chips - self.active_chips - sum(self.spare_free.values()),
+        )
+        self.ledger.finish(now)

@@ -1,0 +1,96 @@
+"""Lockstep data-parallel training: every island in one job (``sync_dp`` and ``elastic_dp``).
+
+Each step all-reduces the gradients of the whole model: inside a region over the data-centre network,
+then across regions over the WAN ring (volume ``2 (M-1)/M * params * bytes_per_value`` per member),
+and the step waits for it, so WAN bandwidth stretches the step. The exposed communication is booked
+as ``waiting`` chip-time.
+
+``sync_dp`` stops the whole job on any failure and restarts from the last checkpoint (or swaps in a
+hot spare, with ``on_failure: spares``); ``elastic_dp`` drops the failed unit and goes on smaller.
+Checkpoints come every fixed interval of running time, or at the Young or Daly interval computed from
+the job's mean time between failures (:mod:`sim.checkpointing`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..checkpointing import daly_interval_s, young_interval_s
+from ..context import RunContext
+from ..hardware import derived_step_time_s
+from ..learner import Group
+from ..scenario import ChipFailure, OnFailure, Scenario
+from ..topology import Topology
+
+
+def job_mtbf_s(scenario: Scenario, topology: Topology) -> float:
+    """Mean time between failures of the whole job from its stochastic chip and outage faults."""
+    rate_per_s = 0.0
+    for fault in scenario.faults:
+        if isinstance(fault, ChipFailure):
+            rate_per_s += topology.total_chips / fault.mtbf
+        elif getattr(fault, "mtbf", None) is not None:
+            rate_per_s += 1.0 / fault.mtbf
+    return math.inf if rate_per_s == 0 else 1.0 / rate_per_s
+
+
+def checkpoint_interval_s(scenario: Scenario, topology: Topology) -> float | None:
+    """Running time between checkpoints; None when there is nothing to checkpoint against."""
+    rule = scenario.training.checkpoint.interval
+    write_s = scenario.training.checkpoint.write_time
+    if not isinstance(rule, str):
+        return rule
+    mtbf_s = job_mtbf_s(scenario, topology)
+    if not math.isfinite(mtbf_s) or write_s == 0:
+        return None
+    return young_interval_s(write_s, mtbf_s) if rule == "young" else daly_interval_s(write_s, mtbf_s)
+
+
+def base_step_time_s(scenario: Scenario, flops_per_s: float) -> float:
+    """Compute time of one step for a group with ``flops_per_s`` peak, every chip present."""
+    workload = scenario.workload
+    if workload.step_time != "auto":
+        return workload.step_time
+    return derived_step_time_s(workload.params, workload.tokens_per_step, flops_per_s, workload.mfu)
+
+
+class SyncDP:
+    mode = None  # taken from training.on_failure (restart or spares)
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.gradient_bytes = ctx.scenario.workload.params * ctx.scenario.workload.bytes_per_value
+
+    def on_failure(self) -> OnFailure:
+        return self.mode or self.ctx.scenario.training.on_failure
+
+    def build(self) -> list[Group]:
+        ctx, topology = self.ctx, self.ctx.topology
+        flops = sum(i.peak_flops for i in topology.islands)
+        job = Group(
+            ctx.env, "job", topology.islands, ctx.scenario.training, self.on_failure(), self.step_times,
+            ctx.recorder, checkpoint_interval_s(ctx.scenario, topology), base_step_time_s(ctx.scenario, flops),
+        )
+        ctx.links.listeners.append(lambda *_: job.wake("link changed"))
+        self.job = job
+        return [job]
+
+    def step_times(self, group: Group) -> tuple[float, float]:
+        """(compute_s, exposed_comm_s): the all-reduce is not overlapped with compute."""
+        return group.compute_time_s(), self.allreduce_s(group)
+
+    def allreduce_s(self, group: Group) -> float:
+        links = self.ctx.links
+        live = [i for i in group.islands if group.in_job[i.index] > 0]
+        regions = sorted({i.region for i in live}, key=self.ctx.topology.regions.index)
+        intra = 0.0
+        for region in regions:
+            k = sum(1 for i in live if i.region == region)
+            if k > 1:
+                bandwidth, latency = links.current(f"dcn:{region}")
+                intra = max(intra, 2 * (k - 1) / k * self.gradient_bytes * 8 / bandwidth + 2 * (k - 1) * latency)
+        return intra + links.ring_allreduce_s(regions, self.gradient_bytes)
+
+
+class ElasticDP(SyncDP):
+    mode = OnFailure.ELASTIC

@@ -1,0 +1,113 @@
+"""Rows, not plots: the state timeline and the event log, streamed to Parquet as a run goes.
+
+A :class:`Recorder` collects two kinds of typed rows:
+
+* **timeline**: one row per state interval of a learner group (``group, phase, start_s, end_s,
+  active_chips, down_chips``), the source of the learner-state timeline figure and of downtimes;
+* **events**: one row per thing that happened (``time_s, kind, fault, target, detail``):
+  failures, repairs, checkpoints, merges, link changes.
+
+Rows are buffered and flushed to Parquet in row groups, so a long run that is interrupted keeps what
+it wrote; without an output folder the rows stay in memory (tests, sweeps that only need summaries).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TIMELINE_SCHEMA = pa.schema(
+    [
+        ("group", pa.string()),
+        ("phase", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("active_chips", pa.int64()),
+        ("down_chips", pa.int64()),
+    ]
+)
+EVENT_SCHEMA = pa.schema(
+    [
+        ("time_s", pa.float64()),
+        ("kind", pa.string()),
+        ("fault", pa.string()),
+        ("target", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+SERIES_SCHEMA = pa.schema(
+    [
+        ("time_s", pa.float64()),
+        ("series", pa.string()),
+        ("key", pa.string()),
+        ("value", pa.float64()),
+        ("tokens", pa.float64()),
+    ]
+)
+
+
+class _Table:
+    """A buffered Parquet writer for one schema (or an in-memory list when ``path`` is None)."""
+
+    def __init__(self, schema: pa.Schema, path: Path | None, flush_rows: int):
+        self.schema, self.path, self.flush_rows = schema, path, flush_rows
+        self.columns: dict[str, list] = {name: [] for name in schema.names}
+        self.kept: list[pa.Table] = []
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def append(self, row: tuple) -> None:
+        for column, value in zip(self.columns.values(), row):
+            column.append(value)
+        self.rows += 1
+        if len(next(iter(self.columns.values()))) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not next(iter(self.columns.values())):
+            return
+        table = pa.table(self.columns, schema=self.schema)
+        self.columns = {name: [] for name in self.schema.names}
+        if self.path is None:
+            self.kept.append(table)
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> pa.Table | None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            return None
+        if self.path is not None:  # nothing was ever written: still leave a valid empty file
+            pq.write_table(self.schema.empty_table(), self.path)
+            return None
+        return pa.concat_tables(self.kept) if self.kept else self.schema.empty_table()
+
+
+class Recorder:
+    def __init__(self, folder: Path | None = None, flush_rows: int = 4096):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        path = (lambda name: folder / name) if folder is not None else (lambda name: None)
+        self.timeline = _Table(TIMELINE_SCHEMA, path("timeline.parquet"), flush_rows)
+        self.events = _Table(EVENT_SCHEMA, path("events.parquet"), flush_rows)
+        self.series = _Table(SERIES_SCHEMA, path("series.parquet"), flush_rows)
+
+    def interval(self, group: str, phase: str, start_s: float, end_s: float, active: int, down: int) -> None:
+        if end_s > start_s:
+            self.timeline.append((group, phase, start_s, end_s, active, down))
+
+    def event(self, time_s: float, kind: str, fault: str = "", target: str = "", detail: str = "") -> None:
+        self.events.append((time_s, kind, fault, target, detail))
+
+    def point(self, time_s: float, series: str, key: str, value: float, tokens: float = float("nan")) -> None:
+        """A sample of a time series (loss, link utilisation, ...)."""
+        self.series.append((time_s, series, key, value, tokens))
+
+    def close(self) -> dict[str, pa.Table | None]:
+        return {"timeline": self.timeline.close(), "events": self.events.close(), "series": self.series.close()}

@@ -1,0 +1,158 @@
+"""Build the model from a scenario, run replications, write results.
+
+This is the only module that knows every part: it builds the topology, the named random streams,
+the policy's learner groups, the fault processes and the link state; wires the faults' effects to the
+groups; runs the SimPy clock to the scenario's horizon, counting events; and turns the ledgers into a
+summary. Each replication ``r`` of a scenario with seed ``s`` runs with seed ``s + r``, so a
+replication can be re-run alone, on any machine, with the same result.
+
+A results folder holds ``scenario.yaml`` (the resolved scenario, every default filled in), and per
+replication ``rep-<r>/``: ``summary.json``, ``timeline.parquet``, ``events.parquet`` and
+``series.parquet`` (written as the run goes), plus ``summary.json`` at the top with every replication.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import simpy
+
+from .context import LinkState, RunContext
+from .faults import FaultProcesses
+from .learner import Group
+from .metrics import Phase
+from .policies import POLICIES
+from .recorder import Recorder
+from .rng import Streams
+from .scenario import BlastRadius, Scenario
+from .summary import check_bounds, summarize
+from .topology import Island, build_topology
+
+
+class GroupEffects:
+    """Delivers fault effects to the groups (and, through hooks, to network and synchronizer)."""
+
+    def __init__(self, ctx: RunContext, groups: list[Group]):
+        self.ctx = ctx
+        self.owner: dict[int, Group] = {i.index: g for g in groups for i in g.islands}
+        self.syncer_hooks: list[Callable[[bool, str], None]] = []
+
+    def chip_failure(self, island: Island, chip: int, radius: BlastRadius, repair_s: float, fault: str) -> None:
+        self.owner[island.index].fail_chip(island, chip, radius, repair_s, "chip_failure", fault)
+
+    def outage(self, islands: list[Island], started: bool, kind: str, fault: str) -> None:
+        for island in islands:
+            island.outages += 1 if started else -1
+            self.owner[island.index].outage_changed(island, started, kind, fault)
+
+    def slowdown(self, islands: list[Island], factor: float, started: bool, fault: str) -> None:
+        for island in islands:
+            island.slowdown = island.slowdown * factor if started else island.slowdown / factor
+            self.owner[island.index].wake(f"slowdown on {island.name}")
+
+    def link(self, links: list[str], bandwidth_bps: float | None, latency_s: float | None, started: bool, fault: str) -> None:
+        for link in links:
+            self.ctx.links.apply(link, fault, bandwidth_bps, latency_s, started)
+
+    def syncer(self, started: bool, fault: str) -> None:
+        self.ctx.recorder.event(self.ctx.env.now, "syncer_outage_start" if started else "syncer_outage_end", fault)
+        for hook in self.syncer_hooks:
+            hook(started, fault)
+
+
+class UptimeClock:
+    """Wall time in which at least one group is running (the global model advances)."""
+
+    def __init__(self, env: simpy.Environment, groups: list[Group]):
+        self.env, self.running, self.up_s, self._since = env, 0, 0.0, env.now
+        for group in groups:
+            group.listeners.append(self._changed)
+            self.running += group.phase is Phase.RUNNING
+
+    def _changed(self, _group: Group, old: Phase, new: Phase) -> None:
+        before = self.running
+        self.running += (new is Phase.RUNNING) - (old is Phase.RUNNING)
+        if before == 0 and self.running > 0:
+            self._since = self.env.now
+        elif before > 0 and self.running == 0:
+            self.up_s += self.env.now - self._since
+
+    def total_s(self) -> float:
+        return self.up_s + (self.env.now - self._since if self.running > 0 else 0.0)
+
+
+@dataclass
+class Replication:
+    summary: dict
+    tables: dict
+
+
+def run_replication(
+    scenario: Scenario,
+    replication: int = 0,
+    out_dir: Path | None = None,
+    scenario_dir: Path | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Replication:
+    """Run one replication to the horizon (or until a halt bound trips) and summarise it."""
+    wall_start = time.perf_counter()
+    seed = scenario.seed + replication
+    env = simpy.Environment()
+    topology = build_topology(scenario)
+    recorder = Recorder(out_dir)
+    ctx = RunContext(env, scenario, topology, Streams(seed), recorder, LinkState(topology), scenario_dir)
+    policy = POLICIES[scenario.training.policy](ctx)
+    groups = policy.build()
+    effects = GroupEffects(ctx, groups)
+    if hasattr(policy, "attach"):
+        policy.attach(effects)
+    faults = FaultProcesses(env, topology, effects, ctx.streams, recorder, scenario.duration, scenario_dir)
+    faults.start(scenario.faults)
+    uptime = UptimeClock(env, groups)
+
+    horizon = scenario.duration
+    halted = None
+    events = 0
+    check_every = horizon / 100.0
+    next_check = check_every
+    while True:
+        when = env.peek()
+        if when >= horizon:
+            break
+        if when >= next_check:
+            # progress and halt bounds are checked at 1 % steps of simulated time, not per event
+            env.run(until=next_check)
+            next_check += check_every
+            if progress:
+                progress(env.now / horizon)
+            if scenario.halt:
+                partial = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=False)
+                tripped = check_bounds(partial, scenario.halt)
+                if any(not v["passed"] for v in tripped):
+                    halted = next(v for v in tripped if not v["passed"])
+                    break
+            continue
+        env.step()
+        events += 1
+    if halted is None:
+        env.run(until=horizon)
+    for group in groups:
+        group.finish()
+    if hasattr(policy, "finish"):
+        policy.finish()
+    summary = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=True)
+    summary["replication"] = replication
+    summary["seed"] = seed
+    summary["halted"] = halted
+    summary["hypotheses"] = check_bounds(summary, scenario.hypotheses)
+    summary["hypotheses_passed"] = all(v["passed"] for v in summary["hypotheses"])
+    tables = recorder.close()
+    if out_dir is not None:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if progress:
+        progress(1.0)
+    return Replication(summary, tables)

@@ -1,0 +1,114 @@
+"""The run summary: the metrics of DESIGN.md as one flat-ish JSON object, and bound checks.
+
+Names (what ``chaossim run --json`` prints and ``summary.json`` holds):
+
+* ``goodput`` = useful chip-seconds / provisioned chip-seconds;
+* ``uptime`` = fraction of wall time in which at least one learner group runs steps (the global model
+  advances); ``global_downtime_s`` = the rest, in seconds;
+* ``chip_time`` (chip-seconds per bucket) and ``chip_time_fraction`` (the same over the total);
+* ``failures`` by fault kind, ``failures_total``, ``interruptions`` (failures that hit a group holding
+  chips) and ``absorbed`` (failures that arrived while nothing could be lost);
+* ``steps``, ``tokens``: committed training progress;
+* ``learners``: per group name, chips, downtime, steps, tokens, interruptions;
+* ``wall_time_s``, ``events``, ``events_per_s``, ``sim_speedup`` (simulated over wall seconds).
+
+Policies can add their own metrics through a ``metrics()`` method (the DiLoCo family does).
+Bounds (hypotheses and halt conditions) name a metric by its dotted path: ``goodput``,
+``chip_time_fraction.lost``, ``failures.chip_failure``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .metrics import Bucket, combine
+
+
+def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, final: bool) -> dict:
+    now = ctx.env.now
+    for group in groups:
+        group.ledger.advance(now)
+    chip_time = combine([g.ledger for g in groups])
+    if not final:  # mid-run: pending compute is not useful yet, but it is not lost either
+        chip_time[Bucket.USEFUL.value] += math.fsum(g.ledger.pending_chip_s for g in groups)
+    total = math.fsum(chip_time.values())
+    up_s = uptime.total_s()
+    tokens_per_step = ctx.scenario.workload.tokens_per_step
+    learners = []
+    for group in groups:
+        steps = group.ledger.committed_steps + (0.0 if final else group.ledger.pending_steps)
+        learners.append(
+            {
+                "name": group.name,
+                "islands": [i.name for i in group.islands],
+                "chips": group.ledger.provisioned_chips,
+                "downtime_s": now - group.ledger.advancing_s,
+                "steps": steps,
+                "tokens": steps * tokens_per_step,
+                "interruptions": len(group.interrupts_s),
+                "absorbed": group.absorbed,
+            }
+        )
+    summary = {
+        "scenario": ctx.scenario.name,
+        "policy": ctx.scenario.training.policy.value,
+        "on_failure": groups[0].mode.value if groups else None,
+        "duration_s": now,
+        "chips": ctx.topology.total_chips,
+        "islands": len(ctx.topology.islands),
+        "goodput": chip_time[Bucket.USEFUL.value] / total if total > 0 else 0.0,
+        "uptime": up_s / now if now > 0 else 0.0,
+        "global_downtime_s": now - up_s,
+        "chip_time": chip_time,
+        "chip_time_fraction": {k: (v / total if total > 0 else 0.0) for k, v in chip_time.items()},
+        "failures": dict(sorted(faults.counter.by_kind.items())),
+        "failures_by_fault": dict(sorted(faults.counter.by_fault.items())),
+        "failures_total": sum(faults.counter.by_kind.values()),
+        "interruptions": sum(len(g.interrupts_s) for g in groups),
+        "absorbed": sum(g.absorbed for g in groups),
+        "steps": sum(entry["steps"] for entry in learners) if len(groups) > 1 else learners[0]["steps"],
+        "tokens": sum(entry["tokens"] for entry in learners),
+        "learners": learners,
+        "wall_time_s": wall_s,
+        "events": events,
+        "events_per_s": events / wall_s if wall_s > 0 else 0.0,
+        "sim_speedup": now / wall_s if wall_s > 0 else 0.0,
+    }
+    if hasattr(policy, "metrics"):
+        summary.update(policy.metrics(final=final))
+    return summary
+
+
+def metric_value(summary: dict, path: str) -> float:
+    """The value at a dotted ``path`` of the summary; KeyError names what is there."""
+    node = summary
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            known = sorted(k for k, v in summary.items() if isinstance(v, (int, float, dict)))
+            raise KeyError(f"unknown metric {path!r} (top-level metrics: {', '.join(known)})")
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        raise KeyError(f"metric {path!r} is not a number")
+    return float(node)
+
+
+def check_bounds(summary: dict, bounds) -> list[dict]:
+    """One verdict per bound: ``{metric, value, min, max, passed[, error]}``.
+
+    A fault kind that never happened counts as 0 failures; any other unknown metric fails its bound
+    with the reason in ``error`` (a typo must never pass silently).
+    """
+    verdicts = []
+    for bound in bounds:
+        error = None
+        try:
+            value = metric_value(summary, bound.metric)
+        except KeyError as err:
+            value = 0.0 if bound.metric.startswith(("failures.", "failures_by_fault.")) else math.nan
+            error = None if value == 0.0 else str(err.args[0])
+        passed = error is None and (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
+        verdict = {"metric": bound.metric, "value": value, "min": bound.min, "max": bound.max, "passed": passed}
+        if error:
+            verdict["error"] = error
+        verdicts.append(verdict)
+    return verdicts

@@ -1,0 +1,307 @@
+"""The ``Surrogate``: real parameters for every learner and for the synchronizer, and the DiLoCo numerics.
+
+The simulator owns time: it decides when a learner runs inner steps, when a fragment is pulled and
+merged, with which members and weights, and when the result reaches which learner. This class owns the
+numbers those decisions act on:
+
+* global parameters Theta (the synchronizer's copy) and one outer Nesterov momentum buffer per fragment
+  (stored as one flat vector, so fragment p's momentum is ``outer_velocity[fragment_slices[p]]``);
+* per-learner parameters theta_m with their AdamW state and step count, and a per-learner minibatch
+  generator over the learner's own shard;
+* an AdamW state for Theta itself, used only by the data-parallel baseline (``train_data_parallel``).
+
+Outer step for fragment p (DiLoCo Alg. 1; Decoupled DiLoCo Alg. 2, anchored at the syncer's own copy)::
+
+    delta_m = Theta_p - theta_{m,p}                      for each merged member m
+    delta   = Merge_w(delta_m)                           weighted mean or RDA, weights normalised
+    v_p     = mu * v_p + delta
+    Theta_p = Theta_p - lr * (delta + mu * v_p)          torch SGD(nesterov=True), lr 0.7, mu 0.9
+
+Learners receiving the result overwrite theta_{m,p} (or mix it in, Streaming-DiLoCo style) and keep their
+AdamW state. Everything random derives from the generator passed to the constructor, so a seed fixes the
+whole trajectory; minibatches are drawn from per-learner streams as uniform floats (one draw per sample),
+so ``train(m, 10)`` equals ten calls of ``train(m, 1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import kernels as K
+from .data import Dataset, make_dataset
+
+AVERAGING = ("rda", "mean")
+
+
+@dataclass(frozen=True, eq=False)
+class LearnerSnapshot:
+    """A learner's checkpoint: parameters, AdamW state, step count and data-stream position."""
+
+    params: np.ndarray
+    adam_m: np.ndarray
+    adam_v: np.ndarray
+    steps: int
+    rng_state: dict[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalSnapshot:
+    """The synchronizer's checkpoint: Theta, outer momentum, the data-parallel AdamW state and every
+    learner's data-stream position (data-parallel steps draw from all members' streams)."""
+
+    theta: np.ndarray
+    outer_velocity: np.ndarray
+    adam_m: np.ndarray
+    adam_v: np.ndarray
+    steps: int
+    rng_states: tuple[dict[str, Any], ...]
+
+
+def balanced_slices(n: int, parts: int) -> tuple[slice, ...]:
+    """``parts`` contiguous slices covering ``range(n)`` whose lengths differ by at most one."""
+    if not 1 <= parts <= n:
+        raise ValueError(f"need 1 <= parts <= {n}, got {parts}")
+    bounds = [(n * p) // parts for p in range(parts + 1)]
+    return tuple(slice(bounds[p], bounds[p + 1]) for p in range(parts))
+
+
+class Surrogate:
+    """A small MLP trained by ``n_learners`` learners on sharded synthetic data; see the module doc."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        n_learners: int,
+        fragments: int = 1,
+        *,
+        dim: int = 16,
+        hidden: int = 32,
+        classes: int = 8,
+        batch: int = 16,
+        inner_lr: float = 3e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        outer_lr: float = 0.7,
+        outer_momentum: float = 0.9,
+        averaging: str = "rda",
+        non_iid: float = 0.5,
+        samples_per_learner: int = 2048,
+        eval_samples: int = 4096,
+        clusters_per_class: int = 4,
+        noise: float = 0.8,
+    ):
+        if averaging not in AVERAGING:
+            raise ValueError(f"averaging must be one of {AVERAGING}, got {averaging!r}")
+        if batch < 1 or hidden < 1:
+            raise ValueError("need batch >= 1 and hidden >= 1")
+        # Independent child streams: data, init, then one minibatch stream per learner.
+        data_rng, init_rng, *learner_rngs = rng.spawn(2 + n_learners)
+        self.data: Dataset = make_dataset(
+            data_rng, n_learners, dim=dim, classes=classes, samples_per_learner=samples_per_learner,
+            eval_samples=eval_samples, non_iid=non_iid, clusters_per_class=clusters_per_class, noise=noise)
+        self.n_learners = n_learners
+        self.dim, self.hidden, self.classes, self.batch = dim, hidden, classes, batch
+        self.inner_lr, self.beta1, self.beta2, self.eps = inner_lr, beta1, beta2, eps
+        self.weight_decay = weight_decay
+        self.outer_lr, self.outer_momentum, self.averaging = outer_lr, outer_momentum, averaging
+        self.n_params = K.param_count(dim, hidden, classes)
+        self.fragment_slices = balanced_slices(self.n_params, fragments)
+
+        self.theta = self._init_params(init_rng)
+        self.outer_velocity = np.zeros(self.n_params)
+        # Learners start from Theta, as every DiLoCo replica starts from the same initialisation.
+        self.params = np.ascontiguousarray(np.broadcast_to(self.theta, (n_learners, self.n_params)))
+        self.adam_m = np.zeros((n_learners, self.n_params))
+        self.adam_v = np.zeros((n_learners, self.n_params))
+        self.steps = np.zeros(n_learners, dtype=np.int64)
+        self._rngs = learner_rngs
+        # AdamW state of Theta for the data-parallel baseline.
+        self.dp_adam_m = np.zeros(self.n_params)
+        self.dp_adam_v = np.zeros(self.n_params)
+        self.dp_steps = 0
+        self._grad = np.empty(self.n_params)  # scratch shared by all kernels (single-threaded use)
+        longest = max(s.stop - s.start for s in self.fragment_slices)
+        self._deltas = np.empty((n_learners, longest))  # outer-gradient scratch for one fragment
+
+    # ------------------------------------------------------------------ setup helpers
+    def _init_params(self, rng: np.random.Generator) -> np.ndarray:
+        """He-normal weights (ReLU layer), Glorot-scaled output layer, zero biases."""
+        theta = np.zeros(self.n_params)
+        d, h, c = self.dim, self.hidden, self.classes
+        theta[: d * h] = rng.standard_normal(d * h) * np.sqrt(2.0 / d)
+        o2 = d * h + h
+        theta[o2: o2 + c * h] = rng.standard_normal(c * h) * np.sqrt(1.0 / h)
+        return theta
+
+    @property
+    def fragments(self) -> int:
+        return len(self.fragment_slices)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Samples one learner consumes per inner step (the simulator's token counter)."""
+        return self.batch
+
+    def _members(self, members: Sequence[int]) -> np.ndarray:
+        idx = np.asarray(members, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError("need at least one member")
+        if idx.min() < 0 or idx.max() >= self.n_learners or np.unique(idx).size != idx.size:
+            raise ValueError(f"members must be distinct learner ids in [0, {self.n_learners}), got {members}")
+        return idx
+
+    @staticmethod
+    def _weights(weights: Sequence[float] | None, k: int) -> np.ndarray:
+        if weights is None:
+            return np.ones(k)
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.size != k:
+            raise ValueError(f"got {w.size} weights for {k} members")
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"weights must be finite, >= 0 and not all zero, got {weights}")
+        return w
+
+    def _draw_rows(self, m: int, n_steps: int) -> np.ndarray:
+        """(n_steps, batch) row indices into ``data.x`` from learner m's shard, with replacement.
+
+        Uniform floats (one 64-bit draw each, no buffering) make the stream chunking-invariant."""
+        n = self.data.shard_size
+        local = np.minimum((self._rngs[m].random((n_steps, self.batch)) * n).astype(np.int64), n - 1)
+        return local + m * n
+
+    # ------------------------------------------------------------------ inner training
+    def train(self, m: int, n_steps: int) -> float:
+        """``n_steps`` inner AdamW steps of learner m on its shard; returns their mean training loss."""
+        if n_steps <= 0:
+            return float("nan")
+        rows = self._draw_rows(m, n_steps)
+        loss = K.train_steps(self.params[m], self.adam_m[m], self.adam_v[m], int(self.steps[m]),
+                             self.data.x, self.data.y, rows, self.hidden, self.classes, self.inner_lr,
+                             self.beta1, self.beta2, self.eps, self.weight_decay, self._grad)
+        self.steps[m] += n_steps
+        return float(loss)
+
+    def train_data_parallel(self, n_steps: int, members: Sequence[int] | None = None) -> float:
+        """Lockstep data parallelism on Theta: each step averages the gradient over one minibatch from each
+        member's shard (drawn from that member's stream), then one AdamW step with the DP state.
+
+        With M members this consumes M * batch samples per step, the same as one inner step on each of M
+        DiLoCo learners, so equal steps here mean equal tokens there. Returns the mean training loss."""
+        idx = self._members(range(self.n_learners) if members is None else members)
+        if n_steps <= 0:
+            return float("nan")
+        rows = np.concatenate([self._draw_rows(int(m), n_steps) for m in idx], axis=1)
+        loss = K.train_steps(self.theta, self.dp_adam_m, self.dp_adam_v, self.dp_steps, self.data.x,
+                             self.data.y, np.ascontiguousarray(rows), self.hidden, self.classes,
+                             self.inner_lr, self.beta1, self.beta2, self.eps, self.weight_decay, self._grad)
+        self.dp_steps += n_steps
+        return float(loss)
+
+    # ------------------------------------------------------------------ synchronisation
+    def pull_fragment(self, p: int, members: Sequence[int]) -> np.ndarray:
+        """Copies of theta_{m,p} for ``members`` (k, len_p): what the syncer fetched, for a later merge."""
+        s = self.fragment_slices[p]
+        return self.params[self._members(members), s].copy()
+
+    def merge_fragment(self, p: int, members: Sequence[int], weights: Sequence[float] | None = None,
+                       pulled: np.ndarray | None = None) -> np.ndarray:
+        """Outer step on Theta_p from the members' outer gradients; returns a copy of the new Theta_p.
+
+        ``weights`` (default uniform) are normalised here. ``pulled`` are fragments captured earlier by
+        ``pull_fragment`` (same member order); by default the members' current theta_{m,p} are used."""
+        idx = self._members(members)
+        w = self._weights(weights, idx.size)
+        s = self.fragment_slices[p]
+        lo, hi = s.start, s.stop
+        deltas = self._deltas[: idx.size, : hi - lo]
+        if pulled is None:
+            K.outer_gradients(self.theta, self.params, idx, lo, hi, deltas)
+        else:
+            pulled = np.asarray(pulled, dtype=np.float64)
+            if pulled.shape != (idx.size, hi - lo):
+                raise ValueError(f"pulled has shape {pulled.shape}, expected {(idx.size, hi - lo)}")
+            np.subtract(self.theta[s], pulled, out=deltas)
+        delta = np.empty(hi - lo)
+        (K.rda if self.averaging == "rda" else K.weighted_mean)(deltas, w, delta)
+        K.nesterov_step(self.theta[s], self.outer_velocity[s], delta, self.outer_lr, self.outer_momentum)
+        return self.theta[s].copy()
+
+    def broadcast_fragment(self, p: int, learners: Sequence[int], values: np.ndarray | None = None,
+                           local_weight: float = 0.0) -> None:
+        """theta_{m,p} <- local_weight * theta_{m,p} + (1 - local_weight) * values, for each learner.
+
+        ``values`` defaults to the current Theta_p (pass what ``merge_fragment`` returned to deliver an
+        older result). ``local_weight = 0`` is the Decoupled-DiLoCo overwrite; Streaming DiLoCo mixes with
+        0.5. AdamW state is kept, as in DiLoCo."""
+        s = self.fragment_slices[p]
+        src = self.theta[s] if values is None else np.asarray(values, dtype=np.float64)
+        if src.shape != (s.stop - s.start,):
+            raise ValueError(f"values has shape {src.shape}, expected {(s.stop - s.start,)}")
+        for m in self._members(learners):
+            if local_weight == 0.0:
+                self.params[m, s] = src
+            else:
+                self.params[m, s] *= local_weight
+                self.params[m, s] += (1.0 - local_weight) * src
+
+    def merge_all(self, members: Sequence[int], weights: Sequence[float] | None = None) -> None:
+        """Plain DiLoCo outer step: every fragment merged with the same members and weights."""
+        for p in range(self.fragments):
+            self.merge_fragment(p, members, weights)
+
+    def broadcast_all(self, learners: Sequence[int]) -> None:
+        """theta_m <- Theta for the given learners (AdamW state kept)."""
+        for p in range(self.fragments):
+            self.broadcast_fragment(p, learners)
+
+    # ------------------------------------------------------------------ recovery and rollback
+    def copy_learner(self, src: int, dst: int) -> None:
+        """A recovering learner pulls parameters, AdamW state and step count from a healthy peer (its own
+        data stream stays its own)."""
+        self.params[dst] = self.params[src]
+        self.adam_m[dst] = self.adam_m[src]
+        self.adam_v[dst] = self.adam_v[src]
+        self.steps[dst] = self.steps[src]
+
+    def snapshot(self, m: int) -> LearnerSnapshot:
+        return LearnerSnapshot(self.params[m].copy(), self.adam_m[m].copy(), self.adam_v[m].copy(),
+                               int(self.steps[m]), self._rngs[m].bit_generator.state)
+
+    def restore(self, m: int, snap: LearnerSnapshot) -> None:
+        self.params[m] = snap.params
+        self.adam_m[m] = snap.adam_m
+        self.adam_v[m] = snap.adam_v
+        self.steps[m] = snap.steps
+        self._rngs[m].bit_generator.state = snap.rng_state
+
+    def snapshot_global(self) -> GlobalSnapshot:
+        return GlobalSnapshot(self.theta.copy(), self.outer_velocity.copy(), self.dp_adam_m.copy(),
+                              self.dp_adam_v.copy(), self.dp_steps,
+                              tuple(g.bit_generator.state for g in self._rngs))
+
+    def restore_global(self, snap: GlobalSnapshot) -> None:
+        self.theta[:] = snap.theta
+        self.outer_velocity[:] = snap.outer_velocity
+        self.dp_adam_m[:] = snap.adam_m
+        self.dp_adam_v[:] = snap.adam_v
+        self.dp_steps = snap.steps
+        for g, state in zip(self._rngs, snap.rng_states):
+            g.bit_generator.state = state
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, params: np.ndarray | None = None) -> tuple[float, float]:
+        """(loss, accuracy) on the held-out IID set; ``params`` defaults to Theta (e.g. ``s.params[m]``)."""
+        p = self.theta if params is None else np.ascontiguousarray(params, dtype=np.float64)
+        if p.shape != (self.n_params,):
+            raise ValueError(f"params has shape {p.shape}, expected {(self.n_params,)}")
+        loss, acc = K.mlp_evaluate(p, self.data.x_eval, self.data.y_eval, self.hidden, self.classes)
+        return float(loss), float(acc)
+
+    def eval_loss(self, params: np.ndarray | None = None) -> float:
+        """Held-out cross-entropy of ``params`` (default Theta)."""
+        return self.evaluate(params)[0]

@@ -143,8 +143,8 @@ def bandwidth_table(*, params: float, step_time_s: float, bandwidth_bps: float, 
     rows = []
     for method in methods:
         for bits in bits_options:
-            model = dict(params=params, step_time_s=step_time_s, sites=sites, inner_steps=inner_steps,
-                         fragments=fragments, overlap=overlap, bits=bits, buckets=buckets)
+            model = {"params": params, "step_time_s": step_time_s, "sites": sites, "inner_steps": inner_steps,
+                     "fragments": fragments, "overlap": overlap, "bits": bits, "buckets": buckets}
             try:
                 needed = required_bandwidth(method, target_cu, **model)
             except ValueError:

@@ -94,8 +94,17 @@ class LinkStats:
 class _Flow:
     """A transfer still sending bits."""
 
-    __slots__ = ("event", "link", "nbytes", "remaining_bits", "cap_bps", "rate_bps", "start", "tag",
-                 "cancelled")
+    __slots__ = (
+        "cancelled",
+        "cap_bps",
+        "event",
+        "link",
+        "nbytes",
+        "rate_bps",
+        "remaining_bits",
+        "start",
+        "tag",
+    )
 
     def __init__(self, event, link, nbytes, cap_bps, start, tag):
         self.event = event
@@ -110,9 +119,22 @@ class _Flow:
 
 
 class _Link:
+    """A link's state: its flows in flight, one wake-up generation, and its running accounting."""
+
     __slots__ = (
-        "name", "capacity_bps", "latency_s", "flows", "last_update", "generation", "created_at",
-        "delivered_bits", "busy_time_s", "stalled_time_s", "capacity_time_bits", "completed", "changes",
+        "busy_time_s",
+        "capacity_bps",
+        "capacity_time_bits",
+        "changes",
+        "completed",
+        "created_at",
+        "delivered_bits",
+        "flows",
+        "generation",
+        "last_update",
+        "latency_s",
+        "name",
+        "stalled_time_s",
     )
 
     def __init__(self, name, capacity_bps, latency_s, now):

@@ -87,7 +87,8 @@ class Topology(Model):
     default_link: LinkSpec = LinkSpec(bandwidth=2e9, latency=0.03)
     links: list[LinkOverride] = []
     intra_region: LinkSpec = Field(
-        LinkSpec(bandwidth=400e9, latency=0.0005), description="data-centre network between islands of a region"
+        LinkSpec(bandwidth=100e12, latency=0.0005),
+        description="aggregate data-centre network between islands of one region (default ~2k chips x 50 Gbps)",
     )
     syncer: SyncerSpec = SyncerSpec()
 

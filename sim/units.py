@@ -84,6 +84,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '30s', '2h45m' or '7d', got {value!r}")
     if isinstance(value, (int, float)):
+        if value == math.inf:
+            return math.inf  # "never": a grace window without cap, a schedule without end
         return _finite(float(value), "duration", value)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration like '30s', '2h45m' or '7d', got {value!r}")

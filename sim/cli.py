@@ -1,0 +1,177 @@
+"""The ``chaossim`` command: run | validate | schema (and the commands other modules add).
+
+Exit codes: 0 success; 1 a scenario hypothesis failed (or a sweep replication crashed); 2 bad input
+(the message is one line naming the file, YAML path and what was expected; no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .loading import ScenarioError, load_scenario, scenario_yaml
+from .scenario import Scenario
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chaos-test distributed LLM training.")
+out = Console()
+err = Console(stderr=True)
+
+EXIT_HYPOTHESIS = 1
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with the bad-input code."""
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def load(file: Path, overrides: list[str], seed: int | None = None, replications: int | None = None) -> Scenario:
+    extra = list(overrides)
+    if seed is not None:
+        extra.append(f"seed={seed}")
+    if replications is not None:
+        extra.append(f"replications={replications}")
+    try:
+        return load_scenario(file, extra)
+    except ScenarioError as problem:
+        fail(str(problem))
+
+
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="override any field: dotted.key=value (repeatable)")
+]
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Means of the numeric top-level metrics over replications, plus every run."""
+    first = summaries[0]
+    result = {"scenario": first["scenario"], "policy": first["policy"], "replications": len(summaries)}
+    for key, value in first.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("replication", "seed"):
+            values = [s[key] for s in summaries]
+            result[key] = math.fsum(values) / len(values)
+        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            keys = sorted({k for s in summaries for k in s[key]})
+            result[key] = {k: math.fsum(s[key].get(k, 0) for s in summaries) / len(summaries) for k in keys}
+    result["hypotheses_passed"] = all(s["hypotheses_passed"] for s in summaries)
+    result["runs"] = summaries
+    return result
+
+
+def summary_table(result: dict) -> Table:
+    table = Table(title=f"{result['scenario']} ({result['policy']}, {result['replications']} replication(s))")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("goodput", f"{result['goodput']:.4f}"),
+        ("uptime", f"{result['uptime']:.4f}"),
+        ("global downtime", f"{result['global_downtime_s'] / 3600:.3f} h"),
+        ("failures", f"{result['failures_total']:.0f}  " + ", ".join(f"{k} {v:.0f}" for k, v in result["failures"].items())),
+        ("interruptions", f"{result['interruptions']:.0f}"),
+        ("steps", f"{result['steps']:.0f}"),
+        ("tokens", f"{result['tokens']:.4g}"),
+    ]
+    for key in ("final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes"):
+        if key in result:
+            rows.append((key.replace("_", " "), f"{result[key]:.4g}"))
+    rows.append(("chip-time", "  ".join(f"{k} {v:.3f}" for k, v in result["chip_time_fraction"].items() if v > 0)))
+    rows.append(("simulated / wall", f"{result['sim_speedup']:.3g}x  ({result['events']:.0f} events, {result['wall_time_s']:.2f} s)"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    set_: SetOption = None,
+    seed: Annotated[Optional[int], typer.Option(help="override the scenario seed")] = None,
+    replications: Annotated[Optional[int], typer.Option(help="override the number of replications")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="results folder")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run a scenario: print goodput, downtime, failures and tokens; write a results folder."""
+    from .runner import run_replication
+
+    scenario = load(file, set_ or [], seed, replications)
+    folder = output or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scenario.yaml").write_text(scenario_yaml(scenario))
+    summaries = []
+    show = not quiet and not as_json and err.is_terminal
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
+        for r in range(scenario.replications):
+            task = bar.add_task(f"replication {r + 1}/{scenario.replications}", total=1.0)
+            try:
+                rep = run_replication(
+                    scenario, r, folder / f"rep-{r}", file.parent, progress=lambda f, t=task: bar.update(t, completed=f)
+                )
+            except ValueError as problem:  # e.g. a trace file that does not parse
+                fail(f"{file}: {problem}")
+            summaries.append(rep.summary)
+            (folder / "summary.json").write_text(json.dumps(aggregate(summaries), indent=2, default=str))
+    result = aggregate(summaries)
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        out.print(summary_table(result))
+        for verdict in summaries[-1]["hypotheses"]:
+            bound = " and ".join(
+                f"{op} {v}" for op, v in ((">=", verdict["min"]), ("<=", verdict["max"])) if v is not None
+            )
+            status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
+            out.print(f"hypothesis {verdict['metric']} {bound}: {verdict['value']:.6g} {status}")
+        out.print(f"results: {folder}")
+    if not result["hypotheses_passed"]:
+        raise typer.Exit(EXIT_HYPOTHESIS)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="scenario YAML files")],
+    set_: SetOption = None,
+) -> None:
+    """Check scenario files; print one line per problem, exit 2 if any is bad."""
+    bad = False
+    for file in files:
+        try:
+            load_scenario(file, set_ or [])
+            out.print(f"{file}: ok", highlight=False)
+        except ScenarioError as problem:
+            err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+            bad = True
+    if bad:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files (for editor completion and checking)."""
+    document = Scenario.model_json_schema()
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "chaossim scenario"
+    print(json.dumps(document, indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted: results written so far are kept")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -98,6 +98,8 @@ class Group:
         self._step_wall_s = math.inf
         self._never = env.event()
         self.listeners: list[Callable[["Group", Phase, Phase], None]] = []
+        self.commit_listeners: list[Callable[["Group", float], None]] = []
+        self.reload_s: Callable[["Group"], float] | None = None  # policy hook: e.g. state pulled from a peer
         self.process = env.process(self._run())
 
     # ----------------------------------------------------------------------------------- capacity
@@ -254,7 +256,7 @@ class Group:
             Phase.CHECKPOINT: t.checkpoint.write_time,
             Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
             Phase.SWAP: t.spares.swap,
-            Phase.RELOAD: t.recovery.reload,
+            Phase.RELOAD: self.reload_s(self) if self.reload_s else t.recovery.reload,
             Phase.DOWNSCALE: t.elastic.downscale,
             Phase.UPSCALE: t.elastic.upscale,
         }[phase]
@@ -280,9 +282,11 @@ class Group:
         if self.phase is Phase.RUNNING:
             compute_s, comm_s = self.step_times()
             wall = compute_s + comm_s
+            # an infinite step (a wake to re-plan is already queued) makes no progress meanwhile
+            fraction, rate = (compute_s / wall, 1.0 / wall) if math.isfinite(wall) else (0.0, 0.0)
             self.ledger.set_state(
                 self.env.now, Phase.RUNNING, active=active, down=down, spare=spare,
-                compute_fraction=compute_s / wall, steps_per_s=1.0 / wall,
+                compute_fraction=fraction, steps_per_s=rate,
             )
         else:
             self.ledger.set_state(self.env.now, self.phase, active=active, down=down, spare=spare)
@@ -296,6 +300,8 @@ class Group:
         elif phase is Phase.CHECKPOINT:
             steps = self.ledger.commit(now)
             self.recorder.event(now, "checkpoint", "", self.name, f"{steps:.6g} steps committed")
+            for listener in self.commit_listeners:
+                listener(self, steps)
             self.work_left_s = self.checkpoint_interval_s or math.inf
             self.intent = Phase.RUNNING
         elif phase in (Phase.DETECT, Phase.SWAP):

@@ -56,7 +56,8 @@ def read_yaml(path: Path) -> Any:
     except YAMLError as err:
         raise ScenarioError(f"{path}: malformed YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ScenarioError(f"{path}: expected a mapping of scenario sections (name, seed, topology, ...), got {type(data).__name__}")
+        got = "an empty document" if data is None else "a list" if isinstance(data, list) else f"the value {data!r:.40}"
+        raise ScenarioError(f"{path}: expected a mapping of scenario sections (name, seed, topology, ...), got {got}")
     return data
 
 
@@ -84,7 +85,10 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
         where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ScenarioError(f"{source} {key}: {where} is a list of {len(node)}; expected an index below {len(node)}")
+                raise ScenarioError(
+                    f"{source} {key}: {'.'.join(parts[:depth])} is a list of {len(node)} item(s); "
+                    f"expected an index below {len(node)}, got {part!r}"
+                )
             if last:
                 node[int(part)] = value
             else:
@@ -113,11 +117,12 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
     node, path, line = data, "", None
     for part in loc:
         if isinstance(node, list) and isinstance(part, int) and part < len(node):
-            if isinstance(node, CommentedSeq):
+            if isinstance(node, CommentedSeq) and part in (node.lc.data or {}):
                 line = node.lc.item(part)[0] + 1
             node, path = node[part], f"{path}[{part}]"
         elif isinstance(node, dict) and isinstance(part, str) and part in node:
-            if isinstance(node, CommentedMap):
+            # keys added by --set have no position in the file: keep the parent's line
+            if isinstance(node, CommentedMap) and part in (node.lc.data or {}):
                 line = node.lc.key(part)[0] + 1
             node, path = node[part], f"{path}.{part}" if path else part
         elif isinstance(node, dict) and isinstance(part, str) and node.get("kind") == part:
@@ -160,10 +165,16 @@ def _unwrap(tp: Any, tag: Any) -> Any:
 
 def describe(err: dict, data: Any, file: str) -> str:
     """One line for one pydantic error."""
-    loc = tuple(err["loc"])
+    ctx = err.get("ctx") or {}
+    # a cross-field check (sim.scenario.LocatedError) says where below its model the problem is
+    loc = tuple(err["loc"]) + tuple(getattr(ctx.get("error"), "loc", ()))
     path, line = _locate(data, loc)
     where = f"{file}: {path}" + (f" (line {line})" if line else "")
     kind, msg = err["type"], err["msg"]
+    if kind == "union_tag_invalid":
+        return f"{where}: unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {ctx.get('tag')!r} (expected one of: {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return f"{where}: required key {ctx.get('discriminator', 'kind').strip(chr(39))} is missing"
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         known = f" (expected one of: {', '.join(model.model_fields)})" if model else ""
@@ -213,7 +224,7 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     path = Path(path)
     data = read_yaml(path)
     for assignment in overrides:
-        apply_override(data, assignment)
+        apply_override(data, assignment, f"{path}: --set")
     return validate(data, str(path))
 
 

@@ -121,9 +121,9 @@ def run_replication(
     next_check = check_every
     while True:
         when = env.peek()
-        if when >= horizon:
-            break
-        if when >= next_check:
+        # checks come before the horizon test: with nothing scheduled before the horizon (a group
+        # blocked for good) downtime still grows, and a halt bound on it must still trip
+        if when >= next_check and next_check < horizon:
             # progress and halt bounds are checked at 1 % steps of simulated time, not per event
             env.run(until=next_check)
             next_check += check_every
@@ -136,6 +136,8 @@ def run_replication(
                     halted = next(v for v in tripped if not v["passed"])
                     break
             continue
+        if when >= horizon:
+            break
         env.step()
         events += 1
     if halted is None:

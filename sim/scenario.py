@@ -40,6 +40,27 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+class LocatedError(ValueError):
+    """A cross-field check that knows where, below the model that raised it, the problem is.
+
+    The loader appends ``loc`` (keys and list indices) to the model's own YAML path, so the user
+    reads ``topology.regions[0].islands[1].chip (line 12)`` rather than ``(top level)``.
+    """
+
+    def __init__(self, message: str, loc: tuple = ()):
+        super().__init__(message)
+        self.loc = loc
+
+
+def _schema_also(*alternatives: dict):
+    """A ``__get_pydantic_json_schema__`` that also admits the shorthands a ``before`` validator accepts."""
+
+    def hook(cls, core_schema, handler):
+        return {"anyOf": [*alternatives, handler.resolve_ref_schema(handler(core_schema))]}
+
+    return classmethod(hook)
+
+
 # --------------------------------------------------------------------------------------------- hardware
 
 
@@ -96,16 +117,19 @@ class Topology(Model):
     def _names_are_consistent(self) -> "Topology":
         regions = [r.name for r in self.regions]
         if len(set(regions)) != len(regions):
-            raise ValueError(f"region names must be unique, got {regions}")
+            raise LocatedError(f"region names must be unique, got {regions}", ("regions",))
         islands = [i.name for r in self.regions for i in r.islands]
         if len(set(islands)) != len(islands):
-            raise ValueError(f"island names must be unique, got {islands}")
-        for link in self.links:
+            raise LocatedError(f"island names must be unique, got {islands}", ("regions",))
+        for k, link in enumerate(self.links):
             for end in link.between:
                 if end not in regions:
-                    raise ValueError(f"link between {list(link.between)}: unknown region {end!r} (known: {regions})")
+                    raise LocatedError(
+                        f"link between {list(link.between)}: unknown region {end!r} (known: {regions})",
+                        ("links", k, "between"),
+                    )
         if self.syncer.region is not None and self.syncer.region not in regions:
-            raise ValueError(f"syncer region {self.syncer.region!r} is not one of {regions}")
+            raise LocatedError(f"syncer region {self.syncer.region!r} is not one of {regions}", ("syncer", "region"))
         return self
 
 
@@ -217,8 +241,11 @@ class Training(Model):
     def _fragments_fit(self) -> "Training":
         if self.policy is Policy.SYNC_DP and self.on_failure is OnFailure.ELASTIC:
             raise ValueError("sync_dp restarts on failure: use policy elastic_dp for elastic lockstep training")
-        if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.fragments > self.inner_steps:
-            raise ValueError(f"fragments ({self.fragments}) must not exceed inner_steps ({self.inner_steps})")
+        if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.inner_steps % self.fragments:
+            raise ValueError(
+                f"inner_steps ({self.inner_steps}) must be a multiple of fragments ({self.fragments}): "
+                "each fragment syncs once every inner_steps / fragments steps"
+            )
         return self
 
 
@@ -240,6 +267,8 @@ class Target(Model):
     links: list[str] | None = Field(None, description="links as 'regionA~regionB'")
     mode: SelectMode = SelectMode.ALL
     value: float | None = Field(None, ge=0)
+
+    __get_pydantic_json_schema__ = _schema_also({"const": "all"})
 
     @model_validator(mode="before")
     @classmethod
@@ -268,6 +297,10 @@ class RepairSpec(Model):
     median: PositiveSeconds | None = Field(None, description="lognormal")
     sigma: float = Field(0.5, gt=0, description="lognormal")
     shape: float = Field(1.0, gt=0, description="weibull")
+
+    __get_pydantic_json_schema__ = _schema_also(
+        {"type": ["string", "number"], "description": "shorthand for a constant duration, e.g. '2h'"}
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -402,7 +435,9 @@ class Surrogate(Model):
     non_iid: float = Field(0.5, ge=0, le=1)
     resolution: float = Field(0.1, gt=0, le=1, description="surrogate steps per simulated step")
     max_steps_per_learner: int = Field(20000, ge=1, description="cap on surrogate steps per learner per run")
-    eval_every: Seconds = Field(0.0, description="evaluation period (0: at every merge / checkpoint)")
+    eval_every: Seconds = Field(0.0, description="evaluation period of the global model (0: 1/200 of the run)")
+
+    __get_pydantic_json_schema__ = _schema_also({"enum": ["off", False, None]})
 
     @model_validator(mode="before")
     @classmethod
@@ -459,11 +494,14 @@ class Scenario(Model):
         from .hardware import catalog
 
         chips = catalog(self.chips)
-        for region in self.topology.regions:
-            for island in region.islands:
+        for r, region in enumerate(self.topology.regions):
+            for k, island in enumerate(region.islands):
                 if island.chip not in chips:
-                    raise ValueError(f"island {island.name!r}: unknown chip {island.chip!r} (known: {sorted(chips)})")
+                    raise LocatedError(
+                        f"island {island.name!r}: unknown chip {island.chip!r} (known: {sorted(chips)})",
+                        ("topology", "regions", r, "islands", k, "chip"),
+                    )
         names = [f.name for f in self.faults]
         if len(set(names)) != len(names):
-            raise ValueError(f"fault names must be unique, got {names}")
+            raise LocatedError(f"fault names must be unique, got {names}", ("faults",))
         return self

@@ -8,9 +8,13 @@ adds whatever processes it needs (the synchronizer, outer rounds).
 from __future__ import annotations
 
 from ..scenario import Policy
+from .diloco import DecoupledDiLoCo, DiLoCo, StreamingDiLoCo
 from .lockstep import ElasticDP, SyncDP
 
 POLICIES: dict[Policy, type] = {
     Policy.SYNC_DP: SyncDP,
     Policy.ELASTIC_DP: ElasticDP,
+    Policy.DILOCO: DiLoCo,
+    Policy.STREAMING_DILOCO: StreamingDiLoCo,
+    Policy.DECOUPLED_DILOCO: DecoupledDiLoCo,
 }

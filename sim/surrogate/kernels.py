@@ -9,9 +9,9 @@ Precision
     finite differences and the optimizers against NumPy references to ~1e-10.
 
 Determinism
-    Kernels are compiled with ``fastmath`` limited to reassociation, contraction, signed zeros and
-    reciprocals: that lets LLVM vectorise dot products (which needs reassociation) but keeps NaN/Inf
-    semantics. The result is still a pure function of the inputs on a given machine and build (the same
+    Kernels are compiled with ``fastmath`` limited to reassociation, FMA contraction and signed zeros:
+    that lets LLVM vectorise dot products (which needs reassociation) but keeps NaN/Inf semantics and
+    exact divisions. The result is still a pure function of the inputs on a given machine and build (the same
     seed gives bit-identical parameters); it may differ in the last bits from NumPy or from another CPU
     with wider vectors.
 
@@ -37,7 +37,10 @@ import numpy as np
 
 # Reassociation lets LLVM vectorise reductions (dot products, norms); we leave out 'nnan'/'ninf' so a
 # diverging run still shows NaN/Inf instead of undefined behaviour.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+FASTMATH = {"reassoc", "contract", "nsz"}
+# Every kernel uses error_model="numpy": a float division by zero gives inf/nan instead of raising. The
+# Python model's zero-division check is a branch inside the loop, and that alone stops LLVM from
+# vectorising AdamW (measured: 3.6 us -> 1.0 us per step at the default size).
 
 
 def param_count(dim: int, hidden: int, classes: int) -> int:
@@ -45,7 +48,7 @@ def param_count(dim: int, hidden: int, classes: int) -> int:
     return dim * hidden + hidden + classes * hidden + classes
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _split(flat, dim, hidden, classes):
     """Views (W1, b1, W2, b2) into a flat parameter (or gradient) vector; no copy."""
     o1 = dim * hidden
@@ -55,7 +58,7 @@ def _split(flat, dim, hidden, classes):
             flat[o2:o3].reshape((classes, hidden)), flat[o3:o3 + classes])
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _forward(W1, b1, W2, b2, x, h, z):
     """Hidden activations into ``h`` and logits into ``z`` for one sample; returns max(z)."""
     dim, hidden = W1.shape
@@ -68,8 +71,7 @@ def _forward(W1, b1, W2, b2, x, h, z):
         for j in range(hidden):
             h[j] += xi * w[j]
     for j in range(hidden):
-        if h[j] < 0.0:
-            h[j] = 0.0
+        h[j] = max(h[j], 0.0)
     zmax = -np.inf
     for c in range(b2.size):
         w = W2[c]
@@ -77,12 +79,11 @@ def _forward(W1, b1, W2, b2, x, h, z):
         for j in range(hidden):
             s += w[j] * h[j]
         z[c] = s
-        if s > zmax:
-            zmax = s
+        zmax = max(zmax, s)
     return zmax
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _loss_grad_ws(params, X, y, rows, hidden, classes, grad, h, z, dh):
     """Mean loss over ``rows``; mean gradient written into ``grad``. ``h, z, dh`` are scratch."""
     dim = X.shape[1]
@@ -128,7 +129,7 @@ def _loss_grad_ws(params, X, y, rows, hidden, classes, grad, h, z, dh):
     return loss * scale
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def mlp_loss_grad(params, X, y, rows, hidden, classes, grad):
     """Mean cross-entropy of samples ``X[rows], y[rows]``; overwrites ``grad`` with its gradient."""
     h = np.empty(hidden)
@@ -137,7 +138,7 @@ def mlp_loss_grad(params, X, y, rows, hidden, classes, grad):
     return _loss_grad_ws(params, X, y, rows, hidden, classes, grad, h, z, dh)
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def mlp_evaluate(params, X, y, hidden, classes):
     """(mean cross-entropy, accuracy) over all rows of ``X, y``; forward only."""
     dim = X.shape[1]
@@ -162,7 +163,7 @@ def mlp_evaluate(params, X, y, hidden, classes):
     return loss / n, correct / n
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def adamw_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay):
     """One AdamW update in place, PyTorch semantics; ``t`` is the 1-based number of this update.
 
@@ -182,7 +183,7 @@ def adamw_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay):
         params[i] = params[i] * decay - step * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def train_steps(params, m, v, t0, X, y, rows, hidden, classes, lr, beta1, beta2, eps, weight_decay, grad):
     """``rows.shape[0]`` fused inner steps (loss/grad on ``X[rows[s]]`` then AdamW); returns the mean loss.
 
@@ -200,7 +201,7 @@ def train_steps(params, m, v, t0, X, y, rows, hidden, classes, lr, beta1, beta2,
     return total / n if n > 0 else np.nan
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def nesterov_step(theta, velocity, delta, lr, momentum):
     """Outer SGD step with Nesterov momentum, as ``torch.optim.SGD(nesterov=True, dampening=0)``.
 
@@ -214,7 +215,7 @@ def nesterov_step(theta, velocity, delta, lr, momentum):
         theta[i] -= lr * (d + momentum * vi)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def outer_gradients(anchor, thetas, members, lo, hi, out):
     """``out[k] = anchor[lo:hi] - thetas[members[k], lo:hi]``: the outer gradients of one fragment."""
     for k in range(members.size):
@@ -224,7 +225,7 @@ def outer_gradients(anchor, thetas, members, lo, hi, out):
             dst[i] = anchor[lo + i] - src[lo + i]
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def weighted_mean(deltas, weights, out):
     """``out = sum_k w_k deltas[k] / sum_k w_k`` (weights normalised here; caller checks sum > 0)."""
     wsum = 0.0
@@ -238,7 +239,7 @@ def weighted_mean(deltas, weights, out):
             out[i] += a * row[i]
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _norm(x):
     s = 0.0
     for i in range(x.size):
@@ -246,7 +247,7 @@ def _norm(x):
     return math.sqrt(s)
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def rda(deltas, weights, out):
     """Radial-directional average: ``(sum w|v| / sum w) * phi(sum w phi(v) / sum w)``, phi(x) = x/|x|.
 

@@ -25,8 +25,9 @@ so ``train(m, 10)`` equals ten calls of ``train(m, 1)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,24 @@ def balanced_slices(n: int, parts: int) -> tuple[slice, ...]:
 
 
 class Surrogate:
-    """A small MLP trained by ``n_learners`` learners on sharded synthetic data; see the module doc."""
+    """A small MLP trained by ``n_learners`` learners on sharded synthetic data; see the module doc.
+
+    Args:
+        rng: the only source of randomness (data, initialisation, minibatch streams are spawned from it).
+        n_learners: M, number of learners (islands); learner ids are ``0..M-1``.
+        fragments: P, number of balanced contiguous fragments of the flat parameter vector.
+        dim, hidden, classes: MLP sizes ``dim -> hidden (ReLU) -> classes``; layout in ``kernels``.
+        batch: samples per inner step per learner (``tokens_per_step``).
+        inner_lr, beta1, beta2, eps, weight_decay: inner AdamW (also used by ``train_data_parallel``).
+        outer_lr, outer_momentum: outer Nesterov SGD (DiLoCo defaults 0.7 / 0.9).
+        averaging: ``"rda"`` (radial-directional) or ``"mean"`` (weighted mean) merge of outer gradients.
+        non_iid, samples_per_learner, eval_samples, clusters_per_class, noise, separation: the synthetic
+            task, see ``data.make_dataset``.
+
+    Public state (NumPy arrays, mutate only through the methods): ``theta`` (Theta, shape (n,)),
+    ``outer_velocity`` (n,), ``params``/``adam_m``/``adam_v`` (M, n), ``steps`` (M,) AdamW step counts,
+    ``fragment_slices`` (P slices), ``data`` (the ``Dataset``).
+    """
 
     def __init__(
         self,
@@ -81,7 +99,7 @@ class Surrogate:
         hidden: int = 32,
         classes: int = 8,
         batch: int = 16,
-        inner_lr: float = 3e-3,
+        inner_lr: float = 2e-3,
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-8,
@@ -94,6 +112,7 @@ class Surrogate:
         eval_samples: int = 4096,
         clusters_per_class: int = 4,
         noise: float = 0.8,
+        separation: float = 4.0,
     ):
         if averaging not in AVERAGING:
             raise ValueError(f"averaging must be one of {AVERAGING}, got {averaging!r}")
@@ -103,7 +122,8 @@ class Surrogate:
         data_rng, init_rng, *learner_rngs = rng.spawn(2 + n_learners)
         self.data: Dataset = make_dataset(
             data_rng, n_learners, dim=dim, classes=classes, samples_per_learner=samples_per_learner,
-            eval_samples=eval_samples, non_iid=non_iid, clusters_per_class=clusters_per_class, noise=noise)
+            eval_samples=eval_samples, non_iid=non_iid, clusters_per_class=clusters_per_class, noise=noise,
+            separation=separation)
         self.n_learners = n_learners
         self.dim, self.hidden, self.classes, self.batch = dim, hidden, classes, batch
         self.inner_lr, self.beta1, self.beta2, self.eps = inner_lr, beta1, beta2, eps
@@ -115,7 +135,7 @@ class Surrogate:
         self.theta = self._init_params(init_rng)
         self.outer_velocity = np.zeros(self.n_params)
         # Learners start from Theta, as every DiLoCo replica starts from the same initialisation.
-        self.params = np.ascontiguousarray(np.broadcast_to(self.theta, (n_learners, self.n_params)))
+        self.params = np.tile(self.theta, (n_learners, 1))  # row m is theta_m
         self.adam_m = np.zeros((n_learners, self.n_params))
         self.adam_v = np.zeros((n_learners, self.n_params))
         self.steps = np.zeros(n_learners, dtype=np.int64)
@@ -126,7 +146,7 @@ class Surrogate:
         self.dp_steps = 0
         self._grad = np.empty(self.n_params)  # scratch shared by all kernels (single-threaded use)
         longest = max(s.stop - s.start for s in self.fragment_slices)
-        self._deltas = np.empty((n_learners, longest))  # outer-gradient scratch for one fragment
+        self._deltas = np.empty(n_learners * longest)  # outer-gradient scratch, reshaped per fragment
 
     # ------------------------------------------------------------------ setup helpers
     def _init_params(self, rng: np.random.Generator) -> np.ndarray:
@@ -147,9 +167,11 @@ class Surrogate:
         """Samples one learner consumes per inner step (the simulator's token counter)."""
         return self.batch
 
-    def _members(self, members: Sequence[int]) -> np.ndarray:
+    def _members(self, members: Sequence[int], allow_empty: bool = False) -> np.ndarray:
         idx = np.asarray(members, dtype=np.int64).reshape(-1)
         if idx.size == 0:
+            if allow_empty:
+                return idx
             raise ValueError("need at least one member")
         if idx.min() < 0 or idx.max() >= self.n_learners or np.unique(idx).size != idx.size:
             raise ValueError(f"members must be distinct learner ids in [0, {self.n_learners}), got {members}")
@@ -209,16 +231,21 @@ class Surrogate:
         return self.params[self._members(members), s].copy()
 
     def merge_fragment(self, p: int, members: Sequence[int], weights: Sequence[float] | None = None,
-                       pulled: np.ndarray | None = None) -> np.ndarray:
+                       pulled: np.ndarray | None = None, averaging: str | None = None) -> np.ndarray:
         """Outer step on Theta_p from the members' outer gradients; returns a copy of the new Theta_p.
 
         ``weights`` (default uniform) are normalised here. ``pulled`` are fragments captured earlier by
-        ``pull_fragment`` (same member order); by default the members' current theta_{m,p} are used."""
+        ``pull_fragment`` (same member order); by default the members' current theta_{m,p} are used.
+        ``averaging`` overrides the constructor's rule for this fragment (the paper averages the embedding
+        fragment plainly and uses RDA elsewhere)."""
+        averaging = self.averaging if averaging is None else averaging
+        if averaging not in AVERAGING:
+            raise ValueError(f"averaging must be one of {AVERAGING}, got {averaging!r}")
         idx = self._members(members)
         w = self._weights(weights, idx.size)
         s = self.fragment_slices[p]
         lo, hi = s.start, s.stop
-        deltas = self._deltas[: idx.size, : hi - lo]
+        deltas = self._deltas[: idx.size * (hi - lo)].reshape(idx.size, hi - lo)  # C-contiguous rows
         if pulled is None:
             K.outer_gradients(self.theta, self.params, idx, lo, hi, deltas)
         else:
@@ -227,7 +254,7 @@ class Surrogate:
                 raise ValueError(f"pulled has shape {pulled.shape}, expected {(idx.size, hi - lo)}")
             np.subtract(self.theta[s], pulled, out=deltas)
         delta = np.empty(hi - lo)
-        (K.rda if self.averaging == "rda" else K.weighted_mean)(deltas, w, delta)
+        (K.rda if averaging == "rda" else K.weighted_mean)(deltas, w, delta)
         K.nesterov_step(self.theta[s], self.outer_velocity[s], delta, self.outer_lr, self.outer_momentum)
         return self.theta[s].copy()
 
@@ -242,12 +269,11 @@ class Surrogate:
         src = self.theta[s] if values is None else np.asarray(values, dtype=np.float64)
         if src.shape != (s.stop - s.start,):
             raise ValueError(f"values has shape {src.shape}, expected {(s.stop - s.start,)}")
-        for m in self._members(learners):
-            if local_weight == 0.0:
-                self.params[m, s] = src
-            else:
-                self.params[m, s] *= local_weight
-                self.params[m, s] += (1.0 - local_weight) * src
+        idx = self._members(learners, allow_empty=True)
+        if local_weight == 0.0:
+            self.params[idx, s] = src
+        else:
+            self.params[idx, s] = local_weight * self.params[idx, s] + (1.0 - local_weight) * src
 
     def merge_all(self, members: Sequence[int], weights: Sequence[float] | None = None) -> None:
         """Plain DiLoCo outer step: every fragment merged with the same members and weights."""

@@ -1,0 +1,201 @@
+"""DiLoCo, Streaming DiLoCo and Decoupled DiLoCo (reference/diloco.md).
+
+``diloco``            Each learner runs H inner steps, then a blocking outer all-reduce of the
+                      pseudo-gradients of all live learners over the WAN. Rounds are lockstep: every
+                      learner waits for the slowest, and a learner that goes down blocks the round until
+                      ``training.round_timeout`` drops it.
+``streaming_diloco``  The same lockstep membership, but P fragments sync on a staggered schedule,
+                      overlapped with tau steps of compute and optionally quantised (``bits``), so the
+                      exposed communication is far smaller (bucketed-overlap model).
+``decoupled_diloco``  Learners never wait for each other. Fragment rounds are run by the synchronizer
+                      (in ``syncer.region``): wait for the minimum quorum K, then the grace window,
+                      merge the learners present with token weights, broadcast. A learner waits only
+                      when the result of a round it joined is not back within tau steps of its report
+                      (the slack the adaptive grace window is bounded by), or when fewer than K learners
+                      are alive. During a synchronizer outage learners train on and are merged later.
+
+The decision in every steady state is :func:`sim.syncer.decide` on the view of one representative
+fragment round; its reason is logged whenever it changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..learner import Group
+from ..metrics import Phase
+from ..scenario import GraceMode
+from ..bandwidth import exposed_comm_time_per_step
+from ..syncer import (
+    Action,
+    Decision,
+    GraceMode as SyncGrace,
+    LearnerReport,
+    MergeWeighting,
+    SyncConfig,
+    SyncView,
+    decide,
+    grace_window_s,
+    token_weights,
+)
+from .outer import OuterPolicy
+
+
+class DiLoCo(OuterPolicy):
+    comm_method = "diloco"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.left_at: dict[int, float] = {}
+
+    def _phase_changed(self, group: Group, old: Phase, new: Phase) -> None:
+        was_alive = old in (Phase.RUNNING, Phase.BLOCKED)
+        if was_alive and new not in (Phase.RUNNING, Phase.BLOCKED):
+            self.left_at[group.islands[0].index] = self.ctx.env.now
+            # the round stops blocking on this learner once the timeout has passed
+            self.ctx.env.timeout(self.training.round_timeout).callbacks.append(lambda _e: self._schedule_recompute())
+        super()._phase_changed(group, old, new)
+
+    def steady_state(self) -> dict[int, float]:
+        now, alive = self.ctx.env.now, self.alive()
+        blocking = [
+            g for g in self.groups
+            if g not in alive and now - self.left_at.get(g.islands[0].index, -math.inf) < self.training.round_timeout
+        ]
+        if blocking:
+            return {g.islands[0].index: math.inf for g in alive}
+        walls = {}
+        for group in alive:
+            compute = group.compute_time_s()
+            walls[group.islands[0].index] = compute + self.exposed_comm_s(group, compute)
+        slowest = max(walls.values(), default=0.0)
+        return {index: slowest - wall for index, wall in walls.items()}
+
+
+class StreamingDiLoCo(DiLoCo):
+    comm_method = "streaming_diloco"
+
+
+class DecoupledDiLoCo(OuterPolicy):
+    comm_method = "streaming_diloco"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        t = self.training
+        grace = {GraceMode.ADAPTIVE: SyncGrace.ADAPTIVE, GraceMode.FIXED: SyncGrace.FIXED, GraceMode.NONE: SyncGrace.NONE}
+        self.weighting = MergeWeighting.TOKEN_WEIGHTED if t.merge == "token_weighted" else MergeWeighting.UNIFORM
+        self.config = SyncConfig(
+            quorum=t.quorum, grace_mode=grace[t.grace.mode], gamma=t.grace.gamma, grace_fixed_s=t.grace.fixed,
+            grace_max_s=t.grace.max, overlap_steps=t.overlap, merge=self.weighting,
+        )
+        if t.quorum > len(ctx.topology.islands):
+            raise ValueError(f"training.quorum ({t.quorum}) exceeds the number of learners ({len(ctx.topology.islands)})")
+        self.unmet = False
+        self.last_reason = ""
+        self.grace_s: list[float] = []
+
+    def comm_link(self, group: Group) -> tuple[float, float]:
+        return self.link_to(group, self.ctx.topology.syncer_region)
+
+    def exposed_comm_s(self, group: Group, compute_s: float) -> float:
+        # learner <-> synchronizer: a point-to-point exchange (two sites), whatever M is
+        bandwidth, latency = self.comm_link(group)
+        if bandwidth <= 0:
+            return math.inf
+        t = self.training
+        stall = exposed_comm_time_per_step(
+            "streaming_diloco", params=self.params, step_time_s=compute_s, bandwidth_bps=bandwidth, sites=2,
+            inner_steps=t.inner_steps, fragments=t.fragments, overlap=t.overlap, bits=t.bits,
+        )
+        return stall
+
+    def sync_time_s(self, group: Group) -> float:
+        """Pull and broadcast of one fragment between a learner and the synchronizer."""
+        bandwidth, latency = self.comm_link(group)
+        bits = self.params * self.training.bits / self.training.fragments
+        return math.inf if bandwidth <= 0 else 2 * bits / bandwidth + 2 * latency
+
+    def representative_round(self) -> tuple[Decision, dict[int, float], float, float, float]:
+        """decide() on one fragment round of the current steady state.
+
+        Times are relative to the first report; learner m reports after its lag behind the fastest
+        (its slot interval minus the fastest one's), the quorum is met at the K-th report.
+        """
+        t = self.training
+        q = t.inner_steps // t.fragments
+        alive = self.alive()
+        step = {}
+        for group in alive:
+            compute = group.compute_time_s()
+            step[group.islands[0].index] = compute + self.exposed_comm_s(group, compute)
+        order = sorted(step, key=lambda i: (step[i], i))
+        lag = {i: q * (step[i] - step[order[0]]) for i in order} if order else {}
+        k = t.quorum
+        quorum_at = lag[order[k - 1]] if len(order) >= k else None
+        sync_s = max((self.sync_time_s(g) for g in alive), default=0.0)
+        ema_step = step[order[k - 1]] if len(order) >= k else (step[order[-1]] if order else 0.0)
+        reports = []
+        for group in self.groups:
+            index = group.islands[0].index
+            reports.append(LearnerReport(index, index in step, False, 0, 0.0))
+        probe = SyncView(0.0, 0, 0.0, quorum_at, tuple(reports), ema_step, quorum_at or 0.0, sync_s if math.isfinite(sync_s) else 0.0)
+        grace = grace_window_s(probe, self.config) if quorum_at is not None else 0.0
+        decision_time = (quorum_at or 0.0) + grace
+        reports = [
+            LearnerReport(r.learner_id, r.alive, r.alive and lag[r.learner_id] <= decision_time + 1e-12, q if r.alive else 0,
+                          q * self.ctx.scenario.workload.tokens_per_step if r.alive else 0.0)
+            for r in reports
+        ]
+        view = SyncView(decision_time, 0, 0.0, quorum_at, tuple(reports), ema_step, quorum_at or 0.0,
+                        sync_s if math.isfinite(sync_s) else 0.0)
+        return decide(decision_time, view, self.config), lag, decision_time, sync_s, grace
+
+    def steady_state(self) -> dict[int, float]:
+        alive = self.alive()
+        if not self.syncer_up:
+            self.unmet = False
+            return {g.islands[0].index: 0.0 for g in alive}
+        decision, lag, decision_time, sync_s, grace = self.representative_round()
+        if decision.reason != self.last_reason:
+            self.last_reason = decision.reason
+            self.ctx.recorder.event(self.ctx.env.now, "sync_decision", "", "syncer", decision.reason)
+        self.unmet = decision.action is Action.WAIT
+        if self.unmet:
+            return {g.islands[0].index: math.inf for g in alive}
+        self.grace_s.append(grace)
+        q = self.training.inner_steps // self.training.fragments
+        waits = {}
+        for group in alive:
+            index = group.islands[0].index
+            compute = group.compute_time_s()
+            step = compute + self.exposed_comm_s(group, compute)
+            if index in decision.members:
+                back_at = decision_time + sync_s  # the merged fragment is back at the learner
+                needed_at = lag[index] + self.training.overlap * step
+                waits[index] = max(0.0, back_at - needed_at) / q
+            else:
+                waits[index] = 0.0  # late: it contributes to the next round of this fragment
+        return waits
+
+    def settle(self) -> None:
+        if self.unmet:
+            self.quorum_unmet_s += self.ctx.env.now - self._epoch_start
+        super().settle()
+
+    def members_and_weights(self, contributors: list[Group], elapsed_s: float) -> tuple[list[Group], list[float]]:
+        if not contributors:
+            return [], []
+        contributors = sorted(contributors, key=lambda g: g.islands[0].index)
+        tokens_per_step = self.ctx.scenario.workload.tokens_per_step
+        steps = [max(int(round(g.ledger.pending_steps)), 1) for g in contributors]
+        weights = token_weights(steps, [s * tokens_per_step for s in steps], self.weighting)
+        return contributors, list(weights)
+
+    def rounds_in(self, elapsed_s: float) -> float:
+        return super().rounds_in(elapsed_s) * self.training.fragments
+
+    def metrics(self, final: bool) -> dict:
+        out = super().metrics(final)
+        out["mean_grace_s"] = sum(self.grace_s) / len(self.grace_s) if self.grace_s else 0.0
+        return out
+

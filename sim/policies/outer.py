@@ -1,0 +1,309 @@
+"""The DiLoCo family on the simulator: learners, outer rounds in fast-forward, rejoin, and metrics.
+
+Each island is a learner (a :class:`~sim.learner.Group` of its own) that fails and recovers on its own
+(``training.on_failure``). Between chaos events (a failure, repair, pause end, outage or link edge) the
+system is in a steady state in which outer rounds repeat identically, so rounds are not played one by
+one: an *epoch* process settles them in blocks. At each epoch end (at most every ``H`` steps of the
+pacing learner, at least every 1/1000 of the run) and at each change it
+
+* commits the compute of every learner whose work was merged (``useful``; under ``restart`` whatever
+  is still unmerged at a failure is lost),
+* advances the surrogate model (inner steps at ``surrogate.resolution``, then one merge per fragment
+  with the members and weights the synchronizer chose), and records its evaluation loss,
+* recomputes the steady state: per learner the seconds per step spent waiting (exposed
+  communication from the bucketed-overlap model of :mod:`sim.bandwidth`, plus barrier, quorum and
+  grace waits), which the learners' step model charges as ``waiting`` chip-time.
+
+Subclasses say how members are chosen and how long learners wait (:meth:`steady_state`).
+A learner that restarts pulls its state from a healthy peer (parameters and AdamW moments, 10 bytes
+per parameter) over the link between their regions: its reload takes at least that transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..bandwidth import exposed_comm_time_per_step
+from ..context import RunContext
+from ..learner import Group
+from ..metrics import Phase
+from .lockstep import base_step_time_s
+
+STATE_BYTES_PER_PARAM = 10.0  # bf16 parameters + fp32 AdamW moments
+
+
+class SurrogateDriver:
+    """Turns simulated steps into surrogate steps at the scenario's resolution, within a budget."""
+
+    def __init__(self, ctx: RunContext, n_learners: int, fragments: int):
+        from ..surrogate import Surrogate
+
+        cfg, training = ctx.scenario.surrogate, ctx.scenario.training
+        self.ctx, self.cfg = ctx, cfg
+        self.model = Surrogate(
+            ctx.streams.get("surrogate"), n_learners, fragments, dim=cfg.dim, hidden=cfg.hidden,
+            classes=cfg.classes, batch=cfg.batch, inner_lr=cfg.inner_lr, weight_decay=cfg.weight_decay,
+            non_iid=cfg.non_iid, outer_lr=training.outer.lr, outer_momentum=training.outer.momentum,
+            averaging=training.averaging,
+        )
+        self.carry = np.zeros(n_learners)
+        self.done = np.zeros(n_learners, dtype=np.int64)
+        self.eval_every_s = cfg.eval_every or ctx.scenario.duration / 200.0
+        self.next_eval_s = 0.0
+
+    def steps_for(self, m: int, sim_steps: float) -> int:
+        """Surrogate steps owed to learner m for ``sim_steps`` simulated steps (fractions carried over)."""
+        budget = int(self.cfg.max_steps_per_learner * min(self.ctx.env.now / self.ctx.scenario.duration, 1.0))
+        self.carry[m] += sim_steps * self.cfg.resolution
+        n = min(int(self.carry[m]), max(budget - int(self.done[m]), 0))
+        self.carry[m] -= int(self.carry[m])
+        self.done[m] += n
+        return n
+
+    def record(self, key: str, tokens: float, force: bool = False) -> None:
+        """Evaluate the global model, at most every ``eval_every`` of simulated time."""
+        now = self.ctx.env.now
+        if force or now >= self.next_eval_s:
+            self.next_eval_s = now + self.eval_every_s
+            self.ctx.recorder.point(now, "loss", key, self.model.eval_loss(), tokens)
+
+
+class OuterPolicy(ABC):
+    comm_method = "diloco"
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.training = ctx.scenario.training
+        self.params = ctx.scenario.workload.params
+        self.groups: list[Group] = []
+        self.wait_s = {}  # learner index -> waiting seconds per step (inf: blocked)
+        self.last_merge_s: dict[int, float] = {}
+        self.merges = 0.0
+        self.member_merges = 0.0
+        self.staleness_s: list[float] = []
+        self.rejoin_s: list[float] = []
+        self.quorum_unmet_s = 0.0
+        self.syncer_up = True
+        self.surrogate: SurrogateDriver | None = None
+        self._pending_recompute = False
+        self._epoch_start = 0.0
+
+    # ------------------------------------------------------------------------------- building
+
+    def build(self) -> list[Group]:
+        ctx, training = self.ctx, self.training
+        for island in ctx.topology.islands:
+            group = Group(
+                ctx.env, island.name, [island], training, training.on_failure, self.step_times, ctx.recorder,
+                None, base_step_time_s(ctx.scenario, island.peak_flops),
+            )
+            group.reload_s = self.rejoin_time_s
+            group.listeners.append(self._phase_changed)
+            self.groups.append(group)
+            self.wait_s[island.index] = 0.0
+            self.last_merge_s[island.index] = 0.0
+        if ctx.scenario.surrogate.model != "off":
+            self.surrogate = SurrogateDriver(ctx, len(self.groups), self.training.fragments)
+        ctx.links.listeners.append(lambda *_: self._schedule_recompute())
+        self.process = ctx.env.process(self._epochs())
+        return self.groups
+
+    def attach(self, effects) -> None:
+        effects.syncer_hooks.append(self._syncer_changed)
+
+    # ------------------------------------------------------------------------------- step model
+
+    def step_times(self, group: Group) -> tuple[float, float]:
+        compute = group.compute_time_s()
+        wait = self.wait_s[group.islands[0].index]
+        if not math.isfinite(compute) or not math.isfinite(wait):
+            return compute, math.inf
+        return compute, self.exposed_comm_s(group, compute) + wait
+
+    def link_to(self, group: Group, region: str) -> tuple[float, float]:
+        name, _ = self.ctx.topology.link_between(group.islands[0].region, region)
+        return self.ctx.links.current(name)
+
+    def exposed_comm_s(self, group: Group, compute_s: float) -> float:
+        """Stall per step from the outer communication (bucketed-overlap model) at the current WAN."""
+        bandwidth, latency = self.comm_link(group)
+        if bandwidth <= 0:
+            return math.inf
+        sites = max(2, len({g.islands[0].region for g in self.alive()}))
+        t = self.training
+        stall = exposed_comm_time_per_step(
+            self.comm_method, params=self.params, step_time_s=compute_s, bandwidth_bps=bandwidth, sites=sites,
+            inner_steps=t.inner_steps, fragments=t.fragments, overlap=t.overlap, bits=t.bits,
+        )
+        syncs_per_step = (t.fragments if self.comm_method == "streaming_diloco" else 1) / t.inner_steps
+        return stall + latency * syncs_per_step
+
+    def comm_link(self, group: Group) -> tuple[float, float]:
+        """The slowest link of the all-reduce ring among the live learners' regions."""
+        regions = sorted({g.islands[0].region for g in self.alive()} | {group.islands[0].region})
+        if len(regions) == 1:
+            return self.ctx.links.current(f"dcn:{regions[0]}")
+        ring = [(regions[k], regions[(k + 1) % len(regions)]) for k in range(len(regions))]
+        states = [self.ctx.links.current(self.ctx.topology.link_between(a, b)[0]) for a, b in ring]
+        return min(s[0] for s in states), max(s[1] for s in states)
+
+    # ------------------------------------------------------------------------------- membership
+
+    def alive(self) -> list[Group]:
+        """Learners that hold chips and are training or blocked by the outer protocol (not recovering)."""
+        return [g for g in self.groups if g.active_chips > 0 and g.phase in (Phase.RUNNING, Phase.BLOCKED)
+                and g.intent is Phase.RUNNING]
+
+    def rejoin_time_s(self, group: Group) -> float:
+        """Reload = pulling a healthy peer's state over the network (at least ``recovery.reload``)."""
+        peers = [g for g in self.alive() if g is not group]
+        base = self.training.recovery.reload
+        if not peers:
+            return base
+        state_bits = self.params * STATE_BYTES_PER_PARAM * 8
+        best = math.inf
+        for peer in peers:
+            bandwidth, latency = self.link_to(group, peer.islands[0].region)
+            if bandwidth > 0:
+                best = min(best, state_bits / bandwidth + latency)
+        seconds = max(base, best) if math.isfinite(best) else base
+        self.rejoin_s.append(seconds)
+        if self.surrogate is not None:
+            peer = min(peers, key=lambda g: g.islands[0].index)
+            self.surrogate.model.copy_learner(peer.islands[0].index, group.islands[0].index)
+        return seconds
+
+    # ------------------------------------------------------------------------------- epochs
+
+    def _phase_changed(self, group: Group, old: Phase, new: Phase) -> None:
+        if old is not new:
+            self._schedule_recompute()
+
+    def _syncer_changed(self, started: bool, fault: str) -> None:
+        self.syncer_up = not started
+        self._schedule_recompute()
+
+    def _schedule_recompute(self) -> None:
+        # Listeners run inside a group's process, which must not interrupt itself: defer to a callback.
+        if not self._pending_recompute:
+            self._pending_recompute = True
+            self.ctx.env.timeout(0).callbacks.append(lambda _e: self._interrupt_epoch())
+
+    def _interrupt_epoch(self) -> None:
+        self._pending_recompute = False
+        if self.process.is_alive and self.process is not self.ctx.env.active_process:
+            self.process.interrupt("change")
+
+    def _epochs(self):
+        import simpy
+
+        env = self.ctx.env
+        self._epoch_start = env.now
+        self._apply_steady_state()
+        while True:
+            try:
+                yield env.timeout(self.epoch_length_s())
+            except simpy.Interrupt:
+                pass
+            self.settle()
+            self._apply_steady_state()
+
+    def epoch_length_s(self) -> float:
+        alive = self.alive()
+        steps = [g.step_times() for g in alive]
+        pace = min((c + w for c, w in steps if math.isfinite(c + w)), default=math.inf)
+        floor = self.ctx.scenario.duration / 1000.0
+        return max(self.training.inner_steps * pace if math.isfinite(pace) else floor, floor)
+
+    def _apply_steady_state(self) -> None:
+        new = self.steady_state()
+        for group in self.groups:
+            index = group.islands[0].index
+            value = new.get(index, 0.0)
+            if value != self.wait_s[index]:
+                self.wait_s[index] = value
+                group.wake("outer protocol")
+            elif group.phase is Phase.RUNNING:
+                group.wake("communication re-timed") if self._comm_changed(group) else None
+
+    def _comm_changed(self, group: Group) -> bool:
+        compute, comm = group.step_times()
+        wall = compute + comm
+        return math.isfinite(wall) and abs(group.ledger.steps_per_s * wall - 1.0) > 1e-12
+
+    def settle(self) -> None:
+        """Merge what the learners did since the last epoch: commit it, and advance the surrogate."""
+        now = self.ctx.env.now
+        elapsed = now - self._epoch_start
+        self._epoch_start = now
+        if elapsed <= 0:
+            return
+        if self.training.policy.value == "decoupled_diloco" and not self.syncer_up:
+            return  # learners train on; their work is merged when the synchronizer is back
+        contributors = []
+        for group in self.groups:
+            group.ledger.advance(now)
+            if group.ledger.pending_steps > 0 and group.phase is Phase.RUNNING:
+                contributors.append(group)
+        members, weights = self.members_and_weights(contributors, elapsed)
+        if not members:
+            return
+        tokens_per_step = self.ctx.scenario.workload.tokens_per_step
+        rounds = self.rounds_in(elapsed)
+        self.merges += rounds
+        self.member_merges += rounds * len(members)
+        for group in members:
+            index = group.islands[0].index
+            self.staleness_s.append(now - self.last_merge_s[index])
+            self.last_merge_s[index] = now
+            steps = group.ledger.commit(now)
+            if self.surrogate is not None:
+                self.surrogate.model.train(index, self.surrogate.steps_for(index, steps))
+        if self.surrogate is not None:
+            ids = [g.islands[0].index for g in members]
+            for p in range(self.training.fragments):
+                self.surrogate.model.merge_fragment(p, ids, weights)
+                self.surrogate.model.broadcast_fragment(p, [g.islands[0].index for g in self.alive()] or ids)
+            committed = sum(g.ledger.committed_steps for g in self.groups)
+            self.surrogate.record(self.training.policy.value, committed * tokens_per_step)
+
+    def rounds_in(self, elapsed_s: float) -> float:
+        """Outer rounds (per fragment for streaming/decoupled) that happened in ``elapsed_s``."""
+        alive = self.alive()
+        if not alive:
+            return 0.0
+        wall = max(sum(g.step_times()) for g in alive)
+        return elapsed_s / (self.training.inner_steps * wall) if math.isfinite(wall) and wall > 0 else 0.0
+
+    def members_and_weights(self, contributors: list[Group], elapsed_s: float) -> tuple[list[Group], list[float]]:
+        """Every contributor, weighted uniformly (plain DiLoCo averages the pseudo-gradients)."""
+        k = len(contributors)
+        return contributors, [1.0 / k] * k if k else []
+
+    @abstractmethod
+    def steady_state(self) -> dict[int, float]:
+        """Waiting seconds per step for each alive learner index (inf: blocked)."""
+
+    # ------------------------------------------------------------------------------- results
+
+    def finish(self) -> None:
+        self.settle()
+        if self.surrogate is not None:
+            committed = sum(g.ledger.committed_steps for g in self.groups)
+            self.surrogate.record(self.training.policy.value, committed * self.ctx.scenario.workload.tokens_per_step, True)
+
+    def metrics(self, final: bool) -> dict:
+        out = {
+            "outer_rounds": self.merges,
+            "mean_learners_per_merge": self.member_merges / self.merges if self.merges else 0.0,
+            "mean_staleness_s": float(np.mean(self.staleness_s)) if self.staleness_s else 0.0,
+            "rejoins": len(self.rejoin_s),
+            "mean_rejoin_s": float(np.mean(self.rejoin_s)) if self.rejoin_s else 0.0,
+            "quorum_unmet_s": self.quorum_unmet_s,
+        }
+        if self.surrogate is not None:
+            out["final_loss"] = self.surrogate.model.eval_loss()
+        return out

@@ -1,0 +1,409 @@
+"""Sweeps: one scenario, many settings and seeds, one Parquet row per replication; resumable.
+
+Concepts
+--------
+* A **factor** is a set of dotted scenario keys with the levels they take. A ``grid`` factor is one
+  key; grid factors multiply (cartesian product). ``zip`` factors vary together (the i-th value of
+  every zip key forms level i) and the zip group multiplies the grid as one more factor. Factors come
+  from the scenario's ``sweep:`` section and from the command line (``--grid k=v1,v2``,
+  ``--zip k=v1,v2``); a command-line factor replaces the file's factor of the same key, a new key
+  extends the sweep.
+* A **point** is one combination of levels. It is built exactly as ``--set`` builds a scenario: the
+  levels are written into a deep copy of the raw YAML data and the result is validated. Every point
+  is validated before anything runs, so a typo in a key or a bad value fails in a second, as a
+  one-line :class:`~sim.loading.ScenarioError` naming the point, instead of after hours of runs.
+  Points are numbered in expansion order: the first factor varies slowest, the zip group last.
+* A **replication** is a point run with one seed; ``seeds`` defaults to ``seed + r`` for
+  ``r < replications``, as ``chaossim run`` does. Replication ``index = point * len(seeds) + k``.
+* A **job** ships ``(index, resolved scenario as a JSON dict, seed, output folder)`` to a worker
+  (:mod:`sim.executors`), which needs nothing but the installed package. The worker re-validates the
+  scenario, runs it with that seed and returns one flat **row**; a replication that raises becomes a
+  row with ``status: error`` and the exception, and the sweep carries on.
+
+Results folder
+--------------
+::
+
+    sweep.json                 the plan (factors, seeds, points) and its fingerprint
+    scenario.yaml              the base scenario, resolved
+    rows/part-000017.parquet   one row per finished replication, each written atomically
+    runs/17/                   that replication's results (scenario.yaml, summary.json, timeline...)
+
+A row holds ``index``, ``point``, one column per factor key (its resolved value: ``training.grace.max``
+is in seconds), ``seed``, ``status`` (``ok`` | ``error``), ``error`` (exception type and message),
+every scalar summary metric with dotted names (``goodput``, ``chip_time_fraction.lost``,
+``failures.chip_failure``) and ``row_wall_s``. Only the columns in :data:`WALL_COLUMNS` depend on the
+machine: the rest are identical whatever the executor or the number of workers. The driver writes
+each row as soon as it arrives (temporary file, then rename), so a sweep that is killed keeps every
+finished row, and ``--resume`` runs only the replications without an ``ok`` row. :func:`load_sweep`
+reads the rows back as a DataFrame sorted by index.
+
+Running on a Dask cluster
+-------------------------
+Start a scheduler and workers on the machines (each with this package installed, and the results
+folder on a filesystem they share at the same path, because workers write ``runs/<index>/``)::
+
+    dask scheduler                                     # prints tcp://10.0.0.5:8786
+    dask worker tcp://10.0.0.5:8786 --nworkers 32 --nthreads 1   # on every machine
+    chaossim sweep scenarios/sweeps/quorum-grace.yaml --executor dask --address tcp://10.0.0.5:8786 -o /shared/qg
+
+Without ``--address``, ``--executor dask`` starts a LocalCluster of ``--workers`` processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from .loading import ScenarioError, _finite_json, apply_override, parse_value, read_yaml, scenario_yaml, set_path, validate
+from .scenario import Scenario, SweepSpec
+
+WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s")
+"""Row columns that measure the machine, not the simulation (left out when comparing sweeps)."""
+
+BEST = (("goodput", "max"), ("global_downtime_s", "min"), ("final_loss", "min"))
+"""Metrics of the end-of-sweep table and whether more or less is better."""
+
+_RESERVED = ("seed", "replications", "sweep")
+
+
+class SweepError(ScenarioError):
+    """A sweep that cannot run as asked (e.g. its folder holds another sweep); one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Factor:
+    kind: str  # "grid" | "zip"
+    keys: tuple[str, ...]
+    levels: tuple[tuple[Any, ...], ...]  # one value per key in each level
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    point: int
+    seed: int
+    scenario: dict  # resolved and JSON-safe: Scenario.model_validate(scenario) gives the point back
+    out_dir: str
+    scenario_dir: str | None  # where relative paths in the scenario (trace files) start
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    file: Path
+    name: str
+    factors: tuple[Factor, ...]
+    seeds: tuple[int, ...]
+    settings: tuple[dict, ...]  # per point: factor key -> value as written
+    columns: tuple[dict, ...]  # per point: factor key -> row value (resolved; one type per key)
+    scenarios: tuple[dict, ...]
+    fingerprint: str
+
+    @property
+    def total(self) -> int:
+        return len(self.scenarios) * len(self.seeds)
+
+    def jobs(self, folder: Path) -> list[Job]:
+        folder = Path(folder).resolve()
+        where = str(self.file.resolve().parent)
+        return [
+            Job(p * len(self.seeds) + k, p, seed, scenario, str(folder / "runs" / str(p * len(self.seeds) + k)), where)
+            for p, scenario in enumerate(self.scenarios)
+            for k, seed in enumerate(self.seeds)
+        ]
+
+    def head(self, job: Job) -> dict:
+        """The first columns of a job's row: who it is, before what it measured."""
+        return {"index": job.index, "point": job.point, **self.columns[job.point], "seed": job.seed}
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+def parse_factors(args: Sequence[str], option: str) -> dict[str, list]:
+    """``["training.quorum=1,2,4"]`` -> ``{"training.quorum": [1, 2, 4]}``; values are read as YAML."""
+    factors: dict[str, list] = {}
+    for arg in args:
+        key, _, raw = arg.partition("=")
+        key = key.strip()
+        values = parse_value(f"[{raw}]") if raw.strip() else None
+        if not key or not isinstance(values, list) or not values:
+            raise ScenarioError(f"{option} {arg!r}: expected dotted.key=value1,value2,...")
+        if key in factors:
+            raise ScenarioError(f"{option} {key}: given twice")
+        factors[key] = values
+    return factors
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1-5"``, ``"1,2,7"`` or ``"1-3,10"`` -> a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            seeds.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+        except ValueError:
+            raise ScenarioError(f"--seeds {text!r}: expected seeds like 1-5 or 1,2,7") from None
+    return seeds
+
+
+def _plain(value: Any) -> Any:
+    # ruamel's round-trip scalars and maps -> plain JSON types, so levels can be stored and compared
+    return json.loads(json.dumps(value, default=str))
+
+
+def _factors(file: Path, grid: Mapping[str, list], zipped: Mapping[str, list]) -> list[Factor]:
+    for key, values in [*grid.items(), *zipped.items()]:
+        if key.split(".")[0] in _RESERVED:
+            raise ScenarioError(f"{file}: sweep factor {key}: not a factor (seeds are given with 'seeds' / --seeds)")
+        if not isinstance(values, list) or not values:
+            raise ScenarioError(f"{file}: sweep factor {key}: expected a non-empty list of values, got {values!r}")
+    both = sorted(set(grid) & set(zipped))
+    if both:
+        raise ScenarioError(f"{file}: sweep factor {both[0]} is both a grid and a zip factor")
+    lengths = {key: len(values) for key, values in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise ScenarioError(f"{file}: zip factors must have equal lengths, got {lengths}")
+    factors = [Factor("grid", (key,), tuple((_plain(v),) for v in values)) for key, values in grid.items()]
+    if zipped:
+        levels = tuple(zip(*[[_plain(v) for v in values] for values in zipped.values()]))
+        factors.append(Factor("zip", tuple(zipped), levels))
+    return factors
+
+
+def _resolved(scenario: Scenario, key: str, given: Any) -> Any:
+    """The validated value at a dotted key (SI units, enums as text); the given value if not a scalar."""
+    node: Any = scenario
+    for part in key.split("."):
+        if isinstance(node, BaseModel):
+            node = getattr(node, part, None)
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return json.dumps(given)
+    if isinstance(node, Enum):
+        return node.value
+    return node if node is None or isinstance(node, (bool, int, float, str)) else json.dumps(given)
+
+
+def _one_type(values: list) -> list:
+    """Give a factor column one Parquet type across points: int, float, bool, else text."""
+    present = [v for v in values if v is not None]
+    if all(isinstance(v, bool) for v in present):
+        return values
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return values
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return [None if v is None else float(v) for v in values]
+    return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+
+
+def plan_sweep(
+    file: str | Path,
+    overrides: Sequence[str] = (),
+    grid: Mapping[str, list] | None = None,
+    zipped: Mapping[str, list] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> SweepPlan:
+    """Expand the scenario's sweep (merged with the given factors and seeds) and validate every point."""
+    file = Path(file)
+    data = read_yaml(file)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    base = validate(data, str(file))
+    spec = base.sweep or SweepSpec()
+    factors = _factors(file, {**spec.grid, **(grid or {})}, {**spec.zip, **(zipped or {})})
+    seed_list = list(seeds) if seeds is not None else list(spec.seeds) or [base.seed + r for r in range(base.replications)]
+    if not seed_list or any(s < 0 for s in seed_list) or len(set(seed_list)) != len(seed_list):
+        raise ScenarioError(f"{file}: sweep seeds must be distinct integers >= 0, got {seed_list}")
+
+    settings, scenarios, resolved = [], [], []
+    for levels in itertools.product(*[f.levels for f in factors]):
+        setting = {k: v for f, level in zip(factors, levels) for k, v in zip(f.keys, level)}
+        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in setting.items())
+        point = copy.deepcopy(data)
+        point.pop("sweep", None)  # a point is one scenario: it does not sweep again
+        for key, value in setting.items():
+            set_path(point, key, copy.deepcopy(value), source=f"{file}: sweep factor")
+        scenario = validate(point, f"{file} [sweep point {label}]")
+        # pydantic writes inf as "Infinity", which the unit parsers reject: ship "inf", and prove it
+        # loads back to the same scenario before any worker sees it
+        shipped = _finite_json(scenario.model_dump(mode="json"))
+        if Scenario.model_validate(shipped) != scenario:
+            raise ScenarioError(f"{file} [sweep point {label}]: the resolved scenario does not load back unchanged")
+        settings.append(setting)
+        scenarios.append(shipped)
+        resolved.append({key: _resolved(scenario, key, value) for key, value in setting.items()})
+    keys = [k for f in factors for k in f.keys]
+    typed = {key: _one_type([r[key] for r in resolved]) for key in keys}
+    columns = tuple({key: typed[key][p] for key in keys} for p in range(len(resolved)))
+    fingerprint = hashlib.sha256(json.dumps([scenarios, seed_list], sort_keys=True).encode()).hexdigest()
+    return SweepPlan(file, base.name, tuple(factors), tuple(seed_list), tuple(settings), columns, tuple(scenarios), fingerprint)
+
+
+# --------------------------------------------------------------------------------------------- the worker
+
+
+def summary_row(summary: dict) -> dict:
+    """Every scalar of a run summary, nested dicts flattened with dotted names; lists left out."""
+    row: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, value in node.items():
+            if prefix == "" and key in ("seed", "replication", "halted"):
+                continue  # the seed is a row key already; replication is always 0 in a sweep
+            if isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            elif isinstance(value, (bool, int, float, str)):
+                row[f"{prefix}{key}"] = value
+
+    walk("", summary)
+    halted = summary.get("halted")
+    row["halted"] = halted.get("metric") if isinstance(halted, dict) else None
+    return row
+
+
+def run_job(job: Job) -> dict:
+    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run."""
+    from .runner import run_replication
+
+    start = time.perf_counter()
+    out = Path(job.out_dir)
+    try:
+        scenario = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+        if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        (out / "scenario.yaml").write_text(scenario_yaml(scenario))
+        rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
+        result = {"status": "ok", "error": None, **summary_row(rep.summary)}
+    except Exception as problem:
+        result = {"status": "error", "error": f"{type(problem).__name__}: {problem}"}
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "error.txt").write_text(traceback.format_exc())
+        except OSError:
+            pass  # the row still carries the error
+    result["row_wall_s"] = time.perf_counter() - start
+    return result
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    folder: Path
+    total: int
+    ran: int  # replications run now
+    skipped: int  # replications that already had an ok row (--resume)
+    errors: int  # replications whose row says error
+
+
+def _write_row(rows: Path, index: int, row: dict) -> None:
+    # write-then-rename: a reader (or a resumed sweep) sees the whole row or no row, even after a kill
+    final = rows / f"part-{index:06d}.parquet"
+    partial = rows / f".part-{index:06d}.{os.getpid()}.tmp"
+    pq.write_table(pa.Table.from_pylist([row]), partial)
+    os.replace(partial, final)
+
+
+def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
+    """Make ``folder`` this sweep's folder; refuse to mix the rows of two different sweeps."""
+    manifest, rows = folder / "sweep.json", folder / "rows"
+    existing = list(rows.glob("part-*.parquet"))
+    if manifest.exists():
+        if json.loads(manifest.read_text()).get("fingerprint") != plan.fingerprint:
+            raise SweepError(f"{folder}: holds a different sweep (scenario, factors or seeds differ); choose another -o folder")
+        if existing and not resume:
+            raise SweepError(f"{folder}: already holds {len(existing)} row(s) of this sweep; pass --resume to finish it, or choose another -o folder")
+    elif existing:
+        raise SweepError(f"{folder}: holds sweep rows but no sweep.json; choose another -o folder")
+    rows.mkdir(parents=True, exist_ok=True)
+    for stale in rows.glob(".part-*.tmp"):  # left by a killed sweep mid-write
+        stale.unlink()
+    document = {
+        "scenario": plan.name, "file": str(plan.file), "fingerprint": plan.fingerprint, "total": plan.total,
+        "factors": [{"kind": f.kind, "keys": list(f.keys), "levels": [list(level) for level in f.levels]} for f in plan.factors],
+        "seeds": list(plan.seeds),
+        "points": [{"point": p, "setting": s, "columns": c} for p, (s, c) in enumerate(zip(plan.settings, plan.columns))],
+    }
+    partial = folder / ".sweep.json.tmp"
+    partial.write_text(json.dumps(document, indent=2))
+    os.replace(partial, manifest)
+    base = Scenario.model_validate(plan.scenarios[0]).model_copy(update={"sweep": None})
+    (folder / "scenario.yaml").write_text(scenario_yaml(base))
+
+
+def _ok_indices(folder: Path) -> set[int]:
+    done = set()
+    for path in (folder / "rows").glob("part-*.parquet"):
+        row = pq.read_table(path, columns=["index", "status"]).to_pylist()[0]
+        if row["status"] == "ok":
+            done.add(row["index"])
+    return done
+
+
+def run_sweep(
+    plan: SweepPlan,
+    folder: str | Path,
+    executor,
+    resume: bool = False,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> SweepOutcome:
+    """Run the plan's replications on ``executor``, writing each row as it finishes.
+
+    With ``resume``, replications that already have an ``ok`` row are skipped and errored ones run
+    again. ``progress(done, total, errors)`` is called before the first and after every row.
+    """
+    folder = Path(folder).resolve()
+    _claim(folder, plan, resume)
+    done = _ok_indices(folder) if resume else set()
+    jobs = [job for job in plan.jobs(folder) if job.index not in done]
+    ran = errors = 0
+    if progress:
+        progress(len(done), plan.total, 0)
+    for job, outcome in executor.imap_unordered(run_job, jobs):
+        if isinstance(outcome, BaseException):  # the worker itself was lost: we know only that
+            outcome = {"status": "error", "error": f"{type(outcome).__name__}: {outcome}"}
+        _write_row(folder / "rows", job.index, {**plan.head(job), **outcome})
+        ran += 1
+        errors += outcome["status"] != "ok"
+        if progress:
+            progress(len(done) + ran, plan.total, errors)
+    return SweepOutcome(folder, plan.total, ran, len(done), errors)
+
+
+def load_sweep(folder: str | Path) -> pd.DataFrame:
+    """Every row of a sweep folder, sorted by index; counts of failures that never happened are 0."""
+    files = sorted((Path(folder) / "rows").glob("part-*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=["index", "point", "seed", "status", "error"])
+    # rows differ in columns (an error row has no metrics; a run without a fault kind has no count),
+    # so the tables are unified column by column rather than read as one fixed schema
+    table = pa.concat_tables([pq.read_table(path) for path in files], promote_options="permissive")
+    frame = table.to_pandas()
+    ok = frame["status"] == "ok"
+    for column in frame.columns:
+        if column.startswith(("failures.", "failures_by_fault.")):
+            frame.loc[ok, column] = frame.loc[ok, column].fillna(0)
+    return frame.sort_values("index", kind="stable").reset_index(drop=True)

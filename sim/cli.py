@@ -165,6 +165,47 @@ def schema() -> None:
     print(json.dumps(document, indent=2))
 
 
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="scenario YAML file (its sweep: section gives factors and seeds)")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="factor dotted.key=v1,v2,... (cartesian product; repeatable)")] = None,
+    zip_: Annotated[Optional[list[str]], typer.Option("--zip", help="factor dotted.key=v1,v2,... varying together with the other --zip factors")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="seeds, e.g. 1-5 or 1,2,7 (default: the file's, else seed + replication)")] = None,
+    set_: SetOption = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="sweep folder (rows/, runs/)")] = None,
+    executor: Annotated[str, typer.Option(help="local (a process per core) | dask | serial (in this process)")] = "local",
+    workers: Annotated[Optional[int], typer.Option(help="worker processes (default: every core)")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")] = None,
+    resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Sweep factors x seeds on every core or a Dask cluster: one Parquet row per replication, resumable."""
+    from .sweep import command
+
+    try:
+        code = command(file, grid or [], zip_ or [], seeds, set_ or [], output, executor, workers, address, resume, quiet, out, err)
+    except ScenarioError as problem:
+        fail(str(problem))
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="results folders (chaossim run -o) and/or sweep folders")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="report folder (PNG figures and report.html)")] = Path("report"),
+) -> None:
+    """Write figures and one self-contained report.html (images embedded) from results folders."""
+    # imported here: analysis owns matplotlib, and `import sim` must never pull it in
+    from analysis.load import ResultsError
+    from analysis.report import write_report
+
+    try:
+        page = write_report(results, output)
+    except ResultsError as problem:
+        fail(str(problem))
+    out.print(f"report: {page}", highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -1,11 +1,17 @@
-"""Where sweep replications run: a process pool on this machine, a Dask cluster, or this process.
+"""Where and how sweep replications run: the job, the worker function, and the executors.
 
-An executor has one job: given a picklable function and a list of jobs, call the function on every job
-somewhere and yield ``(job, outcome)`` pairs in the order they *finish*, so the caller can store each
-result the moment it exists. ``outcome`` is the function's return value, or the exception the
-*infrastructure* raised (a worker process that died, a cluster that went away). The sweep's worker
-function catches the simulation's own exceptions itself and returns them as rows, so an exception
-here means "we do not know what happened to this job", never "the replication crashed".
+A **job** (:class:`Job`) is everything one replication needs, as plain data: its index, the resolved
+scenario as a JSON dict, the seed and the output folder. :func:`run_job` is the worker side: it
+re-validates the scenario, runs it with that seed (as replication 0) into the folder, and returns one
+flat row of status and metrics. It catches the simulation's exceptions and returns them as an
+``error`` row, so one crashing replication never stops a sweep. Because a job carries all its inputs,
+the same job gives the same row on whatever worker runs it.
+
+An **executor** takes a picklable function and a list of jobs, calls the function on every job
+somewhere, and yields ``(job, outcome)`` pairs in the order they *finish*, so the caller can store
+each result the moment it exists. ``outcome`` is the function's return value, or the exception the
+*infrastructure* raised (a worker process that died, a cluster that went away): that means "we do not
+know what happened to this job", never "the replication crashed".
 
 * :class:`LocalExecutor` - a ``concurrent.futures.ProcessPoolExecutor`` over every core. Its
   multiprocessing context is created and passed explicitly (``forkserver`` where the platform has it,
@@ -15,19 +21,88 @@ here means "we do not know what happened to this job", never "the replication cr
   ``LocalCluster`` of single-threaded worker processes that it starts and stops itself.
 * :class:`SerialExecutor` - a plain loop in this process: for debugging (breakpoints work), profiling,
   and as the baseline of ``bench/bench_sweep.py``.
-
-Results never depend on the executor: a job carries everything its run needs (the resolved scenario
-and the seed), so the same job gives the same row wherever it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
+import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from .loading import scenario_yaml
+from .scenario import Scenario
+
+# --------------------------------------------------------------------------------------------- the worker
+
+
+@dataclass(frozen=True)
+class Job:
+    """One replication of a sweep, as plain picklable data."""
+
+    index: int
+    point: int
+    seed: int
+    scenario: dict  # resolved and JSON-safe: Scenario.model_validate(scenario) gives the point back
+    out_dir: str
+    scenario_dir: str | None  # where relative paths in the scenario (trace files) start
+
+
+def summary_row(summary: dict) -> dict:
+    """Every scalar of a run summary, nested dicts flattened with dotted names; lists left out."""
+    row: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, value in node.items():
+            if prefix == "" and key in ("seed", "replication", "halted"):
+                continue  # the seed is a row key already; replication is always 0 in a sweep
+            if isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            elif isinstance(value, (bool, int, float, str)):
+                row[f"{prefix}{key}"] = value
+
+    walk("", summary)
+    halted = summary.get("halted")
+    row["halted"] = halted.get("metric") if isinstance(halted, dict) else None
+    return row
+
+
+def run_job(job: Job) -> dict:
+    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run."""
+    from .runner import run_replication
+
+    start = time.perf_counter()
+    out = Path(job.out_dir)
+    try:
+        scenario = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+        if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        (out / "scenario.yaml").write_text(scenario_yaml(scenario))
+        rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
+        result = {"status": "ok", "error": None, **summary_row(rep.summary)}
+    except Exception as problem:  # noqa: BLE001 - any crash of a replication is a result, not a stop
+        result = {"status": "error", "error": f"{type(problem).__name__}: {problem}"}
+        with contextlib.suppress(OSError):  # the row carries the error even if the folder is unwritable
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "error.txt").write_text(traceback.format_exc())
+    result["row_wall_s"] = time.perf_counter() - start
+    return result
+
+
+# --------------------------------------------------------------------------------------------- executors
 
 
 class ExecutorKind(str, Enum):
@@ -78,7 +153,7 @@ class LocalExecutor:
             for future in as_completed(futures):
                 try:
                     outcome = future.result()
-                except Exception as problem:  # BrokenProcessPool: a worker died (killed, out of memory)
+                except Exception as problem:  # noqa: BLE001 - BrokenProcessPool: a worker died (killed, out of memory)
                     outcome = problem
                 yield futures[future], outcome
             finished = True
@@ -102,7 +177,8 @@ class DaskExecutor:
     def imap_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         if not jobs:
             return
-        from distributed import Client, LocalCluster, as_completed as dask_completed
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
 
         cluster = None
         try:
@@ -127,7 +203,7 @@ class DaskExecutor:
             for future in dask_completed(futures):
                 try:
                     outcome = future.result()
-                except Exception as problem:  # KilledWorker, lost connection
+                except Exception as problem:  # noqa: BLE001 - KilledWorker, lost connection
                     outcome = problem
                 future.release()
                 yield job_of[future.key], outcome
@@ -139,7 +215,10 @@ class DaskExecutor:
 
 def make_executor(kind: ExecutorKind | str, workers: int | None = None, address: str | None = None):
     """The executor for the CLI's ``--executor``, ``--workers`` and ``--address``."""
-    kind = ExecutorKind(kind)
+    try:
+        kind = ExecutorKind(kind)
+    except ValueError:
+        raise ExecutorError(f"--executor {kind!r}: expected one of {', '.join(k.value for k in ExecutorKind)}") from None
     if address is not None and kind is not ExecutorKind.DASK:
         raise ExecutorError("--address is the Dask scheduler's address: use it with --executor dask")
     if kind is ExecutorKind.DASK:

@@ -93,6 +93,8 @@ class Group:
         self.phase = Phase.BLOCKED
         self.phase_since_s = env.now
         self.phase_end_s: float | None = None
+        self._row: tuple[Phase, int, int] | None = None  # the open timeline row: (phase, active, down)
+        self._row_since_s = env.now
         self.work_left_s = checkpoint_interval_s if checkpoint_interval_s else math.inf
         self._run_started_s = env.now
         self._step_wall_s = math.inf
@@ -266,10 +268,6 @@ class Group:
         if phase is Phase.RUNNING:
             self._run_started_s = now
         if phase is not self.phase:
-            self.recorder.interval(
-                self.name, self.phase.value, self.phase_since_s, now, self.active_chips,
-                self.ledger.provisioned_chips - self.active_chips - sum(self.spare_free.values()),
-            )
             old, self.phase, self.phase_since_s = self.phase, phase, now
             for listener in self.listeners:
                 listener(self, old, phase)
@@ -279,6 +277,7 @@ class Group:
         """Tell the ledger what the chips are doing now."""
         active, spare = self.active_chips, sum(self.spare_free.values())
         down = self.ledger.provisioned_chips - active - spare
+        self._timeline_row(active, down)
         if self.phase is Phase.RUNNING:
             compute_s, comm_s = self.step_times()
             wall = compute_s + comm_s
@@ -290,6 +289,19 @@ class Group:
             )
         else:
             self.ledger.set_state(self.env.now, self.phase, active=active, down=down, spare=spare)
+
+    def _timeline_row(self, active: int, down: int) -> None:
+        """Close the open timeline row when the phase or the chip counts change (rows carry the
+        counts that held during them, not the ones after the change)."""
+        row = (self.phase, active, down)
+        if row != self._row:
+            self._close_row()
+            self._row, self._row_since_s = row, self.env.now
+
+    def _close_row(self) -> None:
+        if self._row is not None:
+            phase, active, down = self._row
+            self.recorder.interval(self.name, phase.value, self._row_since_s, self.env.now, active, down)
 
     def _completed(self) -> None:
         now, phase = self.env.now, self.phase
@@ -342,8 +354,6 @@ class Group:
     def finish(self) -> None:
         """Close the last timeline interval and the ledger at the end of the run."""
         now = self.env.now
-        self.recorder.interval(
-            self.name, self.phase.value, self.phase_since_s, now, self.active_chips,
-            self.ledger.provisioned_chips - self.active_chips - sum(self.spare_free.values()),
-        )
+        self._close_row()
+        self._row = None
         self.ledger.finish(now)

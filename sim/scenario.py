@@ -426,11 +426,11 @@ Fault = Annotated[
 
 class Surrogate(Model):
     model: Literal["mlp", "off"] = "off"
-    dim: int = Field(32, ge=1)
-    hidden: int = Field(64, ge=1)
-    classes: int = Field(10, ge=2)
-    batch: int = Field(32, ge=1)
-    inner_lr: float = Field(3e-3, gt=0)
+    dim: int = Field(16, ge=1)
+    hidden: int = Field(32, ge=1)
+    classes: int = Field(8, ge=2)
+    batch: int = Field(16, ge=1)
+    inner_lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     non_iid: float = Field(0.5, ge=0, le=1)
     resolution: float = Field(0.1, gt=0, le=1, description="surrogate steps per simulated step")

@@ -57,22 +57,29 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from .loading import ScenarioError, _finite_json, apply_override, parse_value, read_yaml, scenario_yaml, set_path, validate
+from .executors import Job, run_job
+from .loading import (
+    ScenarioError,
+    _finite_json,
+    apply_override,
+    parse_value,
+    read_yaml,
+    scenario_yaml,
+    set_path,
+    validate,
+)
 from .scenario import Scenario, SweepSpec
 
 WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s")
@@ -93,16 +100,6 @@ class Factor:
     kind: str  # "grid" | "zip"
     keys: tuple[str, ...]
     levels: tuple[tuple[Any, ...], ...]  # one value per key in each level
-
-
-@dataclass(frozen=True)
-class Job:
-    index: int
-    point: int
-    seed: int
-    scenario: dict  # resolved and JSON-safe: Scenario.model_validate(scenario) gives the point back
-    out_dir: str
-    scenario_dir: str | None  # where relative paths in the scenario (trace files) start
 
 
 @dataclass(frozen=True)
@@ -258,55 +255,6 @@ def plan_sweep(
     return SweepPlan(file, base.name, tuple(factors), tuple(seed_list), tuple(settings), columns, tuple(scenarios), fingerprint)
 
 
-# --------------------------------------------------------------------------------------------- the worker
-
-
-def summary_row(summary: dict) -> dict:
-    """Every scalar of a run summary, nested dicts flattened with dotted names; lists left out."""
-    row: dict[str, Any] = {}
-
-    def walk(prefix: str, node: dict) -> None:
-        for key, value in node.items():
-            if prefix == "" and key in ("seed", "replication", "halted"):
-                continue  # the seed is a row key already; replication is always 0 in a sweep
-            if isinstance(value, np.generic):
-                value = value.item()
-            if isinstance(value, dict):
-                walk(f"{prefix}{key}.", value)
-            elif isinstance(value, (bool, int, float, str)):
-                row[f"{prefix}{key}"] = value
-
-    walk("", summary)
-    halted = summary.get("halted")
-    row["halted"] = halted.get("metric") if isinstance(halted, dict) else None
-    return row
-
-
-def run_job(job: Job) -> dict:
-    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run."""
-    from .runner import run_replication
-
-    start = time.perf_counter()
-    out = Path(job.out_dir)
-    try:
-        scenario = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
-        if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        (out / "scenario.yaml").write_text(scenario_yaml(scenario))
-        rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
-        result = {"status": "ok", "error": None, **summary_row(rep.summary)}
-    except Exception as problem:
-        result = {"status": "error", "error": f"{type(problem).__name__}: {problem}"}
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "error.txt").write_text(traceback.format_exc())
-        except OSError:
-            pass  # the row still carries the error
-    result["row_wall_s"] = time.perf_counter() - start
-    return result
-
-
 # --------------------------------------------------------------------------------------------- running
 
 
@@ -407,3 +355,84 @@ def load_sweep(folder: str | Path) -> pd.DataFrame:
         if column.startswith(("failures.", "failures_by_fault.")):
             frame.loc[ok, column] = frame.loc[ok, column].fillna(0)
     return frame.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+
+def point_stats(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per point: ``mean``, ``std`` and ``n`` of a metric over the seeds whose run finished ok."""
+    ok = frame[frame["status"] == "ok"]
+    return ok.groupby("point")[metric].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
+
+
+def best_table(frame: pd.DataFrame, plan: SweepPlan):
+    """A rich table of the best point per metric of :data:`BEST` (mean and std across seeds)."""
+    from rich.table import Table
+
+    keys = [key for factor in plan.factors for key in factor.keys]
+    table = Table(title=f"{plan.name}: best settings ({len(plan.scenarios)} points x {len(plan.seeds)} seeds)")
+    table.add_column("metric", no_wrap=True)
+    for key in keys:
+        table.add_column(key, justify="right", overflow="fold")
+    table.add_column("mean ± std", justify="right", no_wrap=True)
+    table.add_column("seeds", justify="right")
+    for metric, goal in BEST:
+        if metric not in frame.columns or frame[metric].isna().all():
+            continue
+        stats = point_stats(frame, metric).dropna(subset=["mean"])
+        # idxmax/idxmin return the first best point, so ties go to the lowest point index
+        best = stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin()
+        std = stats.at[best, "std"]
+        table.add_row(
+            f"{metric} ({goal})", *[str(plan.settings[best][key]) for key in keys],
+            f"{stats.at[best, 'mean']:.6g} ± {'-' if pd.isna(std) else f'{std:.3g}'}", f"{stats.at[best, 'n']:.0f}",
+        )
+    return table
+
+
+def command(
+    file: Path, grid: Sequence[str], zipped: Sequence[str], seeds: str | None, overrides: Sequence[str],
+    output: Path | None, executor: str, workers: int | None, address: str | None, resume: bool, quiet: bool,
+    out, err,
+) -> int:
+    """``chaossim sweep``: plan, run with a progress bar, print the best settings; the exit code."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from .executors import ExecutorError, make_executor  # dask is imported only when it is used
+
+    plan = plan_sweep(
+        file, overrides, parse_factors(grid, "--grid"), parse_factors(zipped, "--zip"),
+        parse_seeds(seeds) if seeds is not None else None,
+    )
+    folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    columns = [
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    try:
+        runner = make_executor(executor, workers, address)
+        with Progress(*columns, console=err, transient=True, disable=quiet or not err.is_terminal) as bar:
+            task = bar.add_task(f"{plan.name} on {runner.name}", total=plan.total, failed=0)
+            outcome = run_sweep(
+                plan, folder, runner, resume,
+                progress=lambda done, total, failed: bar.update(task, completed=done, failed=failed),
+            )
+    except ExecutorError as problem:
+        raise SweepError(str(problem)) from None
+    frame = load_sweep(outcome.folder)
+    out.print(best_table(frame, plan))
+    for row in frame[frame["status"] != "ok"].head(5).itertuples():
+        err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False)
+    out.print(
+        f"{outcome.ran} run, {outcome.skipped} already done, {outcome.errors} failed of {outcome.total}; "
+        f"rows: {outcome.folder / 'rows'}", highlight=False,
+    )
+    return 1 if outcome.errors else 0

@@ -25,7 +25,6 @@ import math
 from ..learner import Group
 from ..metrics import Phase
 from ..scenario import GraceMode
-from ..bandwidth import exposed_comm_time_per_step
 from ..syncer import (
     Action,
     Decision,
@@ -57,7 +56,7 @@ class DiLoCo(OuterPolicy):
         super()._phase_changed(group, old, new)
 
     def steady_state(self) -> dict[int, float]:
-        now, alive = self.ctx.env.now, self.alive()
+        now, alive = self.ctx.env.now, self.alive_now
         blocking = [
             g for g in self.groups
             if g not in alive and now - self.left_at.get(g.islands[0].index, -math.inf) < self.training.round_timeout
@@ -103,11 +102,7 @@ class DecoupledDiLoCo(OuterPolicy):
         if bandwidth <= 0:
             return math.inf
         t = self.training
-        stall = exposed_comm_time_per_step(
-            "streaming_diloco", params=self.params, step_time_s=compute_s, bandwidth_bps=bandwidth, sites=2,
-            inner_steps=t.inner_steps, fragments=t.fragments, overlap=t.overlap, bits=t.bits,
-        )
-        return stall
+        return self.stall_s("streaming_diloco", compute_s, bandwidth, 2) + latency * t.fragments / t.inner_steps
 
     def sync_time_s(self, group: Group) -> float:
         """Pull and broadcast of one fragment between a learner and the synchronizer."""
@@ -123,7 +118,7 @@ class DecoupledDiLoCo(OuterPolicy):
         """
         t = self.training
         q = t.inner_steps // t.fragments
-        alive = self.alive()
+        alive = self.alive_now
         step = {}
         for group in alive:
             compute = group.compute_time_s()
@@ -138,7 +133,7 @@ class DecoupledDiLoCo(OuterPolicy):
         for group in self.groups:
             index = group.islands[0].index
             reports.append(LearnerReport(index, index in step, False, 0, 0.0))
-        probe = SyncView(0.0, 0, 0.0, quorum_at, tuple(reports), ema_step, quorum_at or 0.0, sync_s if math.isfinite(sync_s) else 0.0)
+        probe = SyncView(quorum_at or 0.0, 0, 0.0, quorum_at, tuple(reports), ema_step, quorum_at or 0.0, sync_s if math.isfinite(sync_s) else 0.0)
         grace = grace_window_s(probe, self.config) if quorum_at is not None else 0.0
         decision_time = (quorum_at or 0.0) + grace
         reports = [
@@ -151,7 +146,7 @@ class DecoupledDiLoCo(OuterPolicy):
         return decide(decision_time, view, self.config), lag, decision_time, sync_s, grace
 
     def steady_state(self) -> dict[int, float]:
-        alive = self.alive()
+        alive = self.alive_now
         if not self.syncer_up:
             self.unmet = False
             return {g.islands[0].index: 0.0 for g in alive}

@@ -19,18 +19,25 @@ from ..checkpointing import daly_interval_s, young_interval_s
 from ..context import RunContext
 from ..hardware import derived_step_time_s
 from ..learner import Group
-from ..scenario import ChipFailure, OnFailure, Scenario
+from ..faults import matching_islands
+from ..scenario import ChipFailure, IslandOutage, OnFailure, RegionOutage, Scenario
 from ..topology import Topology
 
 
 def job_mtbf_s(scenario: Scenario, topology: Topology) -> float:
-    """Mean time between failures of the whole job from its stochastic chip and outage faults."""
+    """Mean time between failures of the whole job from its stochastic chip and outage faults.
+
+    Rates follow :mod:`sim.faults`: chip failures at (targeted chips) / mtbf, stochastic outages at
+    (matching islands or regions) / mtbf. Slowdowns and link faults stretch steps but stop nothing.
+    """
     rate_per_s = 0.0
     for fault in scenario.faults:
         if isinstance(fault, ChipFailure):
-            rate_per_s += topology.total_chips / fault.mtbf
-        elif getattr(fault, "mtbf", None) is not None:
-            rate_per_s += 1.0 / fault.mtbf
+            rate_per_s += sum(i.chips for i in matching_islands(fault.target, topology, fault.name)) / fault.mtbf
+        elif isinstance(fault, RegionOutage) and fault.mtbf is not None:
+            rate_per_s += len(fault.target.regions or topology.regions) / fault.mtbf
+        elif isinstance(fault, IslandOutage) and fault.mtbf is not None:
+            rate_per_s += len(matching_islands(fault.target, topology, fault.name)) / fault.mtbf
     return math.inf if rate_per_s == 0 else 1.0 / rate_per_s
 
 
@@ -73,7 +80,17 @@ class SyncDP:
         )
         ctx.links.listeners.append(lambda *_: job.wake("link changed"))
         self.job = job
+        self.nominal_step = self.step_times(job)  # every chip present, nominal links
         return [job]
+
+    def metrics(self, final: bool) -> dict:
+        compute_s, comm_s = self.nominal_step
+        return {
+            "step_compute_s": compute_s,
+            "step_comm_s": comm_s,
+            "step_stretch": (compute_s + comm_s) / compute_s,
+            "checkpoint_interval_s": self.job.checkpoint_interval_s or 0.0,
+        }
 
     def step_times(self, group: Group) -> tuple[float, float]:
         """(compute_s, exposed_comm_s): the all-reduce is not overlapped with compute."""

@@ -88,6 +88,9 @@ class OuterPolicy(ABC):
         self.quorum_unmet_s = 0.0
         self.syncer_up = True
         self.surrogate: SurrogateDriver | None = None
+        self.alive_now: list[Group] = []  # refreshed at every steady-state computation
+        self._stall_cache: dict[tuple, float] = {}
+        self._owed = {}  # learner index -> simulated steps merged but not yet given to the surrogate
         self._pending_recompute = False
         self._epoch_start = 0.0
 
@@ -132,18 +135,26 @@ class OuterPolicy(ABC):
         bandwidth, latency = self.comm_link(group)
         if bandwidth <= 0:
             return math.inf
-        sites = max(2, len({g.islands[0].region for g in self.alive()}))
+        sites = max(2, len({g.islands[0].region for g in self.alive_now}))
         t = self.training
-        stall = exposed_comm_time_per_step(
-            self.comm_method, params=self.params, step_time_s=compute_s, bandwidth_bps=bandwidth, sites=sites,
-            inner_steps=t.inner_steps, fragments=t.fragments, overlap=t.overlap, bits=t.bits,
-        )
+        stall = self.stall_s(self.comm_method, compute_s, bandwidth, sites)
         syncs_per_step = (t.fragments if self.comm_method == "streaming_diloco" else 1) / t.inner_steps
         return stall + latency * syncs_per_step
 
+    def stall_s(self, method: str, compute_s: float, bandwidth_bps: float, sites: int) -> float:
+        """Exposed communication per step (memoised: steady states repeat the same few arguments)."""
+        key = (method, compute_s, bandwidth_bps, sites)
+        if key not in self._stall_cache:
+            t = self.training
+            self._stall_cache[key] = exposed_comm_time_per_step(
+                method, params=self.params, step_time_s=compute_s, bandwidth_bps=bandwidth_bps, sites=sites,
+                inner_steps=t.inner_steps, fragments=t.fragments, overlap=t.overlap, bits=t.bits,
+            )
+        return self._stall_cache[key]
+
     def comm_link(self, group: Group) -> tuple[float, float]:
         """The slowest link of the all-reduce ring among the live learners' regions."""
-        regions = sorted({g.islands[0].region for g in self.alive()} | {group.islands[0].region})
+        regions = sorted({g.islands[0].region for g in self.alive_now} | {group.islands[0].region})
         if len(regions) == 1:
             return self.ctx.links.current(f"dcn:{regions[0]}")
         ring = [(regions[k], regions[(k + 1) % len(regions)]) for k in range(len(regions))]
@@ -212,13 +223,14 @@ class OuterPolicy(ABC):
             self._apply_steady_state()
 
     def epoch_length_s(self) -> float:
-        alive = self.alive()
+        alive = self.alive_now
         steps = [g.step_times() for g in alive]
         pace = min((c + w for c, w in steps if math.isfinite(c + w)), default=math.inf)
         floor = self.ctx.scenario.duration / 1000.0
         return max(self.training.inner_steps * pace if math.isfinite(pace) else floor, floor)
 
     def _apply_steady_state(self) -> None:
+        self.alive_now = self.alive()
         new = self.steady_state()
         for group in self.groups:
             index = group.islands[0].index
@@ -261,18 +273,29 @@ class OuterPolicy(ABC):
             self.last_merge_s[index] = now
             steps = group.ledger.commit(now)
             if self.surrogate is not None:
-                self.surrogate.model.train(index, self.surrogate.steps_for(index, steps))
-        if self.surrogate is not None:
-            ids = [g.islands[0].index for g in members]
-            for p in range(self.training.fragments):
-                self.surrogate.model.merge_fragment(p, ids, weights)
-                self.surrogate.model.broadcast_fragment(p, [g.islands[0].index for g in self.alive()] or ids)
+                self._owed[index] = self.surrogate.steps_for(index, steps) + self._owed.get(index, 0)
+        if self.surrogate is not None and sum(self._owed.values()) >= len(members):
+            # a surrogate round once the members owe at least one surrogate step each on average,
+            # so chaos events that cut epochs short do not multiply the (real) merges
+            self.surrogate_round(members, weights)
             committed = sum(g.ledger.committed_steps for g in self.groups)
             self.surrogate.record(self.training.policy.value, committed * tokens_per_step)
 
+    def surrogate_round(self, members: list[Group], weights: list[float]) -> None:
+        """Inner steps owed to each member, then one merge of every fragment, broadcast to the living."""
+        model = self.surrogate.model
+        for index, n in self._owed.items():
+            model.train(index, n)
+        self._owed = {}
+        ids = [g.islands[0].index for g in members]
+        receivers = [g.islands[0].index for g in self.alive_now] or ids
+        for p in range(self.training.fragments):
+            model.merge_fragment(p, ids, weights)
+            model.broadcast_fragment(p, receivers)
+
     def rounds_in(self, elapsed_s: float) -> float:
         """Outer rounds (per fragment for streaming/decoupled) that happened in ``elapsed_s``."""
-        alive = self.alive()
+        alive = self.alive_now
         if not alive:
             return 0.0
         wall = max(sum(g.step_times()) for g in alive)

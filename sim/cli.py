@@ -206,6 +206,43 @@ def report(
     out.print(f"report: {page}", highlight=False)
 
 
+@app.command()
+def bandwidth(
+    params: Annotated[str, typer.Option(help="model parameters, e.g. 12B")] = "12B",
+    step_time: Annotated[str, typer.Option(help="compute time of one step, e.g. 1s")] = "1s",
+    link: Annotated[str, typer.Option("--bandwidth", help="WAN bandwidth per site, e.g. 2Gbps")] = "2Gbps",
+    sites: Annotated[int, typer.Option(help="number of sites (data centres)")] = 4,
+    inner_steps: Annotated[int, typer.Option("--inner-steps", "-H", help="H")] = 24,
+    fragments: Annotated[int, typer.Option("--fragments", "-P", help="P")] = 24,
+    overlap: Annotated[int, typer.Option("--overlap", help="tau")] = 2,
+    target: Annotated[float, typer.Option(help="target compute utilisation")] = 0.95,
+    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+) -> None:
+    """Compute utilisation of DP, DiLoCo and Streaming DiLoCo at a WAN bandwidth (bucketed overlap)."""
+    from .bandwidth import bandwidth_table
+    from .units import parse_bandwidth, parse_count, parse_duration
+
+    try:
+        rows = bandwidth_table(
+            params=parse_count(params), step_time_s=parse_duration(step_time), bandwidth_bps=parse_bandwidth(link),
+            sites=sites, target_cu=target, inner_steps=inner_steps, fragments=fragments, overlap=overlap,
+        )
+    except ValueError as problem:
+        fail(f"chaossim bandwidth: {problem}")
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"{params} params, step {step_time}, {sites} sites at {link}: utilisation and bandwidth for {target:.0%}")
+    for column in ("method", "bits", "utilisation", "exposed comm / step", f"bandwidth for {target:.0%}"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row["method"], str(row["bits"]), f"{row['cu']:.3f}", f"{row['exposed_comm_s_per_step']:.3g} s",
+            f"{row['required_bandwidth_bps'] / 1e9:.3g} Gbps",
+        )
+    out.print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -142,10 +142,10 @@ def run_replication(
         events += 1
     if halted is None:
         env.run(until=horizon)
-    for group in groups:
-        group.finish()
     if hasattr(policy, "finish"):
         policy.finish()
+    for group in groups:
+        group.finish()
     summary = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=True)
     summary["replication"] = replication
     summary["seed"] = seed

@@ -56,6 +56,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -72,7 +73,6 @@ from pydantic import BaseModel
 from .executors import Job, run_job
 from .loading import (
     ScenarioError,
-    _finite_json,
     apply_override,
     parse_value,
     read_yaml,
@@ -185,6 +185,22 @@ def _factors(file: Path, grid: Mapping[str, list], zipped: Mapping[str, list]) -
     return factors
 
 
+def _strict_json(data: Any) -> Any:
+    """Infinity as the string ``"inf"``, which every float and unit field parses back.
+
+    Depending on its version, pydantic's JSON mode leaves ``inf`` a float (not JSON) or writes the
+    string ``"Infinity"`` (which the unit parsers reject); a sweep's unbounded ``grace.max`` or
+    ``schedule.until`` must survive either, and any transport.
+    """
+    if isinstance(data, dict):
+        return {key: _strict_json(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_strict_json(value) for value in data]
+    if data == "Infinity" or (isinstance(data, float) and math.isinf(data) and data > 0):
+        return "inf"
+    return data
+
+
 def _resolved(scenario: Scenario, key: str, given: Any) -> Any:
     """The validated value at a dotted key (SI units, enums as text); the given value if not a scalar."""
     node: Any = scenario
@@ -240,9 +256,8 @@ def plan_sweep(
         for key, value in setting.items():
             set_path(point, key, copy.deepcopy(value), source=f"{file}: sweep factor")
         scenario = validate(point, f"{file} [sweep point {label}]")
-        # pydantic writes inf as "Infinity", which the unit parsers reject: ship "inf", and prove it
-        # loads back to the same scenario before any worker sees it
-        shipped = _finite_json(scenario.model_dump(mode="json"))
+        # ship strict JSON, and prove it loads back to the same scenario before any worker sees it
+        shipped = _strict_json(scenario.model_dump(mode="json"))
         if Scenario.model_validate(shipped) != scenario:
             raise ScenarioError(f"{file} [sweep point {label}]: the resolved scenario does not load back unchanged")
         settings.append(setting)
@@ -296,7 +311,7 @@ def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
         "points": [{"point": p, "setting": s, "columns": c} for p, (s, c) in enumerate(zip(plan.settings, plan.columns))],
     }
     partial = folder / ".sweep.json.tmp"
-    partial.write_text(json.dumps(document, indent=2))
+    partial.write_text(json.dumps(_strict_json(document), indent=2))
     os.replace(partial, manifest)
     base = Scenario.model_validate(plan.scenarios[0]).model_copy(update={"sweep": None})
     (folder / "scenario.yaml").write_text(scenario_yaml(base))

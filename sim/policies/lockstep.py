@@ -81,11 +81,30 @@ class SyncDP:
         ctx.links.listeners.append(lambda *_: job.wake("link changed"))
         self.job = job
         self.nominal_step = self.step_times(job)  # every chip present, nominal links
+        self.surrogate = None
+        if ctx.scenario.surrogate.model != "off":
+            from .outer import SurrogateDriver
+
+            # one data-parallel model whose gradient averages every island's shard; it trains only
+            # when a checkpoint commits work, so work rolled back never touched it
+            self.surrogate = SurrogateDriver(ctx, len(topology.islands), 1)
+            job.commit_listeners.append(self._train_surrogate)
         return [job]
+
+    def _train_surrogate(self, group: Group, steps: float, force: bool = False) -> None:
+        self.surrogate.model.train_data_parallel(self.surrogate.steps_for(0, steps))
+        tokens = group.ledger.committed_steps * self.ctx.scenario.workload.tokens_per_step
+        self.surrogate.record(self.ctx.scenario.training.policy.value, tokens, force)
+
+    def finish(self) -> None:
+        if self.surrogate is not None:
+            # the run ends: work since the last checkpoint was never rolled back (Ledger.finish)
+            self._train_surrogate(self.job, self.job.ledger.pending_steps, force=True)
 
     def metrics(self, final: bool) -> dict:
         compute_s, comm_s = self.nominal_step
-        return {
+        out = {} if self.surrogate is None else {"final_loss": self.surrogate.model.eval_loss()}
+        return out | {
             "step_compute_s": compute_s,
             "step_comm_s": comm_s,
             "step_stretch": (compute_s + comm_s) / compute_s,

@@ -315,6 +315,9 @@ class OuterPolicy(ABC):
     def finish(self) -> None:
         self.settle()
         if self.surrogate is not None:
+            if any(self._owed.values()):
+                members = [g for g in self.groups if g.islands[0].index in self._owed]
+                self.surrogate_round(members, [1.0 / len(members)] * len(members))
             committed = sum(g.ledger.committed_steps for g in self.groups)
             self.surrogate.record(self.training.policy.value, committed * self.ctx.scenario.workload.tokens_per_step, True)
 

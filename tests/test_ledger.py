@@ -1,0 +1,145 @@
+"""The chip-time ledger: buckets add up to chips x duration for every policy, recovery mode and fault kind."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import make_scenario, run
+
+from sim.metrics import Bucket, Ledger, Phase
+from sim.policies import POLICIES
+
+DAY = 86400.0
+
+# Two regions with two 256-chip islands each, so WAN links, region outages and the syncer all exist.
+REGIONS = [
+    {"name": "east", "islands": [{"name": "e", "chip": "v5p", "chips": 256, "count": 2, "spares": 2}]},
+    {"name": "west", "islands": [{"name": "w", "chip": "v5p", "chips": 256, "count": 2, "spares": 2}]},
+]
+CHIP_BACKGROUND = {"name": "chips", "kind": "chip_failure", "mtbf": "2y", "blast_radius": "host",
+                   "repair": {"distribution": "lognormal", "median": "2h", "sigma": 0.6}}
+KIND_FAULTS = {
+    "chip_failure": [{"name": "cubes", "kind": "chip_failure", "mtbf": "5y", "blast_radius": "cube",
+                      "repair": {"distribution": "exponential", "mean": "3h"}}],
+    "island_outage": [{"name": "io", "kind": "island_outage", "target": {"mode": "one"}, "every": "7h", "jitter": "1h",
+                       "duration": {"distribution": "exponential", "mean": "40m"}},
+                      {"name": "io2", "kind": "island_outage", "mtbf": "1d", "duration": "20m"}],
+    "region_outage": [{"name": "ro", "kind": "region_outage", "target": {"regions": ["west"]}, "at": ["5h", "30h"],
+                       "duration": "3h"}],
+    "slowdown": [{"name": "sl", "kind": "slowdown", "target": {"islands": ["e-1"]}, "every": "5h", "duration": "1h",
+                  "factor": 3}],
+    "link_degradation": [{"name": "ld", "kind": "link_degradation", "every": "6h", "duration": "2h",
+                          "bandwidth": "200Mbps", "latency": "100ms"}],
+    "link_partition": [{"name": "lp", "kind": "link_partition", "at": ["3h", "20h"], "duration": "45m"}],
+    "syncer_outage": [{"name": "so", "kind": "syncer_outage", "every": "9h", "duration": "30m"}],
+    "trace": "trace",  # filled in per test (needs a file)
+}
+LOCKSTEP = {
+    "sync_dp-restart": ["training.policy=sync_dp", "training.on_failure=restart"],
+    "sync_dp-spares": ["training.policy=sync_dp", "training.on_failure=spares"],
+    "elastic_dp-join": ["training.policy=elastic_dp", "training.on_failure=elastic", "training.elastic.during_pause=join"],
+    "elastic_dp-restart": ["training.policy=elastic_dp", "training.on_failure=elastic",
+                           "training.elastic.during_pause=restart"],
+}
+
+
+def faults_for(kind: str, tmp_path) -> list:
+    if kind != "trace":
+        return [CHIP_BACKGROUND, *KIND_FAULTS[kind]]
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time,target,duration,kind\n2h,e-0,1h,chip_failure\n9h,w-1,2h,island_outage\n"
+                     "9h30m,w-1,10m,chip_failure\n30h,e-1,,\n")
+    return [CHIP_BACKGROUND, {"name": "tr", "kind": "trace", "file": str(trace), "blast_radius": "cube"}]
+
+
+def scenario_for(sets: list[str], faults: list, duration="2d"):
+    return make_scenario(
+        *sets, f"duration={duration}", "training.checkpoint.interval=daly", "workload.step_time=2s",
+        topology={"regions": REGIONS}, faults=faults,
+    )
+
+
+def assert_balanced(summary: dict, chips: int, duration_s: float) -> None:
+    buckets = summary["chip_time"]
+    assert set(buckets) == {b.value for b in Bucket}
+    assert all(v >= 0 for v in buckets.values()), buckets
+    total = math.fsum(buckets.values())
+    assert total == pytest.approx(chips * duration_s, rel=1e-12)
+    assert math.fsum(summary["chip_time_fraction"].values()) == pytest.approx(1.0, rel=1e-12)
+    assert summary["goodput"] == pytest.approx(buckets["useful"] / total, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", list(KIND_FAULTS))
+@pytest.mark.parametrize("mode", list(LOCKSTEP))
+def test_buckets_add_up_lockstep(mode, kind, tmp_path):
+    """Every provisioned chip-second is in exactly one bucket (relative 1e-12)."""
+    summary, _ = run(scenario_for(LOCKSTEP[mode], faults_for(kind, tmp_path)))
+    # provisioned chips: 4 x 256, plus 2 spare cubes (64 chips) per island when running on spares
+    chips = 1024 + (4 * 2 * 64 if mode == "sync_dp-spares" else 0)
+    assert_balanced(summary, chips, 2 * DAY)
+    assert summary["failures"].get(kind if kind != "trace" else "chip_failure", 0) > 0
+
+
+@pytest.mark.parametrize("policy", [p.value for p in POLICIES])
+def test_buckets_add_up_every_policy(policy, tmp_path):
+    """Every registered policy keeps a balanced ledger under all fault kinds at once."""
+    faults = [CHIP_BACKGROUND] + [f for kind, fs in KIND_FAULTS.items() if kind not in ("chip_failure", "trace")
+                                  for f in fs]
+    on_failure = "elastic" if policy == "elastic_dp" else "restart"
+    summary, _ = run(scenario_for([f"training.policy={policy}", f"training.on_failure={on_failure}"], faults))
+    assert_balanced(summary, 1024, 2 * DAY)
+
+
+def test_idle_spares_fill_the_spare_bucket():
+    """Without failures, hot spares sit idle: spare chip-s = spare chips x duration."""
+    summary, _ = run(scenario_for(LOCKSTEP["sync_dp-spares"], []))
+    assert summary["chip_time"]["spare"] == pytest.approx(4 * 2 * 64 * 2 * DAY, rel=1e-12)
+    assert summary["chip_time"]["down"] == 0
+
+
+def test_spares_swap_in_place_of_rescheduling(tmp_path):
+    """With spares a failure costs the swap (60 s) + reload instead of detect + reschedule, while spares last."""
+    path = tmp_path / "t.csv"
+    path.write_text("time,target,duration,kind\n5h,e-0,4h,chip_failure\n")
+    faults = [{"name": "t", "kind": "trace", "file": str(path), "blast_radius": "cube"}]
+    spare, _ = run(scenario_for(LOCKSTEP["sync_dp-spares"], faults))
+    restart, _ = run(scenario_for(LOCKSTEP["sync_dp-restart"], faults))
+    # one failure: restart pays D + R = 600 + 300 s, spares pay swap + R = 60 + 300 s; both also checkpoint
+    assert restart["global_downtime_s"] - spare["global_downtime_s"] == pytest.approx(540, abs=1e-6)
+    # the spare cube in use is not idle for the 4 h repair; the failed cube is down meanwhile
+    assert spare["chip_time"]["down"] == pytest.approx(64 * 4 * 3600, rel=1e-9)
+
+
+def test_elastic_loses_less_than_restart():
+    """Same failures: elastic loses only the steps in flight, restart loses the work since the last checkpoint."""
+    faults = [{"name": "chips", "kind": "chip_failure", "mtbf": "90d", "blast_radius": "host"}]
+    elastic, _ = run(scenario_for(LOCKSTEP["elastic_dp-join"], faults, duration="4d"))
+    restart, _ = run(scenario_for(LOCKSTEP["sync_dp-restart"], faults, duration="4d"))
+    assert elastic["failures"] == restart["failures"]  # the same failure stream (named random streams)
+    n = elastic["failures"]["chip_failure"]
+    assert n > 20
+    # elastic: at most one 2 s step per failure (+ comm) of 1,024 chips is lost, far below 1 %
+    assert elastic["chip_time"]["lost"] <= n * 1024 * 60
+    assert elastic["chip_time_fraction"]["lost"] < 0.001
+    assert restart["chip_time_fraction"]["lost"] > 10 * elastic["chip_time_fraction"]["lost"]
+    assert elastic["goodput"] > restart["goodput"]
+
+
+def test_ledger_unit_bookkeeping():
+    """Ledger: running books pending compute and exposed comm; commit -> useful, rollback -> lost."""
+    ledger = Ledger(provisioned_chips=10)
+    ledger.set_state(0.0, Phase.RUNNING, active=8, down=2, spare=0, compute_fraction=0.75, steps_per_s=0.5)
+    ledger.commit(100.0)  # 8 chips x 100 s: 600 compute, 200 waiting; 50 steps
+    ledger.set_state(100.0, Phase.RUNNING)
+    ledger.rollback(140.0, fraction=0.5)  # 8 x 40 x 0.75 = 240 pending, half lost
+    ledger.set_state(140.0, Phase.DETECT, active=10, down=0)
+    ledger.finish(200.0)
+    b = {k.value: v for k, v in ledger.buckets.items()}
+    assert b["useful"] == pytest.approx(600 + 120)
+    assert b["lost"] == pytest.approx(120)
+    assert b["waiting"] == pytest.approx(200 + 80)
+    assert b["down"] == pytest.approx(2 * 140)
+    assert b["recovery"] == pytest.approx(10 * 60)
+    assert ledger.total_chip_s == pytest.approx(10 * 200)
+    assert ledger.committed_steps == pytest.approx(50 + 10)  # 20 pending steps, half rolled back

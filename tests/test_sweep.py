@@ -1,0 +1,232 @@
+"""Sweeps (sim/sweep.py, sim/executors.py): expansion, bad factors, executors agree, kill + resume, crashes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sim.cli import app
+from sim.executors import DaskExecutor, LocalExecutor, SerialExecutor
+from sim.loading import ScenarioError
+from sim.scenario import Scenario
+from sim.sweep import WALL_COLUMNS, load_sweep, parse_factors, parse_seeds, plan_sweep, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAOSSIM = ROOT / ".venv" / "bin" / "chaossim"
+
+# Two 1,024-chip islands under sync_dp for a day: chip failures every hour or so and one island outage
+# replayed from a trace file. A replication takes a few hundredths of a second.
+TINY = """\
+version: 1
+name: tiny-sweep
+seed: 3
+duration: {duration}
+replications: 2
+topology:
+  regions:
+    - name: r
+      islands: [{{name: pod, chip: v5p, chips: 1024, count: 2}}]
+workload: {{params: 1B, tokens_per_step: 4M, step_time: auto}}
+training:
+  policy: sync_dp
+  checkpoint: {{interval: 1h, write_time: 60s}}
+faults:
+  - {{name: chips, kind: chip_failure, target: all, mtbf: 2000h, blast_radius: host}}
+  - {{name: replay, kind: trace, file: trace.csv}}
+sweep:
+  grid: {{training.checkpoint.write_time: [10s, 60s]}}
+"""
+
+
+def write_scenario(folder: Path, duration: str = "1d") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trace.csv").write_text("time,target,duration,kind\n3h,pod-1,30m,island_outage\n")
+    path = folder / "tiny.yaml"
+    path.write_text(TINY.format(duration=duration))
+    return path
+
+
+def rows(folder: Path) -> pd.DataFrame:
+    """A sweep's rows without the columns that measure the machine."""
+    return load_sweep(folder).drop(columns=list(WALL_COLUMNS), errors="ignore")
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    return write_scenario(tmp_path / "in")
+
+
+def test_grid_zip_and_seeds_expand_in_order(scenario: Path, tmp_path: Path):
+    """Grid factors multiply, zip factors move together, each point runs every seed; first factor slowest."""
+    plan = plan_sweep(
+        scenario,
+        grid={"training.recovery.reload": ["1m", "5m", "10m"]},
+        zipped={"training.recovery.detect": ["1m", "2m"], "training.recovery.reschedule": ["3m", "4m"]},
+        seeds=[5, 6],
+    )
+    assert plan.total == 2 * 3 * 2 * 2 and len(plan.scenarios) == 12
+    assert [f.keys for f in plan.factors] == [
+        ("training.checkpoint.write_time",), ("training.recovery.reload",),
+        ("training.recovery.detect", "training.recovery.reschedule"),
+    ]
+    assert plan.settings[0] == {
+        "training.checkpoint.write_time": "10s", "training.recovery.reload": "1m",
+        "training.recovery.detect": "1m", "training.recovery.reschedule": "3m",
+    }
+    assert plan.settings[1]["training.recovery.detect"] == "2m" and plan.settings[1]["training.recovery.reschedule"] == "4m"
+    assert plan.settings[2]["training.recovery.reload"] == "5m"
+    assert plan.settings[6]["training.checkpoint.write_time"] == "60s"
+    jobs = plan.jobs(tmp_path / "out")
+    assert [(j.index, j.point, j.seed) for j in jobs[:4]] == [(0, 0, 5), (1, 0, 6), (2, 1, 5), (3, 1, 6)]
+    last = Scenario.model_validate(jobs[-1].scenario)
+    assert (last.training.checkpoint.write_time, last.training.recovery.reload) == (60.0, 600.0)
+    assert (last.training.recovery.detect, last.training.recovery.reschedule) == (120.0, 240.0)
+    # factor columns hold resolved values (seconds), one type per column
+    assert [c["training.recovery.reload"] for c in plan.columns[:6:2]] == [60.0, 300.0, 600.0]
+
+
+def test_default_seeds_and_command_line_factors(scenario: Path):
+    """Seeds default to seed + replication; a command-line factor replaces the file's, a new key extends it."""
+    assert plan_sweep(scenario).seeds == (3, 4)
+    plan = plan_sweep(scenario, grid=parse_factors(["training.checkpoint.write_time=30s", "training.bits=8,16"], "--grid"),
+                      seeds=parse_seeds("1-3,9"))
+    assert plan.seeds == (1, 2, 3, 9)
+    assert [s for s in plan.settings] == [
+        {"training.checkpoint.write_time": "30s", "training.bits": 8},
+        {"training.checkpoint.write_time": "30s", "training.bits": 16},
+    ]
+
+
+def test_shipped_scenario_survives_infinity(scenario: Path, tmp_path: Path):
+    """The shipped scenario is strict JSON and validates back with grace.max = inf (its default)."""
+    plan = plan_sweep(scenario)
+    shipped = json.loads(json.dumps(plan.jobs(tmp_path)[0].scenario, allow_nan=False))  # strict JSON
+    assert Scenario.model_validate(shipped).training.grace.max == math.inf
+
+
+@pytest.mark.parametrize(
+    ("factor", "expected"),
+    [
+        ("training.quorumm=1,2", "unknown key 'quorumm'"),
+        ("training.quorum=1,0", "training.quorum=0"),
+        ("seed=1,2", "sweep factor seed"),
+    ],
+)
+def test_bad_factor_is_a_one_line_error(scenario: Path, tmp_path: Path, factor: str, expected: str):
+    """An unknown key or a bad value fails before anything runs: one line naming the factor, exit code 2."""
+    with pytest.raises(ScenarioError) as problem:
+        plan_sweep(scenario, grid=parse_factors([factor], "--grid"))
+    assert expected in str(problem.value) and "\n" not in str(problem.value)
+    result = CliRunner().invoke(app, ["sweep", str(scenario), "--grid", factor, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and expected in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_rows_identical_on_every_executor(scenario: Path, tmp_path: Path):
+    """Local with 1 and 2 workers and a real Dask cluster give the same rows, apart from wall time."""
+    from distributed import LocalCluster
+
+    plan = plan_sweep(scenario, grid={"training.recovery.reload": ["1m", "10m"]})
+    run_sweep(plan, tmp_path / "one", LocalExecutor(1))
+    run_sweep(plan, tmp_path / "two", LocalExecutor(2))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = CliRunner().invoke(app, [
+            "sweep", str(scenario), "--grid", "training.recovery.reload=1m,10m", "--executor", "dask",
+            "--address", cluster.scheduler_address, "-o", str(tmp_path / "dask"),
+        ])
+    assert result.exit_code == 0, result.output
+    one = rows(tmp_path / "one")
+    assert len(one) == 8 and (one["status"] == "ok").all() and list(one["index"]) == list(range(8))
+    assert one["failures.chip_failure"].gt(0).all() and one["failures.island_outage"].eq(1).all()
+    pd.testing.assert_frame_equal(one, rows(tmp_path / "two"))
+    pd.testing.assert_frame_equal(one, rows(tmp_path / "dask"))
+
+
+def test_killed_sweep_resumes_without_loss_or_repeat(tmp_path: Path):
+    """SIGKILL mid-sweep keeps every finished row readable; --resume completes each replication exactly once."""
+    # 60 simulated days make a replication take ~0.2-0.3 s, so the kill lands mid-sweep
+    scenario = write_scenario(tmp_path / "in", duration="60d")
+    folder = tmp_path / "out"
+    args = [str(CHAOSSIM), "sweep", str(scenario), "--seeds", "1-8", "--workers", "2", "-q", "-o", str(folder)]
+    sweep = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((folder / "rows").glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+            assert sweep.poll() is None, "the sweep finished before it could be killed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    before = load_sweep(folder)
+    assert 3 <= len(before) < 16 and (before["status"] == "ok").all()
+
+    plan = plan_sweep(scenario, seeds=list(range(1, 9)))
+    outcome = run_sweep(plan, folder, LocalExecutor(2), resume=True)
+    assert (outcome.skipped, outcome.ran, outcome.errors) == (len(before), 16 - len(before), 0)
+    after = load_sweep(folder)
+    assert list(after["index"]) == list(range(16)) and (after["status"] == "ok").all()
+
+
+def test_crashing_replication_is_an_error_row(scenario: Path, tmp_path: Path):
+    """A replication that raises (its trace file is missing) is a row with the error; the others complete; exit 1."""
+    result = CliRunner().invoke(app, [
+        "sweep", str(scenario), "--grid", "faults.1.file=trace.csv,missing.csv", "--seeds", "1", "--workers", "2",
+        "-o", str(tmp_path / "out"),
+    ])
+    assert result.exit_code == 1
+    frame = load_sweep(tmp_path / "out")
+    assert list(frame["status"]) == ["ok", "error", "ok", "error"]
+    assert frame.loc[1, "error"].startswith("ValueError: faults[1] (replay).file: trace file") and "missing.csv" in frame.loc[1, "error"]
+    assert frame.loc[[0, 2], "goodput"].gt(0).all() and frame.loc[[1, 3], "goodput"].isna().all()
+    assert (tmp_path / "out" / "runs" / "1" / "error.txt").exists()
+
+
+def test_resume_runs_only_what_is_not_ok(scenario: Path, tmp_path: Path):
+    """--resume skips ok rows (their files untouched) and re-runs errored ones; a finished sweep runs nothing."""
+    plan = plan_sweep(scenario, grid={"faults.1.file": ["trace.csv", "later.csv"]}, seeds=[1])
+    folder = tmp_path / "out"
+    first = run_sweep(plan, folder, SerialExecutor())
+    assert (first.ran, first.errors) == (4, 2)
+    ok_files = {p: p.stat().st_mtime_ns for p in (folder / "rows").glob("part-*.parquet") if p.name in ("part-000000.parquet", "part-000002.parquet")}
+    (scenario.parent / "later.csv").write_text("time,target\n5h,pod-0\n")
+    second = run_sweep(plan, folder, SerialExecutor(), resume=True)
+    assert (second.skipped, second.ran, second.errors) == (2, 2, 0)
+    assert {p: p.stat().st_mtime_ns for p in ok_files} == ok_files
+    assert (load_sweep(folder)["status"] == "ok").all()
+    third = run_sweep(plan, folder, SerialExecutor(), resume=True)
+    assert (third.skipped, third.ran) == (4, 0)
+
+
+def test_folder_of_another_sweep_is_refused(scenario: Path, tmp_path: Path):
+    """Rows of two different sweeps never mix; rerunning a finished sweep without --resume is refused."""
+    folder = tmp_path / "out"
+    run_sweep(plan_sweep(scenario, seeds=[1]), folder, SerialExecutor())
+    with pytest.raises(ScenarioError, match="different sweep"):
+        run_sweep(plan_sweep(scenario, seeds=[2]), folder, SerialExecutor())
+    with pytest.raises(ScenarioError, match="--resume"):
+        run_sweep(plan_sweep(scenario, seeds=[1]), folder, SerialExecutor())
+
+
+def test_quorum_grace_scenario_plans_27_replications():
+    """scenarios/sweeps/quorum-grace.yaml: quorum x grace.max x 3 seeds, every point valid."""
+    plan = plan_sweep(ROOT / "scenarios" / "sweeps" / "quorum-grace.yaml")
+    assert plan.total == 27 and plan.seeds == (1, 2, 3)
+    assert {c["training.quorum"] for c in plan.columns} == {1, 2, 4}
+    assert {c["training.grace.max"] for c in plan.columns} == {0.0, 10.0, 30.0}
+    assert {Scenario.model_validate(s).training.policy.value for s in plan.scenarios} == {"decoupled_diloco"}
+
+
+def test_dask_executor_starts_its_own_cluster(scenario: Path, tmp_path: Path):
+    """Without an address the Dask executor runs on a LocalCluster it starts and closes itself."""
+    outcome = run_sweep(plan_sweep(scenario, seeds=[1]), tmp_path / "out", DaskExecutor(workers=1))
+    assert (outcome.ran, outcome.errors) == (2, 0)

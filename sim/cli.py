@@ -102,9 +102,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a scenario: print goodput, downtime, failures and tokens; write a results folder."""
+    scenario = load(file, set_ or [], seed, replications)  # before the heavy imports: bad input fails fast
     from .runner import run_replication
-
-    scenario = load(file, set_ or [], seed, replications)
     folder = output or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "scenario.yaml").write_text(scenario_yaml(scenario))

@@ -80,6 +80,7 @@ class Group:
         self.base_compute_s = base_compute_s  # step compute time with every chip in the job, no slowdown
         self.elastic_unit = training.elastic.unit
         self.full_flops = sum(i.peak_flops for i in islands)
+        self._compute_s: float | None = None
         # per island: chips in the job, failed unit indices (in elastic.unit granularity), spares free
         self.in_job = {i.index: i.chips for i in islands}
         self.down_units: dict[int, set[int]] = {i.index: set() for i in islands}
@@ -122,6 +123,7 @@ class Group:
 
     def _sync_capacity(self, upscale: bool) -> None:
         """Drop chips that died; with ``upscale`` also take back chips that are available again."""
+        self._compute_s = None
         for island in self.islands:
             available = self.available_chips(island)
             if upscale or available < self.in_job[island.index]:
@@ -139,12 +141,15 @@ class Group:
         return self.step_model(self)
 
     def compute_time_s(self) -> float:
-        """Compute time of one step: fixed global batch over the chips in the job, slowest island rules."""
-        flops = sum(self.in_job[i.index] * i.chip.peak_flops for i in self.islands)
-        if flops <= 0:
-            return math.inf
-        slowdown = max((i.slowdown for i in self.islands if self.in_job[i.index] > 0), default=1.0)
-        return self.base_compute_s * (self.full_flops / flops) * slowdown
+        """Compute time of one step: fixed global batch over the chips in the job, slowest island rules.
+
+        Cached until the chips in the job change or a wake (slowdown, repair) arrives.
+        """
+        if self._compute_s is None:
+            flops = sum(self.in_job[i.index] * i.chip.peak_flops for i in self.islands)
+            slowdown = max((i.slowdown for i in self.islands if self.in_job[i.index] > 0), default=1.0)
+            self._compute_s = math.inf if flops <= 0 else self.base_compute_s * (self.full_flops / flops) * slowdown
+        return self._compute_s
 
     # ----------------------------------------------------------------------------------- faults in
 
@@ -183,6 +188,7 @@ class Group:
 
     def wake(self, reason: str) -> None:
         """Something changed that may re-time or unblock the group."""
+        self._compute_s = None
         if self.process.is_alive:
             self.process.interrupt(Wake(reason))
 

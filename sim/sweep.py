@@ -25,7 +25,7 @@ Results folder
 ::
 
     sweep.json                 the plan (factors, seeds, points) and its fingerprint
-    scenario.yaml              the base scenario, resolved
+    scenario.yaml              the base scenario, resolved, with the sweep it ran (factors and seeds)
     rows/part-000017.parquet   one row per finished replication, each written atomically
     runs/17/                   that replication's results (scenario.yaml, summary.json, timeline...)
 
@@ -97,6 +97,8 @@ class SweepError(ScenarioError):
 
 @dataclass(frozen=True)
 class Factor:
+    """One sweep axis: keys that vary together (one for a grid factor) and the levels they take."""
+
     kind: str  # "grid" | "zip"
     keys: tuple[str, ...]
     levels: tuple[tuple[Any, ...], ...]  # one value per key in each level
@@ -104,8 +106,11 @@ class Factor:
 
 @dataclass(frozen=True)
 class SweepPlan:
+    """An expanded, validated sweep: what :func:`run_sweep` runs. Built by :func:`plan_sweep`."""
+
     file: Path
     name: str
+    base: Scenario  # the scenario before factors, its sweep section holding the effective factors and seeds
     factors: tuple[Factor, ...]
     seeds: tuple[int, ...]
     settings: tuple[dict, ...]  # per point: factor key -> value as written
@@ -118,13 +123,12 @@ class SweepPlan:
         return len(self.scenarios) * len(self.seeds)
 
     def jobs(self, folder: Path) -> list[Job]:
-        folder = Path(folder).resolve()
-        where = str(self.file.resolve().parent)
-        return [
-            Job(p * len(self.seeds) + k, p, seed, scenario, str(folder / "runs" / str(p * len(self.seeds) + k)), where)
-            for p, scenario in enumerate(self.scenarios)
-            for k, seed in enumerate(self.seeds)
-        ]
+        """Every replication in index order, writing its results under ``folder/runs/<index>``."""
+        runs, where = Path(folder).resolve() / "runs", str(self.file.resolve().parent)
+        jobs = []
+        for index, (p, k) in enumerate(itertools.product(range(len(self.scenarios)), range(len(self.seeds)))):
+            jobs.append(Job(index, p, self.seeds[k], self.scenarios[p], str(runs / str(index)), where))
+        return jobs
 
     def head(self, job: Job) -> dict:
         """The first columns of a job's row: who it is, before what it measured."""
@@ -267,7 +271,15 @@ def plan_sweep(
     typed = {key: _one_type([r[key] for r in resolved]) for key in keys}
     columns = tuple({key: typed[key][p] for key in keys} for p in range(len(resolved)))
     fingerprint = hashlib.sha256(json.dumps([scenarios, seed_list], sort_keys=True).encode()).hexdigest()
-    return SweepPlan(file, base.name, tuple(factors), tuple(seed_list), tuple(settings), columns, tuple(scenarios), fingerprint)
+    effective = SweepSpec(
+        grid={f.keys[0]: [level[0] for level in f.levels] for f in factors if f.kind == "grid"},
+        zip={key: [level[i] for level in f.levels] for f in factors if f.kind == "zip" for i, key in enumerate(f.keys)},
+        seeds=seed_list,
+    )
+    return SweepPlan(
+        file, base.name, base.model_copy(update={"sweep": effective}), tuple(factors), tuple(seed_list),
+        tuple(settings), columns, tuple(scenarios), fingerprint,
+    )
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -313,8 +325,7 @@ def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
     partial = folder / ".sweep.json.tmp"
     partial.write_text(json.dumps(_strict_json(document), indent=2))
     os.replace(partial, manifest)
-    base = Scenario.model_validate(plan.scenarios[0]).model_copy(update={"sweep": None})
-    (folder / "scenario.yaml").write_text(scenario_yaml(base))
+    (folder / "scenario.yaml").write_text(scenario_yaml(plan.base))
 
 
 def _ok_indices(folder: Path) -> set[int]:
@@ -442,6 +453,10 @@ def command(
             )
     except ExecutorError as problem:
         raise SweepError(str(problem)) from None
+    except KeyboardInterrupt:
+        kept = len(list((Path(folder) / "rows").glob("part-*.parquet")))
+        err.print(f"interrupted: {kept} row(s) kept in {folder}; add --resume to finish the sweep", highlight=False)
+        raise
     frame = load_sweep(outcome.folder)
     out.print(best_table(frame, plan))
     for row in frame[frame["status"] != "ok"].head(5).itertuples():

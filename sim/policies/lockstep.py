@@ -92,7 +92,8 @@ class SyncDP:
         return [job]
 
     def _train_surrogate(self, group: Group, steps: float, force: bool = False) -> None:
-        self.surrogate.model.train_data_parallel(self.surrogate.steps_for(0, steps))
+        with self.surrogate.timed() as model:
+            model.train_data_parallel(self.surrogate.steps_for(0, steps))
         tokens = group.ledger.committed_steps * self.ctx.scenario.workload.tokens_per_step
         self.surrogate.record(self.ctx.scenario.training.policy.value, tokens, force)
 
@@ -103,7 +104,9 @@ class SyncDP:
 
     def metrics(self, final: bool) -> dict:
         compute_s, comm_s = self.nominal_step
-        out = {} if self.surrogate is None else {"final_loss": self.surrogate.model.eval_loss()}
+        out = {}
+        if self.surrogate is not None:
+            out = {"final_loss": self.surrogate.model.eval_loss(), "surrogate_wall_s": self.surrogate.wall_s}
         return out | {
             "step_compute_s": compute_s,
             "step_comm_s": comm_s,

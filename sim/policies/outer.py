@@ -22,7 +22,9 @@ per parameter) over the link between their regions: its reload takes at least th
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -53,6 +55,15 @@ class SurrogateDriver:
         self.done = np.zeros(n_learners, dtype=np.int64)
         self.eval_every_s = cfg.eval_every or ctx.scenario.duration / 200.0
         self.next_eval_s = 0.0
+        self.wall_s = 0.0  # wall time spent in surrogate numerics (reported as surrogate_wall_s)
+
+    @contextmanager
+    def timed(self):
+        start = time.perf_counter()
+        try:
+            yield self.model
+        finally:
+            self.wall_s += time.perf_counter() - start
 
     def steps_for(self, m: int, sim_steps: float) -> int:
         """Surrogate steps owed to learner m for ``sim_steps`` simulated steps (fractions carried over)."""
@@ -68,7 +79,9 @@ class SurrogateDriver:
         now = self.ctx.env.now
         if force or now >= self.next_eval_s:
             self.next_eval_s = now + self.eval_every_s
-            self.ctx.recorder.point(now, "loss", key, self.model.eval_loss(), tokens)
+            with self.timed() as model:
+                loss = model.eval_loss()
+            self.ctx.recorder.point(now, "loss", key, loss, tokens)
 
 
 class OuterPolicy(ABC):
@@ -90,6 +103,7 @@ class OuterPolicy(ABC):
         self.surrogate: SurrogateDriver | None = None
         self.alive_now: list[Group] = []  # refreshed at every steady-state computation
         self._stall_cache: dict[tuple, float] = {}
+        self._link_cache: dict[tuple[str, str], tuple[float, float]] = {}  # cleared on link changes
         self._owed = {}  # learner index -> simulated steps merged but not yet given to the surrogate
         self._pending_recompute = False
         self._epoch_start = 0.0
@@ -110,7 +124,7 @@ class OuterPolicy(ABC):
             self.last_merge_s[island.index] = 0.0
         if ctx.scenario.surrogate.model != "off":
             self.surrogate = SurrogateDriver(ctx, len(self.groups), self.training.fragments)
-        ctx.links.listeners.append(lambda *_: self._schedule_recompute())
+        ctx.links.listeners.append(self._link_changed)
         self.process = ctx.env.process(self._epochs())
         return self.groups
 
@@ -127,8 +141,11 @@ class OuterPolicy(ABC):
         return compute, self.exposed_comm_s(group, compute) + wait
 
     def link_to(self, group: Group, region: str) -> tuple[float, float]:
-        name, _ = self.ctx.topology.link_between(group.islands[0].region, region)
-        return self.ctx.links.current(name)
+        """(bandwidth_bps, latency_s) now between the learner's region and ``region``."""
+        key = (group.islands[0].region, region)
+        if key not in self._link_cache:
+            self._link_cache[key] = self.ctx.links.current(self.ctx.topology.link_between(*key)[0])
+        return self._link_cache[key]
 
     def exposed_comm_s(self, group: Group, compute_s: float) -> float:
         """Stall per step from the outer communication (bucketed-overlap model) at the current WAN."""
@@ -192,6 +209,10 @@ class OuterPolicy(ABC):
     def _phase_changed(self, group: Group, old: Phase, new: Phase) -> None:
         if old is not new:
             self._schedule_recompute()
+
+    def _link_changed(self, *_args) -> None:
+        self._link_cache.clear()
+        self._schedule_recompute()
 
     def _syncer_changed(self, started: bool, fault: str) -> None:
         self.syncer_up = not started
@@ -283,15 +304,15 @@ class OuterPolicy(ABC):
 
     def surrogate_round(self, members: list[Group], weights: list[float]) -> None:
         """Inner steps owed to each member, then one merge of every fragment, broadcast to the living."""
-        model = self.surrogate.model
-        for index, n in self._owed.items():
-            model.train(index, n)
-        self._owed = {}
-        ids = [g.islands[0].index for g in members]
-        receivers = [g.islands[0].index for g in self.alive_now] or ids
-        for p in range(self.training.fragments):
-            model.merge_fragment(p, ids, weights)
-            model.broadcast_fragment(p, receivers)
+        with self.surrogate.timed() as model:
+            for index, n in self._owed.items():
+                model.train(index, n)
+            self._owed = {}
+            ids = [g.islands[0].index for g in members]
+            receivers = [g.islands[0].index for g in self.alive_now] or ids
+            for p in range(self.training.fragments):
+                model.merge_fragment(p, ids, weights)
+                model.broadcast_fragment(p, receivers)
 
     def rounds_in(self, elapsed_s: float) -> float:
         """Outer rounds (per fragment for streaming/decoupled) that happened in ``elapsed_s``."""
@@ -332,4 +353,5 @@ class OuterPolicy(ABC):
         }
         if self.surrogate is not None:
             out["final_loss"] = self.surrogate.model.eval_loss()
+            out["surrogate_wall_s"] = self.surrogate.wall_s
         return out

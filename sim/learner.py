@@ -49,6 +49,7 @@ class Failure:
     island: str
     kind: str
     fault: str
+    swapped: bool = False  # a hot spare took the failed unit's place
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,17 +173,18 @@ class Group:
                 return self._hit(island, kind, fault, "no spare left: reschedule")
             self.spare_free[island.index] -= chips
             self._mark_down(island, units, repair_s, spare=True)
-            return self._hit(island, kind, fault, f"spare swap of {chips} chips")
+            return self._hit(island, kind, fault, f"spare swap of {chips} chips", swapped=True)
         self._mark_down(island, units, repair_s, spare=False)
         return self._hit(island, kind, fault, f"dropped {chips} chips")
 
     def outage_changed(self, island: Island, started: bool, kind: str, fault: str) -> None:
         """An island/region outage began (``island.outages`` already raised) or ended."""
         if started:
-            if self.in_job[island.index] > 0 or self.intent is Phase.RELOAD:
+            elastic = self.mode is OnFailure.ELASTIC
+            if (elastic and self.in_job[island.index] > 0) or (not elastic and self.holding):
                 self._hit(island, kind, fault, "outage")
             else:
-                self._book()
+                self._book()  # nothing held there now; a pending reload will wait for the capacity
         else:
             self.wake(f"{island.name} back")
 
@@ -213,14 +215,14 @@ class Group:
         self.recorder.event(self.env.now, "absorbed", fault, island.name, f"{kind}: {why}")
         return False
 
-    def _hit(self, island: Island, kind: str, fault: str, detail: str) -> bool:
+    def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False) -> bool:
         self.interrupts_s.append(self.env.now)
         self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
         if self.mode is OnFailure.ELASTIC:
             self._sync_capacity(upscale=False)
             self._book()
         if self.process.is_alive:
-            self.process.interrupt(Failure(island.name, kind, fault))
+            self.process.interrupt(Failure(island.name, kind, fault, swapped))
         return True
 
     # ----------------------------------------------------------------------------------- the process
@@ -339,8 +341,7 @@ class Group:
         if phase in (Phase.DETECT, Phase.SWAP) or not (phase in _HOLDING or self.intent is Phase.RUNNING):
             return  # holding no chips: nothing to lose, recovery goes on
         self.ledger.rollback(now)
-        swapped = "spare" in (self.recorder.events.columns["detail"][-1] if self.recorder.events.columns["detail"] else "")
-        self.intent, self.phase_end_s = (Phase.SWAP if swapped else Phase.DETECT), None
+        self.intent, self.phase_end_s = (Phase.SWAP if cause.swapped else Phase.DETECT), None
         self.work_left_s = self.checkpoint_interval_s or math.inf
 
     def _elastic_failure(self, phase: Phase, now: float) -> None:

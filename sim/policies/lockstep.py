@@ -127,6 +127,8 @@ class SyncDP:
             k = sum(1 for i in live if i.region == region)
             if k > 1:
                 bandwidth, latency = links.current(f"dcn:{region}")
+                if bandwidth <= 0:
+                    return math.inf
                 intra = max(intra, 2 * (k - 1) / k * self.gradient_bytes * 8 / bandwidth + 2 * (k - 1) * latency)
         return intra + links.ring_allreduce_s(regions, self.gradient_bytes)
 

@@ -64,6 +64,7 @@ def aggregate(summaries: list[dict]) -> dict:
             keys = sorted({k for s in summaries for k in s[key]})
             result[key] = {k: math.fsum(s[key].get(k, 0) for s in summaries) / len(summaries) for k in keys}
     result["hypotheses_passed"] = all(s["hypotheses_passed"] for s in summaries)
+    result["halted"] = [s["halted"] for s in summaries if s["halted"]]
     result["runs"] = summaries
     return result
 
@@ -133,7 +134,11 @@ def run(
             status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
             out.print(f"hypothesis {verdict['metric']} {bound}: {verdict['value']:.6g} {status}")
         out.print(f"results: {folder}")
-    if not result["hypotheses_passed"]:
+    if result["halted"] and not as_json:
+        for halt in result["halted"]:
+            out.print(f"[red]HALTED[/] {halt['metric']} = {halt['value']:.6g} (bound min {halt['min']}, max {halt['max']})")
+    # a halted replication failed its health check, as in chaos tools: it gates like a failed hypothesis
+    if not result["hypotheses_passed"] or result["halted"]:
         raise typer.Exit(EXIT_HYPOTHESIS)
 
 

@@ -1,0 +1,378 @@
+"""Figures: each takes a tidy DataFrame and a matplotlib ``Axes``, draws, and returns the ``Axes``.
+
+The frames are those of :mod:`analysis.load` (or any frame with the same columns), so a figure can be
+drawn for one run, for several runs concatenated, or for a sweep:
+
+===================  =========================================  ===================================
+figure               frame                                      reads as
+===================  =========================================  ===================================
+``sweep_heatmap``    sweep rows (factors, seed, metrics)        a metric's mean over seeds per cell
+                                                                of two factors (quorum x grace)
+``sweep_lines``      sweep rows                                 the mean over seeds against one
+                                                                factor, one line per level of
+                                                                another, band = spread over seeds
+``goodput_vs``       sweep rows or summaries                    goodput against a numeric factor
+                                                                (chips, MTBF), one line per policy
+``timeline``         timeline (+ events)                        what each learner group did when;
+                                                                red triangles are failures
+``chip_time_bars``   chip-time ledger in long form              where the chip-seconds went
+``metric_bars``      summaries                                  one metric per run, with spread
+``loss_curves``      series (``loss``)                          surrogate eval loss against
+                                                                simulated hours or tokens
+``link_utilisation`` series (``link_utilisation``)              WAN link use over time
+===================  =========================================  ===================================
+
+Nothing here touches ``pyplot`` or a global backend: :func:`new_axes` builds a ``Figure`` on the Agg
+canvas, so figures render the same in a test, a report or a headless CI; a notebook can pass the
+``Axes`` of ``plt.subplots()`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+from .labels import (
+    BUCKET_COLOURS,
+    BUCKET_ORDER,
+    FAILURE_COLOUR,
+    PHASE_COLOURS,
+    PHASE_ORDER,
+    factor_axis,
+    level_text,
+    metric_quantity,
+    ordered_levels,
+)
+
+HOURS = 3600.0
+TIME_LABEL = "simulated time (h)"
+_HIGHER_IS_BETTER = ("goodput", "uptime", "tokens", "steps", "chip_time_fraction.useful", "chip_time.useful")
+
+
+def new_axes(width: float = 8.0, height: float = 4.5) -> tuple[Figure, Axes]:
+    """A figure with one Axes on the Agg canvas (no pyplot state, safe in any thread or process)."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of replications that finished (a sweep records crashed ones with their error)."""
+    keep = pd.Series(True, index=df.index)
+    if "error" in df:
+        keep &= df["error"].isna() | (df["error"].astype(str).str.strip() == "")
+    if "status" in df:
+        keep &= ~df["status"].astype(str).str.lower().isin(["error", "failed", "crashed"])
+    return df[keep]
+
+
+def _empty(ax: Axes, message: str) -> Axes:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    return ax
+
+
+def _first_replication(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Rows of the first replication of each run (series and timelines are not averaged)."""
+    key = next((c for c in ("replication", "index") if c in df), None)
+    if key is None or df.empty:
+        return df, ""
+    first = df.groupby("run", sort=False)[key].transform("min") if "run" in df else df[key].min()
+    rows = df[df[key] == first]
+    which = f"{key} {int(rows[key].iloc[0])}" if rows[key].nunique() == 1 else f"first {key} of each run"
+    return rows, which
+
+
+def _cell_text(value: float, metric: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.3f}" if metric_quantity(metric).unit.startswith("fraction") else f"{value:.3g}"
+
+
+# --------------------------------------------------------------------------------------------- sweeps
+
+
+def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goodput", cmap: str | None = None) -> Axes:
+    """Mean of ``metric`` over seeds for each (x, y) pair of factor levels, annotated in each cell."""
+    data = ok_rows(df).dropna(subset=[metric])
+    q = metric_quantity(metric)
+    if data.empty:
+        return _empty(ax, f"no finished replication with {metric}")
+    xs, ys = ordered_levels(data[x]), ordered_levels(data[y])
+    grid = np.full((len(ys), len(xs)), np.nan)
+    counts = np.zeros_like(grid, dtype=int)
+    for (yv, xv), values in data.groupby([y, x], sort=False)[metric]:
+        grid[ys.index(yv), xs.index(xv)] = values.mean() * q.scale
+        counts[ys.index(yv), xs.index(xv)] = len(values)
+    better_high = metric in _HIGHER_IS_BETTER
+    image = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap or ("viridis" if better_high else "viridis_r"))
+    for (row, col), value in np.ndenumerate(grid):
+        shade = image.cmap(image.norm(value)) if not math.isnan(value) else (1, 1, 1, 1)
+        light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5
+        ax.text(col, row, _cell_text(value, metric), ha="center", va="center", fontsize=9, color="black" if light else "white")
+    x_axis, y_axis = factor_axis(pd.Series(xs, name=x)), factor_axis(pd.Series(ys, name=y))
+    ax.set_xticks(range(len(xs)), [level_text(v, x_axis, n) for v, n in zip(xs, _numbers(x_axis, xs))])
+    ax.set_yticks(range(len(ys)), [level_text(v, y_axis, n) for v, n in zip(ys, _numbers(y_axis, ys))])
+    ax.set_xlabel(x_axis.label)
+    ax.set_ylabel(y_axis.label)
+    colorbar = ax.figure.colorbar(image, ax=ax)
+    colorbar.set_label(q.label)
+    seeds = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+    ax.set_title(f"{q.name}: mean over {seeds} seed(s) per cell")
+    return ax
+
+
+def _numbers(axis, levels) -> list:
+    return list(axis.numbers) if axis.numbers is not None else [None] * len(levels)
+
+
+def sweep_lines(
+    df: pd.DataFrame, ax: Axes, x: str, metric: str = "goodput", hue: str | None = None, spread: str = "minmax"
+) -> Axes:
+    """Mean of ``metric`` over seeds against factor ``x``, one line per ``hue`` level, with a band.
+
+    ``spread`` is ``"minmax"`` (band from the lowest to the highest seed) or ``"std"`` (mean +- one
+    standard deviation). A numeric factor (``16384``, ``"10s"``, ``"2Gbps"``) gets a numeric axis.
+    """
+    data = ok_rows(df).dropna(subset=[metric])
+    q = metric_quantity(metric)
+    if data.empty:
+        return _empty(ax, f"no finished replication with {metric}")
+    levels = ordered_levels(data[x])
+    axis = factor_axis(pd.Series(levels, name=x))
+    numeric = axis.numbers is not None and bool(np.isfinite(axis.numbers).all())  # "inf" has no place
+    positions = dict(zip(levels, axis.numbers if numeric else range(len(levels))))
+    hues = ordered_levels(data[hue]) if hue else [None]
+    for level in hues:
+        sub = data if level is None else data[data[hue] == level]
+        stats = sub.groupby(x, sort=False)[metric].agg(["mean", "min", "max", "std"])
+        order = [v for v in levels if v in stats.index]
+        if not order:
+            continue
+        stats = stats.loc[order] * q.scale
+        xs = [positions[v] for v in order]
+        if spread == "std":
+            std = stats["std"].fillna(0.0)
+            low, high = stats["mean"] - std, stats["mean"] + std
+        else:
+            low, high = stats["min"], stats["max"]
+        (line,) = ax.plot(xs, stats["mean"], marker="o", label=None if level is None else str(level))
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if not numeric:
+        ax.set_xticks(range(len(levels)), [level_text(v, axis, n) for v, n in zip(levels, _numbers(axis, levels))])
+    else:
+        finite = [p for p in positions.values() if math.isfinite(p) and p > 0]
+        if finite and len(finite) == len(positions) and max(finite) / min(finite) >= 100:
+            ax.set_xscale("log")  # chip counts and MTBFs span decades
+    ax.set_xlabel(axis.label)
+    ax.set_ylabel(q.label)
+    band = "min-max" if spread != "std" else "+-1 std"
+    ax.set_title(f"{q.name} vs {x}\n(mean over seeds, band: {band})")
+    if hue:
+        ax.legend(title=hue, fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def goodput_vs(df: pd.DataFrame, ax: Axes, x: str, metric: str = "goodput", hue: str | None = None) -> Axes:
+    """``metric`` (goodput by default) against a numeric factor such as chips or MTBF, per policy."""
+    if hue is None:
+        hue = next((c for c in ("training.policy", "policy") if c in df and df[c].notna().any()), None)
+    sweep_lines(df, ax, x, metric, hue)
+    if hue:
+        ax.set_title(f"{metric_quantity(metric).name} vs {x} per policy\n(mean over seeds, band: min-max)")
+    return ax
+
+
+# ----------------------------------------------------------------------------------------- one run
+
+
+def _fault_windows(events: pd.DataFrame) -> list[tuple[float, float, str]]:
+    """(start_s, end_s, group) of outages, partitions, degradations and slowdowns from their events.
+
+    ``group`` is the learner group the target belongs to, or "" (a WAN link, the synchronizer).
+    """
+    windows, open_at = [], {}
+    groups = events["group"] if "group" in events else pd.Series("", index=events.index)
+    for row, group in zip(events.itertuples(), groups):
+        if row.kind.endswith("_start"):
+            open_at.setdefault((row.kind[:-6], row.fault, row.target), []).append((row.time_s, group))
+        elif row.kind.endswith("_end"):
+            starts = open_at.get((row.kind[:-4], row.fault, row.target))
+            if starts:
+                start, group = starts.pop(0)
+                windows.append((start, row.time_s, group))
+    windows += [(start, math.inf, group) for starts in open_at.values() for start, group in starts]
+    return windows
+
+
+def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None) -> Axes:
+    """Learner-group states over simulated time (one bar row per group, a colour per phase).
+
+    Failures from ``events`` are red triangles on the row of the group they hit (a vertical line
+    when the target is no group); outage and degradation windows are shaded. Only the first
+    replication of the first run in ``df`` is drawn.
+    """
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel("learner group")
+    rows, which = _first_replication(df)
+    if "run" in rows and rows["run"].nunique() > 1:
+        rows = rows[rows["run"] == rows["run"].iloc[0]]
+    if rows.empty:
+        return _empty(ax, "no timeline recorded")
+    groups = list(dict.fromkeys(rows["group"]))
+    height = 0.7
+    phases = [p for p in PHASE_ORDER if p in set(rows["phase"])] + sorted(set(rows["phase"]) - set(PHASE_ORDER))
+    extra = iter(["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])
+    colours = {p: PHASE_COLOURS.get(p) or next(extra, "#7f7f7f") for p in phases}
+    for (group, phase), sel in rows.groupby(["group", "phase"], sort=False):
+        spans = list(zip(sel["start_s"] / HOURS, (sel["end_s"] - sel["start_s"]) / HOURS))
+        ax.broken_barh(spans, (groups.index(group) - height / 2, height), facecolors=colours[phase], linewidth=0)
+    handles = [Patch(facecolor=colours[p], label=p) for p in phases]
+    end_h = rows["end_s"].max() / HOURS
+    failures = 0
+    if events is not None and len(events):
+        ev = events
+        for column in ("run", "replication", "index"):
+            if column in ev and column in rows:
+                ev = ev[ev[column] == rows[column].iloc[0]]
+        windows = _fault_windows(ev.sort_values("time_s", kind="stable"))
+        for start, end, group in windows:
+            end = min(end / HOURS, end_h)
+            if group in groups:  # shade the row of the group hit; links and the syncer span all rows
+                ax.add_patch(Rectangle((start / HOURS, groups.index(group) - 0.5), end - start / HOURS, 1.0,
+                                       color=FAILURE_COLOUR, alpha=0.12, linewidth=0))
+            else:
+                ax.axvspan(start / HOURS, end, color=FAILURE_COLOUR, alpha=0.08, linewidth=0)
+        if windows:
+            handles.append(Patch(facecolor=FAILURE_COLOUR, alpha=0.15, label="fault window"))
+        hits = ev[ev["kind"] == "failure"]
+        failures = len(hits)
+        on_row = hits["group"].isin(groups) if "group" in hits else pd.Series(False, index=hits.index)
+        ys = [groups.index(g) - height / 2 for g in hits.loc[on_row, "group"]]  # top edge (y is inverted)
+        ax.plot(hits.loc[on_row, "time_s"] / HOURS, ys, linestyle="none", marker="v", markersize=7,
+                color=FAILURE_COLOUR, markeredgecolor="white", markeredgewidth=0.5, zorder=3)
+        for t in hits.loc[~on_row, "time_s"]:
+            ax.axvline(t / HOURS, color=FAILURE_COLOUR, linewidth=0.8, alpha=0.7)
+        if failures:
+            handles.append(Line2D([], [], linestyle="none", marker="v", color=FAILURE_COLOUR, label="failure"))
+    ax.set_yticks(range(len(groups)), groups)
+    ax.set_ylim(len(groups) - 0.4, -0.75)  # first group at the top, room above it for markers
+    ax.set_xlim(0, end_h)
+    run = f"{rows['run'].iloc[0]}, " if "run" in rows else ""
+    count = f"{failures} failure{'s' if failures != 1 else ''}"
+    ax.set_title(f"Learner states ({run}{which}; {count})" if which else f"Learner states ({count})")
+    # beside the axes, not below: constrained layout makes room for it at any figure height
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    return ax
+
+
+def chip_time_bars(df: pd.DataFrame, ax: Axes, by: str = "run") -> Axes:
+    """Stacked bars of the chip-time ledger (share of provisioned chip-seconds) per ``by`` value.
+
+    ``df`` is the ledger in long form (``bucket`` and ``fraction`` columns, one row per replication
+    and bucket); replications are averaged. The green share at the bottom is the goodput.
+    """
+    data = df.dropna(subset=["fraction"]) if "fraction" in df else df.iloc[0:0]
+    ax.set_ylabel("share of provisioned chip-time (%)")
+    ax.set_xlabel(by)
+    if data.empty:
+        return _empty(ax, "no chip-time ledger")
+    shares = data.groupby([by, "bucket"], sort=False)["fraction"].mean().unstack("bucket").fillna(0.0) * 100
+    labels = list(dict.fromkeys(data[by]))
+    shares = shares.loc[labels]
+    buckets = [b for b in BUCKET_ORDER if b in shares and shares[b].sum() > 0]
+    buckets += sorted(b for b in shares if b not in BUCKET_ORDER and shares[b].sum() > 0)
+    positions = np.arange(len(labels))
+    bottom = np.zeros(len(labels))
+    for bucket in buckets:
+        ax.bar(positions, shares[bucket].to_numpy(), 0.6, bottom=bottom, label=bucket, color=BUCKET_COLOURS.get(bucket, "#7f7f7f"))
+        bottom += shares[bucket].to_numpy()
+    if "useful" in shares:
+        for pos, useful in zip(positions, shares["useful"]):
+            if useful < 4:
+                continue  # no room for the label
+            ax.text(pos, useful / 2, f"{useful:.1f}%", ha="center", va="center", color="white", fontsize=8)
+    long = max((len(str(v)) for v in labels), default=0) > 12
+    ax.set_xticks(positions, [str(v) for v in labels], rotation=30 if long else 0, ha="right" if long else "center")
+    ax.set_ylim(0, 100)
+    ax.set_title("Chip-time ledger (mean over replications)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="bucket")
+    return ax
+
+
+def metric_bars(df: pd.DataFrame, ax: Axes, metric: str = "goodput", by: str = "run") -> Axes:
+    """One bar per ``by`` value: the mean of ``metric`` over replications, whiskers min to max."""
+    q = metric_quantity(metric)
+    ax.set_ylabel(q.label)
+    ax.set_xlabel(by)
+    data = ok_rows(df).dropna(subset=[metric]) if metric in df else df.iloc[0:0]
+    if data.empty:
+        return _empty(ax, f"no values of {metric}")
+    labels = list(dict.fromkeys(data[by]))
+    stats = data.groupby(by, sort=False)[metric].agg(["mean", "min", "max"]).loc[labels] * q.scale
+    positions = np.arange(len(labels))
+    errors = np.vstack([stats["mean"] - stats["min"], stats["max"] - stats["mean"]])
+    ax.bar(positions, stats["mean"], 0.6, yerr=errors, capsize=4, color="#4c72b0", label="mean")
+    for pos, label in zip(positions, labels):
+        values = data.loc[data[by] == label, metric] * q.scale
+        ax.plot([pos] * len(values), values, linestyle="none", marker=".", color="black", alpha=0.6)
+    long = max((len(str(v)) for v in labels), default=0) > 12
+    ax.set_xticks(positions, [str(v) for v in labels], rotation=30 if long else 0, ha="right" if long else "center")
+    ax.set_title(f"{q.name} per {by} (bar: mean, whiskers: min-max, dots: replications)")
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------- series
+
+
+def _series_lines(data: pd.DataFrame, ax: Axes, xcol: str, xscale: float, yscale: float, steps: bool) -> int:
+    multi = "run" in data and data["run"].nunique() > 1
+    lines = 0
+    by = ["run", "key"] if "run" in data else ["key"]
+    for names, sub in data.groupby(by, sort=False):
+        names = names if isinstance(names, tuple) else (names,)
+        sub = sub.sort_values("time_s").dropna(subset=[xcol])
+        if sub.empty:
+            continue
+        label = f"{names[0]}: {names[-1]}" if multi else str(names[-1])
+        ax.plot(sub[xcol] * xscale, sub["value"] * yscale, label=label, drawstyle="steps-post" if steps else "default")
+        lines += 1
+    return lines
+
+
+def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
+    """Surrogate eval loss (``series == "loss"``) against simulated hours (``x="time"``) or tokens."""
+    tokens = x == "tokens"
+    ax.set_xlabel("tokens (count)" if tokens else TIME_LABEL)
+    ax.set_ylabel("surrogate eval loss (nats)")
+    ax.set_title(f"Surrogate loss vs {'tokens' if tokens else 'wall-clock (simulated)'}")
+    data = df[df["series"] == "loss"] if "series" in df else df.iloc[0:0]
+    data, _ = _first_replication(data)
+    if data.empty or not _series_lines(data, ax, "tokens" if tokens else "time_s", 1.0 if tokens else 1 / HOURS, 1.0, False):
+        return _empty(ax, "no surrogate loss recorded")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def link_utilisation(df: pd.DataFrame, ax: Axes) -> Axes:
+    """WAN link utilisation (``series == "link_utilisation"``, value = fraction of capacity) over time."""
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel("utilisation (% of link capacity)")
+    ax.set_title("WAN link utilisation")
+    data = df[df["series"] == "link_utilisation"] if "series" in df else df.iloc[0:0]
+    data, _ = _first_replication(data)
+    if data.empty or not _series_lines(data, ax, "time_s", 1 / HOURS, 100.0, True):
+        return _empty(ax, "no link utilisation recorded")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, title="link")
+    ax.grid(alpha=0.3)
+    return ax

@@ -1,0 +1,232 @@
+"""Names, units and colours shared by every figure and by the report tables.
+
+The simulator stores one SI unit per quantity (seconds, chip-seconds, bits per second) and names
+metrics after it (``global_downtime_s``). People read hours, percentages and Gbit/s, so this module
+turns a metric name into an axis label that states its unit and the factor that converts the stored
+value to it, and turns sweep factor values (``"10s"``, ``"50000h"``, ``"2Gbps"``, ``16384``) into
+numbers with a unit so that they sort and plot on a numeric axis.
+
+Colours are fixed per learner phase and per chip-time bucket, so the same state has the same colour
+in the timeline, the ledger bars and across reports.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass
+
+import pandas as pd
+
+from sim.units import parse_bandwidth, parse_bytes, parse_count, parse_duration
+
+# Phases of sim.metrics.Phase: running is progress, recovery phases are warm colours, elastic
+# reconfiguration purple, waiting grey, down black.
+PHASE_COLOURS = {
+    "running": "#2ca02c",
+    "checkpoint": "#1f77b4",
+    "detect": "#d94801",
+    "reload": "#fd8d3c",
+    "swap": "#fdd0a2",
+    "downscale": "#756bb1",
+    "upscale": "#bcbddc",
+    "blocked": "#bdbdbd",
+    "down": "#252525",
+}
+PHASE_ORDER = list(PHASE_COLOURS)
+
+# Buckets of sim.metrics.Bucket, in the order they stack (useful at the bottom).
+BUCKET_COLOURS = {
+    "useful": "#2ca02c",
+    "lost": "#d62728",
+    "recovery": "#fd8d3c",
+    "checkpoint": "#1f77b4",
+    "waiting": "#bdbdbd",
+    "down": "#252525",
+    "spare": "#9edae5",
+}
+BUCKET_ORDER = list(BUCKET_COLOURS)
+FAILURE_COLOUR = "#d62728"
+
+_NAMED = {
+    "goodput": ("goodput", "fraction of chip-time", 1.0),
+    "uptime": ("uptime", "fraction of wall time", 1.0),
+    "tokens": ("tokens", "count", 1.0),
+    "steps": ("steps", "count", 1.0),
+    "wall_time_s": ("simulator wall time", "s", 1.0),
+    "duration_s": ("simulated duration", "h", 1 / 3600),
+    "chips": ("chips", "chips", 1.0),
+    "islands": ("islands", "count", 1.0),
+    "interruptions": ("interruptions", "count", 1.0),
+    "absorbed": ("absorbed failures", "count", 1.0),
+    "failures_total": ("failures", "count", 1.0),
+    "events": ("simulation events", "count", 1.0),
+    "sim_speedup": ("simulated / wall time", "x", 1.0),
+    "final_loss": ("final surrogate loss", "nats", 1.0),
+    "wan_bytes": ("WAN traffic", "GB", 1e-9),
+    "mean_learners_per_merge": ("learners per merge", "learners", 1.0),
+}
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """How to show a stored value: ``label`` (with unit) and ``scale`` (stored value * scale)."""
+
+    name: str
+    unit: str
+    scale: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.unit})" if self.unit else self.name
+
+
+def metric_quantity(metric: str) -> Quantity:
+    """The display name, unit and scale of a summary metric (dotted names included)."""
+    if metric in _NAMED:
+        return Quantity(*_NAMED[metric])
+    head, _, tail = metric.partition(".")
+    if head == "chip_time_fraction" and tail:
+        return Quantity(f"{tail} chip-time", "fraction of chip-time", 1.0)
+    if head == "chip_time" and tail:
+        return Quantity(f"{tail} chip-time", "chip-h", 1 / 3600)
+    if head in ("failures", "failures_by_fault") and tail:
+        return Quantity(f"{tail} failures", "count", 1.0)
+    if metric.endswith("_s"):
+        # seconds are stored; a chaos run spans hours to weeks, so hours read best
+        return Quantity(metric[:-2].replace("_", " "), "h", 1 / 3600)
+    if metric.endswith("_bytes"):
+        return Quantity(metric[:-6].replace("_", " "), "GB", 1e-9)
+    return Quantity(metric.replace("_", " "), "", 1.0)
+
+
+def format_metric(metric: str, value: float) -> str:
+    """A table cell for one metric value, in its display unit."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    q = metric_quantity(metric)
+    shown = value * q.scale
+    if q.unit == "count" and metric != "tokens" or metric == "chips":
+        return f"{shown:,.0f}"
+    if q.unit.startswith("fraction"):
+        return f"{shown:.4f}"
+    return f"{shown:.4g}"
+
+
+@dataclass(frozen=True)
+class FactorAxis:
+    """A sweep factor's values as numbers (``numbers`` is None when they are categories)."""
+
+    name: str
+    unit: str
+    numbers: pd.Series | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.unit})" if self.unit else self.name
+
+
+def _parsed(values: pd.Series, parse) -> pd.Series | None:
+    try:
+        return values.map(lambda v: parse(v))
+    except (ValueError, TypeError):
+        return None
+
+
+def _parsers(annotation, found: list) -> list:
+    """Unit parsers (BeforeValidator functions) anywhere inside a type annotation."""
+    for meta in getattr(annotation, "__metadata__", ()):
+        if callable(getattr(meta, "func", None)):
+            found.append(meta.func)
+    for arg in typing.get_args(annotation):
+        _parsers(arg, found)
+    return found
+
+
+def key_parser(key: str):
+    """The unit parser of a dotted scenario key (``training.grace.max`` -> parse_duration), or None.
+
+    Sweep rows hold *resolved* factor values (``training.grace.max`` in seconds), so the unit comes
+    from the scenario model, not from the value.
+    """
+    from pydantic import BaseModel
+
+    from sim.scenario import Scenario
+
+    annotation, info = Scenario, None
+    for part in key.split("."):
+        if part.isdigit():
+            continue  # a list index: the item type is searched below
+        models = [a for a in [annotation, *_flat_args(annotation)] if isinstance(a, type) and issubclass(a, BaseModel)]
+        info = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        if info is None:
+            return None
+        annotation = info.annotation
+    if info is None:
+        return None
+    found = [m.func for m in info.metadata if callable(getattr(m, "func", None))]
+    found += _parsers(info.annotation, [])
+    known = (parse_duration, parse_bandwidth, parse_bytes, parse_count)
+    return next((f for f in found if f in known), None)
+
+
+def _flat_args(annotation) -> list:
+    args = []
+    for arg in typing.get_args(annotation):
+        args.append(arg)
+        args.extend(_flat_args(arg))
+    return args
+
+
+def _duration_axis(name: str, seconds: pd.Series) -> FactorAxis:
+    finite = seconds[seconds.map(math.isfinite)].abs()
+    top = finite.max() if len(finite) else 0.0
+    # the largest value picks the unit: grace windows read in seconds, MTBFs in hours or days
+    unit, size = ("s", 1.0) if top < 600 else (("h", 3600.0) if top <= 30 * 86400 else ("d", 86400.0))
+    return FactorAxis(name, unit, seconds / size)
+
+
+_SCALED = {parse_bandwidth: ("Gbit/s", 1e9), parse_bytes: ("GB", 1e9), parse_count: ("", 1.0)}
+
+
+def factor_axis(values: pd.Series, name: str | None = None) -> FactorAxis:
+    """Numbers and a unit for factor values: plain numbers, durations, bandwidths, counts or bytes."""
+    name = name or str(values.name)
+    if values.map(lambda v: isinstance(v, bool)).any():
+        return FactorAxis(name, "", None)
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        parser = key_parser(name) if "." in name or name == "duration" else None
+        if parser is parse_duration:
+            return _duration_axis(name, numeric.astype(float))
+        if parser in _SCALED:
+            unit, size = _SCALED[parser]
+            return FactorAxis(name, unit, numeric.astype(float) / size)
+        return FactorAxis(name, "", numeric.astype(float))
+    if not values.map(lambda v: isinstance(v, str)).all():
+        return FactorAxis(name, "", None)
+    seconds = _parsed(values, parse_duration)
+    if seconds is not None:
+        return _duration_axis(name, seconds)
+    for parse in (parse_bandwidth, parse_count, parse_bytes):
+        parsed = _parsed(values, parse)
+        if parsed is not None:
+            unit, size = _SCALED[parse]
+            return FactorAxis(name, unit, parsed / size)
+    return FactorAxis(name, "", None)
+
+
+def ordered_levels(values: pd.Series) -> list:
+    """Distinct factor values in numeric order where they have one, else in order of appearance."""
+    distinct = pd.Series(pd.unique(values), name=values.name)
+    axis = factor_axis(distinct)
+    if axis.numbers is None:
+        return list(distinct)
+    return list(distinct.iloc[axis.numbers.argsort(kind="stable")])
+
+
+def level_text(value, axis: FactorAxis, number: float | None = None) -> str:
+    """Tick text of one factor level: the converted number when there is a unit, else the value."""
+    if number is not None and axis.unit and math.isfinite(number):
+        return f"{number:g}"
+    return str(value)

@@ -1,0 +1,330 @@
+"""Results folders in, tidy pandas DataFrames out.
+
+Two kinds of input are understood:
+
+* a **results folder** written by ``chaossim run -o DIR`` (or by :func:`sim.runner.run_replication`
+  with an ``out_dir``): ``scenario.yaml`` (the resolved scenario), ``summary.json`` (aggregated, with
+  every replication under ``runs``) and ``rep-<r>/{summary.json, timeline.parquet, events.parquet,
+  series.parquet}``;
+* a **sweep folder** written by ``chaossim sweep`` (:mod:`sim.sweep`): one Parquet row per
+  replication under ``rows/`` (``index``, ``point``, one column per factor by dotted key such as
+  ``training.quorum``, ``seed``, flattened metrics, ``status``, ``error``), the plan in ``sweep.json``
+  (which names the factors) and a result folder per replication under ``runs/<index>/``.
+
+Every table is *tidy*: one row per observation, with the run it came from in ``run`` (a label) and
+the replication in ``replication`` (``index`` for a sweep), so several runs concatenate into one frame
+and ``groupby`` does the rest. :class:`Results` holds one input:
+
+``summaries``   one row per replication; nested metrics flattened to dotted columns
+                (``chip_time_fraction.lost``, ``failures.chip_failure``)
+``timeline``    learner-group state intervals (``group, phase, start_s, end_s, active_chips, down_chips``)
+``events``      what happened (``time_s, kind, fault, target, detail``) plus the ``group`` hit
+``series``      time series (``time_s, series, key, value, tokens``): surrogate ``loss`` per policy or
+                learner, ``link_utilisation`` per WAN link, when the run recorded them
+``chip_time``   the ledger in long form: ``bucket``, ``chip_s`` and ``fraction`` per replication
+``hypotheses``  one verdict per replication and bound
+
+Problems with the input raise :class:`ResultsError`, whose message is one line for the user.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sim.recorder import EVENT_SCHEMA, SERIES_SCHEMA, TIMELINE_SCHEMA
+
+TABLES = {"timeline": TIMELINE_SCHEMA, "events": EVENT_SCHEMA, "series": SERIES_SCHEMA}
+_REP = re.compile(r"^rep-(\d+)$")
+# Lists in a summary are not metrics: learners have their own table, verdicts theirs.
+_NOT_METRICS = {"learners", "hypotheses", "runs"}
+# Sweep row columns that are neither factors nor metrics.
+SWEEP_META = ("index", "point", "seed", "status", "error", "replication", "run")
+
+
+class ResultsError(ValueError):
+    """The input is not something a report can be made from; ``str()`` is one line."""
+
+
+def flatten(summary: dict, prefix: str = "") -> dict:
+    """Nested summary dicts as dotted columns; lists are left out, ``halted`` becomes its metric."""
+    flat: dict = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if key in _NOT_METRICS and not prefix:
+            continue
+        if key == "halted" and not prefix:
+            flat["halted"] = value.get("metric") if isinstance(value, dict) else value
+            continue
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif not isinstance(value, list):
+            flat[name] = value
+    return flat
+
+
+def _empty(table: str) -> pd.DataFrame:
+    return TABLES[table].empty_table().to_pandas()
+
+
+def _read_table(folder: Path, table: str) -> pd.DataFrame:
+    path = folder / f"{table}.parquet"
+    if not path.exists():
+        return _empty(table)
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as err:  # a replication killed mid-write leaves no footer
+        raise ResultsError(f"{path}: unreadable Parquet ({type(err).__name__}: {err})") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{path}: not a readable summary ({err})") from None
+
+
+def _replication_folders(folder: Path) -> list[tuple[int, Path]]:
+    """``rep-<r>/`` folders by r; a folder holding the Parquet files itself is replication 0."""
+    reps = sorted((int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _REP.match(p.name)))
+    if not reps and (folder / "timeline.parquet").exists():
+        reps = [(0, folder)]
+    return reps
+
+
+def load_sweep_rows(folder: Path) -> pd.DataFrame:
+    """The sweep's rows, one per replication, sorted by index (read by :func:`sim.sweep.load_sweep`)."""
+    from sim.sweep import load_sweep
+
+    try:
+        return load_sweep(folder)
+    except (OSError, pa.ArrowException) as err:
+        raise ResultsError(f"{folder / 'rows'}: unreadable sweep rows ({type(err).__name__}: {err})") from None
+
+
+def sweep_factors(rows: pd.DataFrame, folder: Path | None = None) -> list[str]:
+    """Columns of a sweep that are scenario keys (``training.quorum``), not metrics or bookkeeping.
+
+    The sweep's plan (``sweep.json``) names them; without one, a column is a factor when its first
+    dotted part is a scenario section.
+    """
+    plan = folder / "sweep.json" if folder is not None else None
+    if plan is not None and plan.exists():
+        try:
+            keys = [k for factor in json.loads(plan.read_text()).get("factors", []) for k in factor.get("keys", [])]
+            return [k for k in keys if k in rows]
+        except (OSError, json.JSONDecodeError, AttributeError):
+            pass  # fall back on the column names
+    from sim.scenario import Scenario
+
+    sections = set(Scenario.model_fields)
+    factors = []
+    for column in rows.columns:
+        head, dot, _ = str(column).partition(".")
+        # ``chips`` is both a scenario section (chip catalog) and a metric (total chips): only the
+        # dotted form is a factor; ``duration`` and ``replications`` are never metric names
+        if column not in SWEEP_META and head in sections and (dot or head in ("duration", "replications")):
+            factors.append(str(column))
+    return factors
+
+
+@dataclass
+class Results:
+    """One results folder or sweep folder, as tidy tables (loaded on first use)."""
+
+    path: Path
+    label: str
+    kind: str  # "run" | "sweep"
+    scenario_text: str
+    summaries: pd.DataFrame
+    raw: list[dict] = field(default_factory=list, repr=False)  # the replications' summary.json
+    factors: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The column naming a replication: ``replication`` for a run, ``index`` for a sweep."""
+        return "index" if self.kind == "sweep" else "replication"
+
+    def _folders(self) -> list[tuple[int, Path]]:
+        """(number, folder) of the finished replications: a replication still running (no
+        summary.json yet) has Parquet files without a footer, and half a timeline besides."""
+        if self.kind == "run":
+            return [(n, f) for n, f in _replication_folders(self.path) if (f / "summary.json").exists()]
+        runs = self.path / "runs"
+        if not runs.is_dir():
+            return []
+        folders = []
+        for child in sorted(p for p in runs.iterdir() if p.is_dir() and p.name.isdigit()):
+            reps = _replication_folders(child)
+            if reps and (reps[0][1] / "summary.json").exists():
+                folders.append((int(child.name), reps[0][1]))
+        return sorted(folders)
+
+    def _read(self, table: str, first: int | None) -> pd.DataFrame:
+        frames = []
+        for number, folder in self._folders()[:first]:
+            frame = _read_table(folder, table)
+            if len(frame):
+                frames.append(frame.assign(run=self.label, **{self.key: number}))
+        if not frames:
+            return _empty(table).assign(run=pd.Series(dtype=str), **{self.key: pd.Series(dtype="int64")})
+        return pd.concat(frames, ignore_index=True)
+
+    @property
+    def groups(self) -> list[str]:
+        """Learner group names in topology order (as the summaries list them)."""
+        names: dict[str, None] = {}
+        for summary in self.raw:
+            names.update({learner["name"]: None for learner in summary.get("learners", [])})
+        return list(names)
+
+    def table(self, table: str, first: int | None = None) -> pd.DataFrame:
+        """``timeline``, ``events`` or ``series`` of every replication, or of the ``first`` n only
+        (a sweep of thousands of replications need not be read to draw one timeline).
+
+        Timeline rows come sorted by replication, group (topology order) and start, so a figure
+        that lists groups in order of appearance lists them as the scenario does.
+        """
+        frame = self._read(table, first)
+        if table == "timeline" and len(frame):
+            order = {name: i for i, name in enumerate(self.groups)}
+            rank = frame["group"].map(lambda g: order.get(g, len(order)))
+            frame = frame.assign(_rank=rank).sort_values([self.key, "_rank", "group", "start_s"], kind="stable")
+            frame = frame.drop(columns="_rank").reset_index(drop=True)
+        return frame
+
+    @cached_property
+    def timeline(self) -> pd.DataFrame:
+        return self.table("timeline")
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        return self.with_groups(self.table("events"))
+
+    def with_groups(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Events with the learner ``group`` each one hit ("" when it hit none)."""
+        # failures name the island hit; the timeline has one row per learner group
+        owner = {}
+        for summary in self.raw:
+            for learner in summary.get("learners", []):
+                owner[learner["name"]] = learner["name"]
+                owner.update({island: learner["name"] for island in learner.get("islands", [])})
+        return events.assign(group=events["target"].map(lambda t: owner.get(t, "")).astype(str))
+
+    @cached_property
+    def series(self) -> pd.DataFrame:
+        return self.table("series")
+
+    @property
+    def chip_time(self) -> pd.DataFrame:
+        """The ledger in long form: one row per replication and bucket."""
+        return chip_time_long(self.summaries)
+
+    @cached_property
+    def hypotheses(self) -> pd.DataFrame:
+        rows = []
+        for summary in self.raw:
+            for verdict in summary.get("hypotheses", []):
+                rows.append(
+                    {"run": self.label, self.key: summary.get(self.key, summary.get("replication")), **verdict}
+                )
+        columns = ["run", self.key, "metric", "value", "min", "max", "passed", "error"]
+        frame = pd.DataFrame(rows)
+        return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=columns)
+
+
+def chip_time_long(summaries: pd.DataFrame, extra: list[str] = ()) -> pd.DataFrame:
+    """``chip_time.<bucket>`` / ``chip_time_fraction.<bucket>`` columns as rows (run, bucket, ...).
+
+    Identifying columns (run, replication or index, point, policy, seed, and ``extra``) are kept.
+    """
+    ids = [c for c in ("run", "replication", "index", "point", "policy", "seed", *extra) if c in summaries]
+    buckets = sorted(
+        {c.split(".", 1)[1] for c in summaries.columns if str(c).startswith(("chip_time.", "chip_time_fraction."))}
+    )
+    rows = []
+    for _, row in summaries.iterrows():
+        for bucket in buckets:
+            chip_s = row.get(f"chip_time.{bucket}", float("nan"))
+            fraction = row.get(f"chip_time_fraction.{bucket}", float("nan"))
+            rows.append({**{c: row[c] for c in ids}, "bucket": bucket, "chip_s": chip_s, "fraction": fraction})
+    return pd.DataFrame(rows, columns=[*ids, "bucket", "chip_s", "fraction"])
+
+
+def _load_run(folder: Path, label: str) -> Results:
+    raw = []
+    for number, rep in _replication_folders(folder):
+        if (rep / "summary.json").exists():
+            raw.append({"replication": number, **_read_json(rep / "summary.json")})
+    if not raw and (folder / "summary.json").exists():
+        # replication folders were not kept (or not written): the aggregate still lists every run
+        raw = list(_read_json(folder / "summary.json").get("runs", []))
+    if not raw:
+        raise ResultsError(f"{folder}: no finished replication (no summary.json in it or in rep-*/)")
+    summaries = pd.DataFrame([flatten(s) for s in raw])
+    summaries.insert(0, "run", label)
+    text = (folder / "scenario.yaml").read_text() if (folder / "scenario.yaml").exists() else ""
+    return Results(folder, label, "run", text, summaries, raw)
+
+
+def _load_sweep(folder: Path, label: str) -> Results:
+    rows = load_sweep_rows(folder)
+    if rows.empty:
+        raise ResultsError(f"{folder}: the sweep has no rows yet (rows/ holds no Parquet data)")
+    rows = rows.copy()
+    if "run" not in rows:
+        rows.insert(0, "run", label)
+    raw = []
+    text = ""
+    for name in ("scenario.yaml", "sweep.yaml"):
+        if (folder / name).exists():
+            text = (folder / name).read_text()
+            break
+    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder))
+    # the per-replication summaries carry what a row cannot: hypothesis verdicts, learner names
+    raw.extend({"index": number, **_read_json(rep / "summary.json")} for number, rep in results._folders())
+    return results
+
+
+def load_results(path: str | Path, label: str | None = None) -> Results:
+    """Load one results folder or sweep folder; ResultsError (one line) if it is neither."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ResultsError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise ResultsError(f"{folder}: is a file; expected a results folder (chaossim run -o DIR) or a sweep folder")
+    label = label or folder.resolve().name
+    if (folder / "rows").is_dir():
+        return _load_sweep(folder, label)
+    if (folder / "summary.json").exists() or _replication_folders(folder):
+        return _load_run(folder, label)
+    raise ResultsError(f"{folder}: not a results folder (expected summary.json and rep-*/ or a sweep's rows/)")
+
+
+def load_many(paths) -> list[Results]:
+    """Load several inputs with distinct labels (folder names, made unique with their parents)."""
+    folders = [Path(p) for p in paths]
+    if not folders:
+        raise ResultsError("no results folder given")
+    names = [f.resolve().name for f in folders]
+    labels = []
+    for folder, name in zip(folders, names):
+        label = name if names.count(name) == 1 else f"{folder.resolve().parent.name}/{name}"
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    return [load_results(f, label) for f, label in zip(folders, labels)]
+
+
+def concat(results: list[Results], table: str) -> pd.DataFrame:
+    """One table (``summaries``, ``timeline``, ``events``, ``series``, ``chip_time``) over inputs."""
+    frames = [getattr(r, table) for r in results]
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

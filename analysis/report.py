@@ -1,0 +1,371 @@
+"""One self-contained HTML page (and its PNGs) from one or more results or sweep folders.
+
+:func:`write_report` loads each input (:mod:`analysis.load`), picks the figures that apply to what
+was run, saves each as a PNG in the output folder, and writes ``report.html`` with the same images
+embedded as base64 data URIs, an inline style sheet and no script, so the page can be mailed,
+attached to a CI run or opened offline.
+
+What the page shows:
+
+* **single run**: the summary metrics (mean and min-max over replications), the hypotheses'
+  verdicts per replication (and any halt), the learner-state timeline, the chip-time ledger per
+  replication, and the surrogate loss and WAN link utilisation when the run recorded them;
+* **several runs**: the same tables with the runs side by side, goodput and downtime per run,
+  the ledger per run, one timeline per run, loss curves overlaid;
+* **a sweep**: a table per sweep point, crashed replications with their errors, goodput and
+  global-downtime heatmaps over the first two factors, the same as lines with the spread over seeds,
+  goodput against a numeric factor per policy when the policy varies, and the ledger per point.
+
+Each input's resolved scenario closes the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures as fig
+from .labels import factor_axis, format_metric, metric_quantity
+from .load import Results, ResultsError, chip_time_long, concat, load_many
+
+# Rows of the summary table, in order; metrics a run does not have are left out.
+TABLE_METRICS = [
+    "goodput", "uptime", "global_downtime_s", "failures_total", "interruptions", "absorbed", "steps",
+    "tokens", "final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes",
+    "chip_time_fraction.useful", "chip_time_fraction.lost", "chip_time_fraction.recovery",
+    "chip_time_fraction.checkpoint", "chip_time_fraction.waiting", "chip_time_fraction.down",
+    "chip_time_fraction.spare", "duration_s", "wall_time_s", "events",
+]
+MAX_TIMELINES = 6
+MAX_LEDGER_BARS = 24
+MAX_VERDICT_ROWS = 20
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+th:first-child,td:first-child{text-align:left}thead th{background:#f4f4f4}
+.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}.note{color:#555;font-size:.9rem}
+figure{margin:1.2rem 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9rem}
+pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.8rem}
+"""
+
+
+@dataclass
+class Plot:
+    name: str  # PNG file stem
+    caption: str  # how to read it
+    draw: Callable  # (ax) -> ax
+    size: tuple[float, float] = (8.0, 4.5)
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def _cell(values: pd.Series, metric: str) -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if values.empty:
+        return "n/a"
+    mean, low, high = (format_metric(metric, v) for v in (values.mean(), values.min(), values.max()))
+    return mean if low == high else f"{mean} ({low} to {high})"
+
+
+def metrics_table(results: list[Results]) -> str:
+    """Summary metrics, one column per input: mean over replications (min to max)."""
+    frames = {r.label: fig.ok_rows(r.summaries) for r in results}
+    metrics = [m for m in TABLE_METRICS if any(m in f and f[m].notna().any() for f in frames.values())]
+    head = "".join(f"<th>{_esc(label)}</th>" for label in frames)
+    body = [
+        "<tr><td>policy</td>"
+        + "".join(f"<td>{_esc(', '.join(map(str, pd.unique(f['policy']))) if 'policy' in f else '')}</td>" for f in frames.values())
+        + "</tr>",
+        "<tr><td>replications</td>" + "".join(f"<td>{len(f)}</td>" for f in frames.values()) + "</tr>",
+    ]
+    for metric in metrics:
+        cells = "".join(f"<td>{_cell(f[metric], metric) if metric in f else 'n/a'}</td>" for f in frames.values())
+        body.append(f"<tr><td>{_esc(metric_quantity(metric).label)}</td>{cells}</tr>")
+    return f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _bound(row) -> str:
+    parts = []
+    if pd.notna(row.get("min")):
+        parts.append(f"&ge; {row['min']:g}")
+    if pd.notna(row.get("max")):
+        parts.append(f"&le; {row['max']:g}")
+    return " and ".join(parts)
+
+
+def _verdict_rows(verdicts: pd.DataFrame, key: str) -> str:
+    rows = []
+    for row in verdicts.to_dict("records"):
+        verdict = '<span class="pass">PASS</span>' if row["passed"] else '<span class="fail">FAIL</span>'
+        error = row.get("error")
+        note = _esc(error) if isinstance(error, str) and error else ""
+        value = format_metric(row["metric"], row["value"]) if pd.notna(row["value"]) else "n/a"
+        rows.append(
+            f"<tr><td>{_esc(row['metric'])}</td><td>{_bound(row)}</td><td>{_esc(row[key])}</td>"
+            f"<td>{value}</td><td>{verdict}</td><td>{note}</td></tr>"
+        )
+    head = f"<tr><th>metric</th><th>bound</th><th>{key}</th><th>value</th><th>verdict</th><th>error</th></tr>"
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _verdict_counts(verdicts: pd.DataFrame) -> str:
+    """Per bound: in how many replications it held (a sweep has too many for one row each)."""
+    rows = []
+    for (metric, low, high), group in verdicts.groupby(["metric", "min", "max"], dropna=False, sort=False):
+        held = int(group["passed"].sum())
+        css = "pass" if held == len(group) else "fail"
+        values = pd.to_numeric(group["value"], errors="coerce")
+        spread = f"{format_metric(metric, values.min())} to {format_metric(metric, values.max())}"
+        rows.append(
+            f"<tr><td>{_esc(metric)}</td><td>{_bound({'min': low, 'max': high})}</td>"
+            f"<td class='{css}'>{held} of {len(group)}</td><td>{spread}</td></tr>"
+        )
+    head = "<tr><th>metric</th><th>bound</th><th>held in</th><th>values</th></tr>"
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def hypotheses_section(results: list[Results]) -> str:
+    """Each bound's verdict per replication (counts for many), and any halt that stopped one."""
+    parts = []
+    for r in results:
+        verdicts = r.hypotheses
+        halted = r.summaries[r.summaries["halted"].notna()] if "halted" in r.summaries else r.summaries.iloc[0:0]
+        if verdicts.empty and "hypotheses_passed" in r.summaries:
+            passed = r.summaries["hypotheses_passed"].dropna().astype(bool)
+            parts.append(f"<p><b>{_esc(r.label)}</b>: hypotheses held in {int(passed.sum())} of {len(passed)} replications.</p>")
+        elif verdicts.empty:
+            parts.append(f"<p><b>{_esc(r.label)}</b>: the scenario states no hypotheses.</p>")
+        else:
+            held = bool(verdicts["passed"].all())
+            summary = '<span class="pass">all held</span>' if held else '<span class="fail">failed</span>'
+            table = _verdict_rows(verdicts, r.key) if len(verdicts) <= MAX_VERDICT_ROWS else _verdict_counts(verdicts)
+            parts.append(f"<p><b>{_esc(r.label)}</b>: {summary}</p>{table}")
+        for row in halted.head(MAX_VERDICT_ROWS).to_dict("records"):
+            stop = f"{row['duration_s'] / 3600:.3g} h" if pd.notna(row.get("duration_s")) else "?"
+            parts.append(
+                f"<p class='fail'>{_esc(r.label)} {r.key} {_esc(row.get(r.key, ''))}: halted at {stop} "
+                f"of simulated time by the halt bound on {_esc(row['halted'])}</p>"
+            )
+    return "".join(parts)
+
+
+def sweep_tables(r: Results) -> str:
+    """Per sweep point: factor levels, finished/crashed replications and mean metrics; then errors."""
+    rows = r.summaries
+    by = [f for f in r.factors if rows[f].nunique(dropna=False) > 1] or (["point"] if "point" in rows else [])
+    ok = fig.ok_rows(rows)
+    metrics = [m for m in ("goodput", "global_downtime_s", "uptime", "tokens", "final_loss") if m in rows]
+    head = "".join(f"<th>{_esc(c)}</th>" for c in by) + "<th>finished</th><th>crashed</th>"
+    head += "".join(f"<th>{_esc(metric_quantity(m).label)}</th>" for m in metrics)
+    body = []
+    if by:
+        for key, group in rows.groupby(by, sort=False, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            good = ok.loc[ok.index.intersection(group.index)]
+            cells = "".join(f"<td>{_esc(k)}</td>" for k in key) + f"<td>{len(good)}</td><td>{len(group) - len(good)}</td>"
+            cells += "".join(f"<td>{_cell(good[m], m)}</td>" for m in metrics)
+            body.append(f"<tr>{cells}</tr>")
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    crashed = rows.loc[rows.index.difference(ok.index)]
+    if len(crashed):
+        items = "".join(
+            f"<tr><td>{_esc(row.get('index', ''))}</td><td>{_esc(row.get('seed', ''))}</td><td>{_esc(row.get('error', ''))}</td></tr>"
+            for row in crashed.to_dict("records")
+        )
+        table += f"<p class='fail'>{len(crashed)} replication(s) crashed:</p><table><thead><tr><th>index</th><th>seed</th><th>error</th></tr></thead><tbody>{items}</tbody></table>"
+    return table
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _varying(r: Results) -> list[str]:
+    """Factors that take several levels, dropping any that only mirror an earlier one (zip partners)."""
+    rows = fig.ok_rows(r.summaries)
+    rows = rows.assign(**{f: rows[f].map(str) for f in r.factors})  # levels compared as text
+    kept: list[str] = []
+    for f in r.factors:
+        if rows[f].nunique() < 2:
+            continue
+        mirrors = any(
+            rows.groupby(k)[f].nunique().max() == 1 and rows.groupby(f)[k].nunique().max() == 1 for k in kept
+        )
+        if not mirrors:
+            kept.append(f)
+    return kept
+
+
+def _sweep_plots(r: Results) -> list[Plot]:
+    plots: list[Plot] = []
+    rows = r.summaries
+    factors = _varying(r)
+    slug = _slug(r.label)
+    policy = next((f for f in factors if f.endswith("policy")), None)
+    others = [f for f in factors if f != policy]
+    if len(others) >= 2:
+        x, y = others[0], others[1]
+        for metric in ("goodput", "global_downtime_s"):
+            if metric in rows:
+                plots.append(Plot(
+                    f"{slug}-heatmap-{metric}",
+                    f"{metric_quantity(metric).label} averaged over seeds for each {x} x {y} cell; "
+                    "the number in a cell is that mean.",
+                    lambda ax, m=metric: fig.sweep_heatmap(rows, ax, x, y, m), (7.5, 5.0)))
+    if others:
+        x = next((f for f in others if factor_axis(rows[f]).numbers is not None), others[0])
+        hue = next((f for f in others if f != x), None)
+        for metric in ("goodput", "global_downtime_s"):
+            if metric in rows:
+                plots.append(Plot(
+                    f"{slug}-lines-{metric}",
+                    f"Mean {metric_quantity(metric).name} over seeds against {x}"
+                    + (f", one line per {hue}" if hue else "") + "; the band spans the lowest to the highest seed.",
+                    lambda ax, m=metric: fig.sweep_lines(rows, ax, x, m, hue)))
+        if policy:
+            plots.append(Plot(
+                f"{slug}-goodput-vs-{_slug(x)}", f"Goodput against {x}, one line per policy.",
+                lambda ax: fig.goodput_vs(rows, ax, x, hue=policy)))
+    elif policy:
+        plots.append(Plot(f"{slug}-goodput-per-policy", "Goodput per policy (mean over seeds, band: min-max).",
+                          lambda ax: fig.sweep_lines(rows, ax, policy, "goodput")))
+    if factors and fig.ok_rows(rows)[factors].drop_duplicates().shape[0] <= MAX_LEDGER_BARS:
+        # bars named by their factor levels ("30s, 1m"), not by point number
+        ok = fig.ok_rows(rows)
+        setting = ok[factors].apply(lambda column: column.map(str)).agg(", ".join, axis=1).rename(", ".join(factors))
+        ledger = chip_time_long(ok.assign(**{setting.name: setting}), extra=[setting.name])
+        plots.append(Plot(
+            f"{slug}-ledger", "Where the chip-seconds went at each sweep point (mean over seeds; green = goodput).",
+            lambda ax: fig.chip_time_bars(ledger, ax, by=setting.name), (9.0, 4.5)))
+    timeline = r.table("timeline", first=1)
+    if len(timeline):
+        events = r.with_groups(r.table("events", first=1))
+        plots.append(Plot(
+            f"{slug}-timeline", "Learner states of the first replication of the sweep; red triangles are failures.",
+            lambda ax: fig.timeline(timeline, ax, events), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
+    return plots
+
+
+def _run_plots(runs: list[Results]) -> list[Plot]:
+    plots: list[Plot] = []
+    summaries = concat(runs, "summaries")
+    if len(runs) > 1:
+        for metric in ("goodput", "global_downtime_s"):
+            plots.append(Plot(
+                f"compare-{metric}", f"{metric_quantity(metric).label} per run: bar = mean over replications.",
+                lambda ax, m=metric: fig.metric_bars(summaries, ax, m)))
+        plots.append(Plot(
+            "compare-ledger", "Chip-time ledger per run (share of provisioned chip-seconds; green = goodput).",
+            lambda ax: fig.chip_time_bars(concat(runs, "chip_time"), ax, by="run"), (9.0, 4.5)))
+    else:
+        plots.append(Plot(
+            f"{_slug(runs[0].label)}-ledger", "Chip-time ledger per replication (green = goodput).",
+            lambda ax: fig.chip_time_bars(runs[0].chip_time, ax, by="replication")))
+    for r in runs[:MAX_TIMELINES]:
+        groups = max(r.timeline["group"].nunique(), 1)
+        plots.append(Plot(
+            f"{_slug(r.label)}-timeline",
+            f"{r.label}: what each learner group did over simulated time (first replication); "
+            "red triangles are failures, shaded spans are outages or degradations.",
+            lambda ax, r=r: fig.timeline(r.timeline, ax, r.events), (10.0, 1.8 + 0.45 * groups)))
+    return plots
+
+
+def _series_plots(results: list[Results]) -> list[Plot]:
+    series = concat(results, "series")
+    if series.empty or "series" not in series:
+        return []
+    plots = []
+    if (series["series"] == "loss").any():
+        plots.append(Plot("loss-vs-time", "Surrogate eval loss against simulated wall-clock hours.",
+                          lambda ax: fig.loss_curves(series, ax, "time")))
+        if series.loc[series["series"] == "loss", "tokens"].notna().any():
+            plots.append(Plot("loss-vs-tokens", "Surrogate eval loss against tokens trained.",
+                              lambda ax: fig.loss_curves(series, ax, "tokens")))
+    if (series["series"] == "link_utilisation").any():
+        plots.append(Plot("link-utilisation", "WAN link utilisation (share of capacity in use) over time.",
+                          lambda ax: fig.link_utilisation(series, ax)))
+    return plots
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "-" for c in str(text)).strip("-") or "run"
+
+
+def render_png(plot: Plot, out_dir: Path) -> tuple[Path, str]:
+    """Draw one plot, save it as PNG; returns the file and its base64 text."""
+    figure, ax = fig.new_axes(*plot.size)
+    plot.draw(ax)
+    path = out_dir / f"{plot.name}.png"
+    figure.savefig(path, dpi=100)
+    return path, base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def write_report(results_paths, out_dir) -> Path:
+    """Write PNG figures and a self-contained ``report.html`` into ``out_dir``; returns the page.
+
+    ``results_paths`` are results folders (``chaossim run -o``) and/or sweep folders; raises
+    :class:`ResultsError` with a one-line message when one is missing or is neither.
+    """
+    results = load_many(results_paths)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResultsError(f"{out_dir}: is a file; expected a folder for the report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [r for r in results if r.kind == "run"]
+    sweeps = [r for r in results if r.kind == "sweep"]
+    plots = (_run_plots(runs) if runs else []) + [p for s in sweeps for p in _sweep_plots(s)] + _series_plots(results)
+    seen: set[str] = set()
+    figures_html = []
+    for plot in plots:
+        while plot.name in seen:  # two inputs with similar labels must not overwrite a PNG
+            plot.name += "-2"
+        seen.add(plot.name)
+        path, data = render_png(plot, out_dir)
+        figures_html.append(
+            f'<figure><img alt="{_esc(plot.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_esc(plot.caption)} ({_esc(path.name)})</figcaption></figure>"
+        )
+    inputs = "".join(
+        f"<li><b>{_esc(r.label)}</b>: {'sweep' if r.kind == 'sweep' else 'run'} of "
+        f"{len(r.summaries)} replication(s), <code>{_esc(r.path)}</code></li>"
+        for r in results
+    )
+    sections = [
+        f"<h1>chaossim report</h1><ul>{inputs}</ul>",
+        "<h2>Summary metrics</h2><p class='note'>Mean over finished replications (min to max in brackets).</p>",
+        metrics_table(results),
+        *[f"<h2>Sweep points: {_esc(s.label)}</h2>{sweep_tables(s)}" for s in sweeps],
+        "<h2>Hypotheses</h2>",
+        hypotheses_section(results),
+        "<h2>Figures</h2>",
+        *figures_html,
+        "<h2>Scenario</h2>",
+        *[
+            f"<details{' open' if len(results) == 1 else ''}><summary>{_esc(r.label)} (resolved)</summary>"
+            f"<pre>{_esc(r.scenario_text or '(no scenario.yaml found)')}</pre></details>"
+            for r in results
+        ],
+    ]
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>chaossim report: {_esc(', '.join(r.label for r in results))}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,339 @@
+"""analysis: results folders -> tidy frames -> figures -> one self-contained HTML report.
+
+The result set is real: the quickstart scenario for one day (as ``chaossim run`` writes it), an
+elastic variant, a variant whose hypothesis fails, and a small sweep through :mod:`sim.sweep`. The
+surrogate loss and WAN link utilisation series are added by hand where a test needs them, in the
+recorder's schema, so the figures that read them are tested whatever the policies record today.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import CHAOSSIM, ROOT
+from matplotlib.collections import PolyCollection
+from typer.testing import CliRunner
+
+from analysis import figures, load_results, write_report
+from analysis.load import ResultsError, concat, flatten, load_many
+from sim.cli import app
+from sim.executors import SerialExecutor
+from sim.recorder import SERIES_SCHEMA
+from sim.sweep import plan_sweep, run_sweep
+
+QUICKSTART = str(ROOT / "scenarios" / "quickstart.yaml")
+DAY = ["--set", "duration=1d"]
+
+
+def cli_run(folder, *args) -> int:
+    result = CliRunner().invoke(app, ["run", QUICKSTART, *DAY, *args, "-o", str(folder), "--json", "-q"])
+    return result.exit_code
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Three run folders (quickstart x2 replications, elastic, failing hypothesis) and one sweep."""
+    base = tmp_path_factory.mktemp("results")
+    folders = {"quick": base / "quick", "elastic": base / "elastic", "strict": base / "strict"}
+    assert cli_run(folders["quick"], "--replications", "2") == 0
+    assert cli_run(folders["elastic"], "--set", "training.policy=elastic_dp", "--set", "training.on_failure=elastic", "--replications", "1") == 0
+    assert cli_run(folders["strict"], "--set", "hypotheses=[{metric: goodput, min: 0.99}]", "--replications", "1") == 1
+    plan = plan_sweep(
+        QUICKSTART, ["duration=12h"],
+        grid={"training.checkpoint.write_time": ["30s", "120s"], "topology.regions.0.islands.0.count": [2, 4]},
+        zipped={"training.policy": ["sync_dp", "elastic_dp"], "training.on_failure": ["restart", "elastic"]},
+        seeds=[1, 2],
+    )
+    folders["sweep"] = run_sweep(plan, base / "sweep", SerialExecutor()).folder
+    return folders
+
+
+def series_frame() -> pd.DataFrame:
+    """Loss for two keys and utilisation for one link, as the recorder's ``series`` table holds them."""
+    t = np.linspace(0, 86400, 25)
+    rows = [(x, "loss", key, 2.5 * np.exp(-x / 3e4) + off, x * 1e7) for key, off in (("decoupled_diloco", 0.3), ("sync_dp", 0.4)) for x in t]
+    rows += [(x, "link_utilisation", "us-east~us-central", 0.5 + 0.4 * np.sin(x / 1e4), np.nan) for x in t]
+    frame = pd.DataFrame(rows, columns=SERIES_SCHEMA.names)
+    return frame.assign(run="r", replication=0)
+
+
+def axes():
+    return figures.new_axes()[1]
+
+
+def legend_texts(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def test_run_folder_loads_as_tidy_tables(results):
+    """A results folder gives one summary row per replication and long-form tables that add up."""
+    run = load_results(results["quick"])
+    assert run.kind == "run" and run.label == "quick"
+    assert list(run.summaries["replication"]) == [0, 1]
+    assert {"goodput", "global_downtime_s", "chip_time_fraction.lost", "failures.chip_failure"} <= set(run.summaries)
+    assert list(run.timeline.columns[:6]) == ["group", "phase", "start_s", "end_s", "active_chips", "down_chips"]
+    assert set(run.timeline["replication"]) == {0, 1}
+    failures = run.events[run.events["kind"] == "failure"]
+    assert len(failures) and set(failures["group"]) == {"job"}  # islands pod-N belong to the job
+    shares = run.chip_time.groupby("replication")["fraction"].sum()
+    assert np.allclose(shares, 1.0)
+    assert "name: quickstart" in run.scenario_text
+    assert list(run.hypotheses["passed"]) == [True, True]
+
+
+def test_flatten_keeps_scalars_and_names_the_halt():
+    """Nested metrics become dotted columns; lists are left out; a halt becomes its metric name."""
+    flat = flatten({"goodput": 0.5, "chip_time": {"useful": 1.0}, "learners": [{}], "halted": {"metric": "goodput", "value": 0.1}})
+    assert flat == {"goodput": 0.5, "chip_time.useful": 1.0, "halted": "goodput"}
+
+
+def test_sweep_folder_loads_rows_and_factors(results):
+    """A sweep folder gives one row per replication, its factors, and the first run's tables."""
+    sweep = load_results(results["sweep"])
+    assert sweep.kind == "sweep" and len(sweep.summaries) == 16
+    assert sweep.factors == ["training.checkpoint.write_time", "topology.regions.0.islands.0.count", "training.policy", "training.on_failure"]
+    assert (sweep.summaries["status"] == "ok").all()
+    first = sweep.table("timeline", first=1)
+    assert set(first["index"]) == {0} and len(first)
+
+
+def test_bad_inputs_raise_one_line_errors(tmp_path, results):
+    """Missing folders, files and folders that hold no results are refused with one line."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for path, words in ((tmp_path / "nope", "no such folder"), (tmp_path / "empty", "not a results folder"), (tmp_path / "file.txt", "is a file")):
+        with pytest.raises(ResultsError, match=words) as err:
+            load_results(path)
+        assert "\n" not in str(err.value)
+    labels = [r.label for r in load_many([results["quick"], results["quick"]])]
+    assert len(set(labels)) == 2  # the same folder twice still gets two columns
+
+
+# ------------------------------------------------------------------------------------------- figures
+
+
+def test_heatmap_has_one_annotated_cell_per_factor_pair(results):
+    """The heatmap shows the mean over seeds of every (x, y) cell, in the metric's display unit."""
+    rows = load_results(results["sweep"]).summaries
+    x, y = "training.checkpoint.write_time", "topology.regions.0.islands.0.count"
+    ax = figures.sweep_heatmap(rows, axes(), x, y, "global_downtime_s")
+    grid = ax.images[0].get_array()
+    assert grid.shape == (2, 2)
+    means = rows.groupby([y, x])["global_downtime_s"].mean() / 3600
+    assert np.allclose(np.sort(grid.ravel()), np.sort(means.to_numpy()))
+    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{v:.3g}" for v in means)
+    assert ax.get_xlabel() == "training.checkpoint.write_time (s)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["30", "120"]
+    assert ax.figure.axes[-1].get_ylabel() == "global downtime (h)"  # the colorbar
+    assert "mean over 4 seed(s)" in ax.get_title()  # 2 seeds x 2 policies (zipped) per cell
+
+
+def test_lines_have_one_line_and_band_per_hue_level(results):
+    """Lines over a factor: one per level of the hue factor, each with its seed band."""
+    rows = load_results(results["sweep"]).summaries
+    ax = figures.sweep_lines(rows, axes(), "training.checkpoint.write_time", "goodput", hue="training.policy")
+    assert len(ax.get_lines()) == 2
+    assert legend_texts(ax) == ["sync_dp", "elastic_dp"]
+    assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2
+    assert ax.get_ylabel() == "goodput (fraction of chip-time)"
+    assert ax.get_xlabel() == "training.checkpoint.write_time (s)"
+    line = ax.get_lines()[0]
+    expected = rows[rows["training.policy"] == "sync_dp"].groupby("training.checkpoint.write_time")["goodput"].mean()
+    assert np.allclose(line.get_xdata(), [30, 120]) and np.allclose(line.get_ydata(), expected.to_numpy())
+
+
+def test_goodput_vs_numeric_factor_per_policy(results):
+    """Goodput against a numeric factor draws one line per policy on a numeric axis."""
+    rows = load_results(results["sweep"]).summaries
+    ax = figures.goodput_vs(rows, axes(), "topology.regions.0.islands.0.count")
+    assert legend_texts(ax) == ["sync_dp", "elastic_dp"]
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[2.0, 4.0], [2.0, 4.0]]
+    assert "per policy" in ax.get_title()
+    assert "fraction of chip-time" in ax.get_ylabel()
+
+
+def test_timeline_draws_each_phase_and_marks_failures(results):
+    """One bar collection per (group, phase), a legend entry per phase, a triangle per failure."""
+    run = load_results(results["quick"])
+    ax = figures.timeline(run.timeline, axes(), run.events)
+    rep0 = run.timeline[run.timeline["replication"] == 0]
+    bars = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bars) == rep0.groupby(["group", "phase"]).ngroups
+    assert sum(len(c.get_paths()) for c in bars) == len(rep0)
+    failures = run.events[(run.events["replication"] == 0) & (run.events["kind"] == "failure")]
+    (markers,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert len(markers.get_xdata()) == len(failures) > 0
+    assert np.allclose(markers.get_xdata(), failures["time_s"] / 3600)
+    assert set(legend_texts(ax)) == set(rep0["phase"]) | {"failure"}
+    assert ax.get_xlabel() == "simulated time (h)"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["job"]
+    assert f"{len(failures)} failures" in ax.get_title()
+
+
+def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
+    """An island outage is a shaded span on its group's row, from its start to its end event."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    scenario = load_scenario(QUICKSTART, ["duration=4d", "faults.0.mtbf=1e9h"])  # only the 3d outage is left
+    run_replication(scenario, 0, tmp_path / "run")
+    run = load_results(tmp_path / "run")
+    ax = figures.timeline(run.timeline, axes(), run.events)
+    (window,) = [p for p in ax.patches if p.get_alpha() == pytest.approx(0.12)]
+    assert window.get_x() == pytest.approx(72.0) and window.get_width() == pytest.approx(2.0)
+    assert "fault window" in legend_texts(ax)
+
+
+def test_chip_time_bars_stack_every_bucket_to_100(results):
+    """Stacked ledger bars: one bar per run and non-empty bucket, stacking to 100 %."""
+    runs = load_many([results["quick"], results["elastic"]])
+    ledger = concat(runs, "chip_time")
+    ax = figures.chip_time_bars(ledger, axes(), by="run")
+    shown = legend_texts(ax)
+    nonzero = ledger.groupby("bucket")["fraction"].sum()
+    assert set(shown) == set(nonzero[nonzero > 0].index)
+    assert shown[0] == "useful"  # goodput at the bottom
+    assert len(ax.patches) == 2 * len(shown)
+    tops = {}
+    for patch in ax.patches:
+        tops[round(patch.get_x(), 6)] = max(tops.get(round(patch.get_x(), 6), 0), patch.get_y() + patch.get_height())
+    assert np.allclose(list(tops.values()), 100.0)
+    assert ax.get_ylabel() == "share of provisioned chip-time (%)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["quick", "elastic"]
+
+
+def test_metric_bars_show_mean_and_replications(results):
+    """One bar per run at the mean; downtime is shown in hours."""
+    summaries = concat(load_many([results["quick"], results["elastic"]]), "summaries")
+    ax = figures.metric_bars(summaries, axes(), "global_downtime_s")
+    heights = [p.get_height() for p in ax.patches]
+    expected = summaries.groupby("run", sort=False)["global_downtime_s"].mean() / 3600
+    assert np.allclose(heights, expected.to_numpy())
+    assert ax.get_ylabel() == "global downtime (h)"
+
+
+def test_loss_curves_against_time_and_tokens():
+    """One loss line per key, against simulated hours or tokens, with units on both axes."""
+    series = series_frame()
+    ax = figures.loss_curves(series, axes(), "time")
+    assert legend_texts(ax) == ["decoupled_diloco", "sync_dp"]
+    assert ax.get_lines()[0].get_xdata()[-1] == pytest.approx(24.0)
+    assert ax.get_xlabel() == "simulated time (h)" and ax.get_ylabel() == "surrogate eval loss (nats)"
+    ax = figures.loss_curves(series, axes(), "tokens")
+    assert ax.get_lines()[0].get_xdata()[-1] == pytest.approx(86400 * 1e7)
+    assert ax.get_xlabel() == "tokens (count)"
+
+
+def test_link_utilisation_in_percent():
+    """Link utilisation is drawn per link in percent of capacity over simulated hours."""
+    ax = figures.link_utilisation(series_frame(), axes())
+    (line,) = ax.get_lines()
+    assert legend_texts(ax) == ["us-east~us-central"]
+    assert line.get_ydata().max() <= 90.0 + 1e-9 and line.get_ydata().max() > 80
+    assert ax.get_ylabel() == "utilisation (% of link capacity)"
+
+
+def test_series_figures_say_so_when_nothing_was_recorded(results):
+    """A run without surrogate or link series gets an explicit empty plot, not an exception."""
+    empty = load_results(results["quick"]).series
+    assert empty.empty
+    ax = figures.loss_curves(empty, axes())
+    assert [t.get_text() for t in ax.texts] == ["no surrogate loss recorded"]
+    ax = figures.link_utilisation(empty, axes())
+    assert [t.get_text() for t in ax.texts] == ["no link utilisation recorded"]
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def page_of(path) -> str:
+    return path.read_text()
+
+
+def check_self_contained(page: str, folder) -> None:
+    images = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == len(list(folder.glob("*.png")))
+    assert 'src="http' not in page and "<script" not in page and "<link" not in page and "url(" not in page
+
+
+def test_report_of_one_run(tmp_path, results):
+    """One run: the metrics table, the verdicts, the timeline and ledger, the scenario, all inline."""
+    page_path = write_report([results["quick"]], tmp_path / "report")
+    page = page_of(page_path)
+    check_self_contained(page, tmp_path / "report")
+    assert {p.name for p in (tmp_path / "report").glob("*.png")} == {"quick-ledger.png", "quick-timeline.png"}
+    assert "<th>metric</th><th>quick</th>" in page
+    assert "goodput (fraction of chip-time)" in page and "global downtime (h)" in page
+    assert page.count('<span class="pass">PASS</span>') == 2  # one hypothesis x two replications
+    assert "name: quickstart" in page  # the resolved scenario
+
+
+def test_report_of_several_runs_side_by_side(tmp_path, results):
+    """Several runs: one column each, a failing hypothesis marked FAIL, comparison figures."""
+    page_path = write_report([results["quick"], results["elastic"], results["strict"]], tmp_path / "report")
+    page = page_of(page_path)
+    check_self_contained(page, tmp_path / "report")
+    assert "<th>metric</th><th>quick</th><th>elastic</th><th>strict</th>" in page
+    assert '<span class="fail">FAIL</span>' in page and "&ge; 0.99" in page
+    names = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"compare-goodput.png", "compare-global_downtime_s.png", "compare-ledger.png", "strict-timeline.png"} <= names
+
+
+def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
+    """A sweep: heatmaps and lines over its factors, a row per point, crashed replications listed."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(results["sweep"], sweep)
+    first = load_results(sweep).summaries.iloc[0]
+    crashed = {"index": 16, "point": 0, **{f: first[f] for f in load_results(sweep).factors}, "seed": 3,
+               "status": "error", "error": "ValueError: injected"}
+    pd.DataFrame([crashed]).to_parquet(sweep / "rows" / "part-000016.parquet")
+    page = page_of(write_report([sweep], tmp_path / "report"))
+    check_self_contained(page, tmp_path / "report")
+    names = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"sweep-heatmap-goodput.png", "sweep-heatmap-global_downtime_s.png", "sweep-lines-goodput.png"} <= names
+    assert "sweep-goodput-vs-training-checkpoint-write_time.png" in names  # the policy varies
+    assert "ValueError: injected" in page and "1 replication(s) crashed" in page
+    assert "<th>training.checkpoint.write_time</th>" in page
+
+
+def test_report_includes_series_figures_when_recorded(tmp_path, results):
+    """Loss and link utilisation figures appear when the run recorded those series."""
+    run = tmp_path / "run"
+    shutil.copytree(results["elastic"], run)
+    series = series_frame().drop(columns=["run", "replication"])
+    pq.write_table(pa_table(series), run / "rep-0" / "series.parquet")
+    write_report([run], tmp_path / "report")
+    names = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"loss-vs-time.png", "loss-vs-tokens.png", "link-utilisation.png"} <= names
+
+
+def pa_table(frame: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, schema=SERIES_SCHEMA, preserve_index=False)
+
+
+def test_report_cli_exit_codes(tmp_path, results):
+    """``chaossim report``: 0 and the page path; bad input is one line on stderr and exit 2."""
+    command = [str(CHAOSSIM)] if CHAOSSIM.exists() else [sys.executable, "-m", "sim.cli"]
+    done = subprocess.run([*command, "report", str(results["quick"]), "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "report.html").exists() and "report.html" in done.stdout
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "missing", tmp_path / "empty", tmp_path / "r" / "report.html"):
+        result = CliRunner().invoke(app, ["report", str(results["quick"]), str(bad), "-o", str(tmp_path / "r2")])
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {bad}")

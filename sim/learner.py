@@ -103,7 +103,10 @@ class Group:
         self._never = env.event()
         self.listeners: list[Callable[["Group", Phase, Phase], None]] = []
         self.commit_listeners: list[Callable[["Group", float], None]] = []
-        self.reload_s: Callable[["Group"], float] | None = None  # policy hook: e.g. state pulled from a peer
+        # policy hook: an event the reload must also wait for (state pulled from a peer over the network)
+        self.reload_transfer: Callable[["Group"], simpy.Event | None] | None = None
+        self._transfer: simpy.Event | None = None
+        self.transfer_cancelled: list[Callable[[simpy.Event], None]] = []
         self.process = env.process(self._run())
 
     # ----------------------------------------------------------------------------------- capacity
@@ -231,8 +234,11 @@ class Group:
         while True:
             phase, duration = self._plan()
             self._enter(phase)
+            wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
+            if phase is Phase.RELOAD and self._transfer is not None:
+                wait = self.env.all_of([wait, self._transfer])  # the reload also needs the state to arrive
             try:
-                yield self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
+                yield wait
             except simpy.Interrupt as irq:
                 self._interrupted(irq.cause)
             else:
@@ -249,6 +255,8 @@ class Group:
         if self.intent in _TIMED:
             if self.phase_end_s is None:
                 self.phase_end_s = now + self._phase_length(self.intent)
+                if self.intent is Phase.RELOAD and self.reload_transfer is not None:
+                    self._transfer = self.reload_transfer(self)
             return self.intent, self.phase_end_s - now
         if self.mode is not OnFailure.ELASTIC:
             self._sync_capacity(upscale=True)
@@ -266,7 +274,7 @@ class Group:
             Phase.CHECKPOINT: t.checkpoint.write_time,
             Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
             Phase.SWAP: t.spares.swap,
-            Phase.RELOAD: self.reload_s(self) if self.reload_s else t.recovery.reload,
+            Phase.RELOAD: t.recovery.reload,
             Phase.DOWNSCALE: t.elastic.downscale,
             Phase.UPSCALE: t.elastic.upscale,
         }[phase]
@@ -327,6 +335,7 @@ class Group:
         elif phase in (Phase.DETECT, Phase.SWAP):
             self.intent = Phase.RELOAD
         else:  # RELOAD, DOWNSCALE, UPSCALE
+            self._transfer = None
             self.intent = Phase.RUNNING
 
     def _interrupted(self, cause: Failure | Wake) -> None:
@@ -341,6 +350,10 @@ class Group:
         if phase in (Phase.DETECT, Phase.SWAP) or not (phase in _HOLDING or self.intent is Phase.RUNNING):
             return  # holding no chips: nothing to lose, recovery goes on
         self.ledger.rollback(now)
+        if self._transfer is not None:  # a reload cut short: the state transfer is abandoned
+            for listener in self.transfer_cancelled:
+                listener(self._transfer)
+            self._transfer = None
         self.intent, self.phase_end_s = (Phase.SWAP if cause.swapped else Phase.DETECT), None
         self.work_left_s = self.checkpoint_interval_s or math.inf
 

@@ -82,7 +82,6 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
     node = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ScenarioError(
@@ -171,10 +170,11 @@ def describe(err: dict, data: Any, file: str) -> str:
     path, line = _locate(data, loc)
     where = f"{file}: {path}" + (f" (line {line})" if line else "")
     kind, msg = err["type"], err["msg"]
+    tag = str(ctx.get("discriminator", "kind")).strip("'")
     if kind == "union_tag_invalid":
-        return f"{where}: unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {ctx.get('tag')!r} (expected one of: {ctx.get('expected_tags')})"
+        return f"{where}: unknown {tag} {ctx.get('tag')!r} (expected one of: {ctx.get('expected_tags')})"
     if kind == "union_tag_not_found":
-        return f"{where}: required key {ctx.get('discriminator', 'kind').strip(chr(39))} is missing"
+        return f"{where}: required key {tag!r} is missing"
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         known = f" (expected one of: {', '.join(model.model_fields)})" if model else ""

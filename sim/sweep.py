@@ -254,7 +254,7 @@ def plan_sweep(
     settings, scenarios, resolved = [], [], []
     for levels in itertools.product(*[f.levels for f in factors]):
         setting = {k: v for f, level in zip(factors, levels) for k, v in zip(f.keys, level)}
-        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in setting.items())
+        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in setting.items()) or "without factors"
         point = copy.deepcopy(data)
         point.pop("sweep", None)  # a point is one scenario: it does not sweep again
         for key, value in setting.items():
@@ -404,9 +404,11 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
     table.add_column("mean ± std", justify="right", no_wrap=True)
     table.add_column("seeds", justify="right")
     for metric, goal in BEST:
-        if metric not in frame.columns or frame[metric].isna().all():
+        if metric not in frame.columns:
             continue
         stats = point_stats(frame, metric).dropna(subset=["mean"])
+        if stats.empty:  # no replication of any point finished ok
+            continue
         # idxmax/idxmin return the first best point, so ties go to the lowest point index
         best = stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin()
         std = stats.at[best, "std"]

@@ -98,3 +98,27 @@ def test_surrogate_loss_falls_for_every_policy_and_repeats_with_the_seed():
     again = run_replication(load_scenario(FOUR, ["surrogate.model=mlp", "duration=12h",
                                                  "topology.default_link.bandwidth=400Gbps", "topology.links=[]"]))
     assert again.summary["final_loss"] == losses["decoupled_diloco"]
+
+
+def test_wan_bytes_follow_the_fragment_schedule():
+    """Decoupled traffic: each learner outside the synchronizer's region sends and receives one 4-bit
+    fragment of a 12B model every H/P steps: 2 * 12e9 * 4/8 / 24 = 5e8 bytes per step on its link."""
+    s = run(FOUR, "faults=[]", "duration=6h")
+    remote_steps = sum(l["steps"] for l in s["learners"] if not l["name"].startswith("central"))
+    assert s["wan_bytes"] == pytest.approx(remote_steps * 5e8, rel=1e-9)
+    assert set(s["link_bytes"]) == {"us-central~us-east", "us-central~us-west", "us-central~us-south", "dcn:us-central"}
+
+
+def test_rejoin_state_transfers_share_the_link():
+    """Two learners of one region rejoining at once pull 120 GB each over the same 5 Gbit/s link:
+    fair sharing makes both take 2 x 192 s = 384 s (a lone pull takes 192 s)."""
+    both = run(FOUR, "faults=[{name: out, kind: island_outage, target: {islands: [east]}, at: 1h, duration: 1h}]",
+               "training.on_failure=restart", "training.recovery.reload=1s", "duration=4h")
+    # east-0 returns while its regional twin is still out, so it pulls over the WAN alone
+    one = run(FOUR, "faults=[{name: a, kind: island_outage, target: {islands: [east-0]}, at: 1h, duration: 1h},"
+                    " {name: b, kind: island_outage, target: {islands: [east-1]}, at: 1h, duration: 2h}]",
+              "training.on_failure=restart", "training.recovery.reload=1s", "duration=4h")
+    bits = 12e9 * 10 * 8
+    assert one["rejoin_s"]["east-0"] == [pytest.approx(bits / 5e9 + 0.02, rel=1e-6)]
+    assert one["rejoin_s"]["east-1"] == [1.0]  # later it pulls from east-0 over the data-centre network
+    assert both["rejoin_s"] == {name: [pytest.approx(2 * bits / 5e9 + 0.02, rel=1e-6)] for name in ("east-0", "east-1")}

@@ -104,6 +104,11 @@ class DecoupledDiLoCo(OuterPolicy):
         t = self.training
         return self.stall_s("streaming_diloco", compute_s, bandwidth, 2) + latency * t.fragments / t.inner_steps
 
+    def traffic(self, group: Group) -> tuple[str, float]:
+        """To and from the synchronizer: one fragment each way every H/P steps."""
+        link, _ = self.ctx.topology.link_between(group.islands[0].region, self.ctx.topology.syncer_region)
+        return link, 2 * self.params * self.training.bits / 8 / self.training.inner_steps
+
     def sync_time_s(self, group: Group) -> float:
         """Pull and broadcast of one fragment between a learner and the synchronizer."""
         bandwidth, latency = self.comm_link(group)

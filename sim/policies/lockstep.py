@@ -17,9 +17,9 @@ import math
 
 from ..checkpointing import daly_interval_s, young_interval_s
 from ..context import RunContext
+from ..faults import matching_islands
 from ..hardware import derived_step_time_s
 from ..learner import Group
-from ..faults import matching_islands
 from ..scenario import ChipFailure, IslandOutage, OnFailure, RegionOutage, Scenario
 from ..topology import Topology
 

@@ -16,7 +16,9 @@ pacing learner, at least every 1/1000 of the run) and at each change it
 
 Subclasses say how members are chosen and how long learners wait (:meth:`steady_state`).
 A learner that restarts pulls its state from a healthy peer (parameters and AdamW moments, 10 bytes
-per parameter) over the link between their regions: its reload takes at least that transfer.
+per parameter) as a real transfer on the fair-share WAN model (:mod:`sim.network`), so concurrent
+rejoins over one link share it and a brownout slows them; its reload ends when both the reload time
+and the transfer are done. Outer traffic is booked per link (bytes and utilisation over time).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..bandwidth import exposed_comm_time_per_step
 from ..context import RunContext
 from ..learner import Group
 from ..metrics import Phase
+from ..network import Network
 from .lockstep import base_step_time_s
 
 STATE_BYTES_PER_PARAM = 10.0  # bf16 parameters + fp32 AdamW moments
@@ -105,6 +108,13 @@ class OuterPolicy(ABC):
         self._stall_cache: dict[tuple, float] = {}
         self._link_cache: dict[tuple[str, str], tuple[float, float]] = {}  # cleared on link changes
         self._owed = {}  # learner index -> simulated steps merged but not yet given to the surrogate
+        self.network = Network(ctx.env)
+        for name, (bandwidth, latency) in ctx.links.nominal.items():
+            self.network.add_link(name, bandwidth, latency)
+        self.wan_bytes: dict[str, float] = dict.fromkeys(ctx.links.nominal, 0.0)
+        self._window_bytes: dict[str, float] = dict.fromkeys(ctx.links.nominal, 0.0)
+        self._window_start = 0.0
+        self._reload_started: dict[int, float] = {}
         self._pending_recompute = False
         self._epoch_start = 0.0
 
@@ -117,7 +127,8 @@ class OuterPolicy(ABC):
                 ctx.env, island.name, [island], training, training.on_failure, self.step_times, ctx.recorder,
                 None, base_step_time_s(ctx.scenario, island.peak_flops),
             )
-            group.reload_s = self.rejoin_time_s
+            group.reload_transfer = self.pull_state_from_peer
+            group.transfer_cancelled.append(self.network.cancel)
             group.listeners.append(self._phase_changed)
             self.groups.append(group)
             self.wait_s[island.index] = 0.0
@@ -185,32 +196,36 @@ class OuterPolicy(ABC):
         return [g for g in self.groups if g.active_chips > 0 and g.phase in (Phase.RUNNING, Phase.BLOCKED)
                 and g.intent is Phase.RUNNING]
 
-    def rejoin_time_s(self, group: Group) -> float:
-        """Reload = pulling a healthy peer's state over the network (at least ``recovery.reload``)."""
+    def pull_state_from_peer(self, group: Group):
+        """Start the transfer of a healthy peer's state to a rejoining learner (None: no peer alive).
+
+        The peer is the one behind the fastest link now (ties: lowest index); the surrogate learner
+        takes that peer's parameters and optimizer state.
+        """
         peers = [g for g in self.alive() if g is not group]
-        base = self.training.recovery.reload
+        self._reload_started[group.islands[0].index] = self.ctx.env.now
         if not peers:
-            return base
-        state_bits = self.params * STATE_BYTES_PER_PARAM * 8
-        best = math.inf
-        for peer in peers:
-            bandwidth, latency = self.link_to(group, peer.islands[0].region)
-            if bandwidth > 0:
-                best = min(best, state_bits / bandwidth + latency)
-        seconds = max(base, best) if math.isfinite(best) else base
-        self.rejoin_s.append(seconds)
+            return None
+        peer = max(peers, key=lambda g: (self.link_to(group, g.islands[0].region)[0], -g.islands[0].index))
+        link, _ = self.ctx.topology.link_between(group.islands[0].region, peer.islands[0].region)
+        nbytes = self.params * STATE_BYTES_PER_PARAM
+        self.wan_bytes[link] += nbytes
+        self._window_bytes[link] += nbytes
         if self.surrogate is not None:
-            peer = min(peers, key=lambda g: g.islands[0].index)
             self.surrogate.model.copy_learner(peer.islands[0].index, group.islands[0].index)
-        return seconds
+        return self.network.transfer(link, nbytes, tag=("rejoin", group.name))
 
     # ------------------------------------------------------------------------------- epochs
 
     def _phase_changed(self, group: Group, old: Phase, new: Phase) -> None:
+        if old is Phase.RELOAD and new is not Phase.RELOAD and group.intent is Phase.RUNNING:
+            self.rejoin_s.append((group.name, self.ctx.env.now - self._reload_started.pop(group.islands[0].index)))
         if old is not new:
             self._schedule_recompute()
 
-    def _link_changed(self, *_args) -> None:
+    def _link_changed(self, link: str, bandwidth_bps: float, latency_s: float) -> None:
+        self.network.set_capacity(link, bandwidth_bps)
+        self.network.set_latency(link, latency_s)
         self._link_cache.clear()
         self._schedule_recompute()
 
@@ -284,6 +299,11 @@ class OuterPolicy(ABC):
         members, weights = self.members_and_weights(contributors, elapsed)
         if not members:
             return
+        for group in members:
+            link, per_step = self.traffic(group)
+            self.wan_bytes[link] += group.ledger.pending_steps * per_step
+            self._window_bytes[link] += group.ledger.pending_steps * per_step
+        self._record_utilisation(now)
         tokens_per_step = self.ctx.scenario.workload.tokens_per_step
         rounds = self.rounds_in(elapsed)
         self.merges += rounds
@@ -313,6 +333,33 @@ class OuterPolicy(ABC):
             for p in range(self.training.fragments):
                 model.merge_fragment(p, ids, weights)
                 model.broadcast_fragment(p, receivers)
+
+    def traffic(self, group: Group) -> tuple[str, float]:
+        """The link a learner's outer traffic crosses and its bytes per inner step (sent + received).
+
+        An all-reduce among M sites moves 2 (M-1)/M of the model per member per round, every H steps,
+        on the member's link towards the next region of the ring.
+        """
+        regions = sorted({g.islands[0].region for g in self.alive_now} | {group.islands[0].region})
+        here = regions.index(group.islands[0].region)
+        link, _ = self.ctx.topology.link_between(regions[here], regions[(here + 1) % len(regions)])
+        m = len(regions)
+        model_bytes = self.params * self.training.bits / 8
+        volume = 2 * (m - 1) / m * model_bytes if m > 1 else 0.0
+        return link, volume / self.training.inner_steps
+
+    def _record_utilisation(self, now: float) -> None:
+        """Link utilisation (bits sent / capacity x time) over the last window, every 1/200 of the run."""
+        window = now - self._window_start
+        if window < self.ctx.scenario.duration / 200.0 and now < self.ctx.scenario.duration:
+            return
+        for link, nbytes in self._window_bytes.items():
+            if nbytes > 0:
+                capacity = self.ctx.links.current(link)[0]
+                value = nbytes * 8 / (capacity * window) if capacity > 0 else 0.0
+                self.ctx.recorder.point(now, "link_utilisation", link, value)
+        self._window_bytes = dict.fromkeys(self._window_bytes, 0.0)
+        self._window_start = now
 
     def rounds_in(self, elapsed_s: float) -> float:
         """Outer rounds (per fragment for streaming/decoupled) that happened in ``elapsed_s``."""
@@ -348,8 +395,11 @@ class OuterPolicy(ABC):
             "mean_learners_per_merge": self.member_merges / self.merges if self.merges else 0.0,
             "mean_staleness_s": float(np.mean(self.staleness_s)) if self.staleness_s else 0.0,
             "rejoins": len(self.rejoin_s),
-            "mean_rejoin_s": float(np.mean(self.rejoin_s)) if self.rejoin_s else 0.0,
+            "mean_rejoin_s": float(np.mean([t for _, t in self.rejoin_s])) if self.rejoin_s else 0.0,
+            "rejoin_s": {name: [t for n, t in self.rejoin_s if n == name] for name in sorted({n for n, _ in self.rejoin_s})},
             "quorum_unmet_s": self.quorum_unmet_s,
+            "wan_bytes": sum(b for link, b in self.wan_bytes.items() if not link.startswith("dcn:")),
+            "link_bytes": {link: b for link, b in self.wan_bytes.items() if b > 0},
         }
         if self.surrogate is not None:
             out["final_loss"] = self.surrogate.model.eval_loss()

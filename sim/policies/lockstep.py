@@ -107,7 +107,14 @@ class SyncDP:
         out = {}
         if self.surrogate is not None:
             out = {"final_loss": self.surrogate.model.eval_loss(), "surrogate_wall_s": self.surrogate.wall_s}
+        regions = len(self.ctx.topology.regions)
+        ledger = self.job.ledger
+        steps_run = ledger.committed_steps + ledger.rolled_back_steps + ledger.pending_steps
+        # every ring link carries 2 (M-1)/M of the gradient per step (M = regions; none with one region)
+        ring_links = regions if regions > 2 else regions - 1
+        per_link = 2 * (regions - 1) / regions * self.gradient_bytes if regions > 1 else 0.0
         return out | {
+            "wan_bytes": steps_run * per_link * ring_links,
             "step_compute_s": compute_s,
             "step_comm_s": comm_s,
             "step_stretch": (compute_s + comm_s) / compute_s,

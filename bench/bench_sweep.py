@@ -72,10 +72,11 @@ def main() -> None:
         for name, executor in (("local", LocalExecutor(args.workers)), ("dask", DaskExecutor(workers=args.workers))):
             elapsed = timed(plan, root / name, executor)
             efficiency = serial / (elapsed * args.workers)
-            busy = load_sweep(root / name)["row_wall_s"].sum() / (elapsed * args.workers)
+            inside = load_sweep(root / name)["row_wall_s"]
+            busy = inside.sum() / (elapsed * args.workers)
             print(
                 f"{name:8} {elapsed:7.2f} s   speed-up {serial / elapsed:4.2f}x   efficiency {efficiency:.2f} "
-                f"(target >= 0.85)   workers busy {busy:.2f}"
+                f"(target >= 0.85)   workers busy {busy:.2f}   {inside.mean():.3f} s per replication"
             )
         reference = load_sweep(root / "serial").drop(columns=list(WALL_COLUMNS))
         for name in ("local", "dask"):

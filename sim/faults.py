@@ -149,6 +149,11 @@ class FaultProcesses:
                 islands = select(fault.target, matching_islands(fault.target, self.topology, where), rng)
                 if not islands:
                     continue
+                if fault.arrivals() is not None:
+                    times = schedule_times(fault, self.horizon_s, rng)
+                    self.env.process(self._scheduled_chips(fault, islands, times, rng))
+                if fault.mtbf is None:
+                    continue
                 if fault.lifetime == "weibull" and fault.shape != 1.0:
                     self.env.process(self._weibull_chips(fault, islands, rng))
                 else:
@@ -205,6 +210,16 @@ class FaultProcesses:
                     heapq.heappush(heap, (renewed, j))
                 island_k = int(np.searchsorted(offsets, j, side="right")) - 1
                 self._chip(fault, islands[island_k], int(j - offsets[island_k]), repairs.next())
+
+    def _scheduled_chips(self, fault: ChipFailure, islands: list[Island], times: list[float], rng: np.random.Generator):
+        """Injected chip failures: at each time, one chip drawn uniformly over the selected islands."""
+        chips = np.array([i.chips for i in islands], dtype=np.float64)
+        cumulative = np.cumsum(chips) / chips.sum()
+        repairs = BlockSampler(fault.repair.build(), rng, 256)
+        for t in times:
+            yield self.env.timeout(t - self.env.now)
+            k = min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(islands) - 1)
+            self._chip(fault, islands[k], int(rng.integers(islands[k].chips)), repairs.next())
 
     def _chip(self, fault: ChipFailure, island: Island, chip: int, repair_s: float) -> None:
         self.counter.add(fault.kind, fault.name)

@@ -366,7 +366,9 @@ class FaultBase(Model):
 
 class ChipFailure(FaultBase):
     kind: Literal["chip_failure"]
-    mtbf: PositiveSeconds = Field(description="per-chip mean time between failures, e.g. '50000h'")
+    mtbf: PositiveSeconds | None = Field(
+        None, description="per-chip mean time between failures, e.g. '50000h' (and/or at/every: one random chip)"
+    )
     lifetime: Literal["exponential", "weibull"] = "exponential"
     shape: float = Field(1.0, gt=0, description="Weibull shape k of chip lifetimes")
     blast_radius: BlastRadius = BlastRadius.CHIP

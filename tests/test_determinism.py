@@ -69,7 +69,7 @@ def test_adding_an_unrelated_fault_keeps_chip_failures():
     a, a_tables = run(base)
     b, b_tables = run(extra)
     assert a["failures"]["chip_failure"] == b["failures"]["chip_failure"]
-    fail_times = lambda t: t["events"].to_pandas().query("kind in ['failure', 'absorbed'] and fault == 'chips'")["time_s"].tolist()  # noqa: E731
+    fail_times = lambda t: t["events"].to_pandas().query("kind in ['failure', 'absorbed'] and fault == 'chips'")["time_s"].tolist()
     assert fail_times(a_tables) == fail_times(b_tables)
 
 

@@ -143,3 +143,21 @@ def test_ledger_unit_bookkeeping():
     assert b["recovery"] == pytest.approx(10 * 60)
     assert ledger.total_chip_s == pytest.approx(10 * 200)
     assert ledger.committed_steps == pytest.approx(50 + 10)  # 20 pending steps, half rolled back
+
+
+@pytest.mark.parametrize("policy", [p.value for p in POLICIES])
+def test_timeline_matches_ledger(policy):
+    """Timeline rows tile [0, T] per group and carry the chip counts that held during them."""
+    faults = [CHIP_BACKGROUND, *KIND_FAULTS["island_outage"], *KIND_FAULTS["region_outage"]]
+    on_failure = "elastic" if policy == "elastic_dp" else "restart"
+    summary, tables = run(scenario_for([f"training.policy={policy}", f"training.on_failure={on_failure}",
+                                        "training.elastic.unit=host"], faults))
+    timeline = tables["timeline"].to_pandas()
+    for _, rows in timeline.groupby("group"):
+        rows = rows.sort_values("start_s")
+        assert rows["start_s"].iloc[0] == 0.0 and rows["end_s"].iloc[-1] == pytest.approx(2 * DAY)
+        assert (rows["start_s"].to_numpy()[1:] == rows["end_s"].to_numpy()[:-1]).all()
+    dt = timeline["end_s"] - timeline["start_s"]
+    assert math.fsum(timeline["down_chips"] * dt) == pytest.approx(summary["chip_time"]["down"], rel=1e-9, abs=1e-6)
+    busy = math.fsum(timeline["active_chips"] * dt)
+    assert busy == pytest.approx(1024 * 2 * DAY - summary["chip_time"]["down"] - summary["chip_time"]["spare"], rel=1e-9)

@@ -115,7 +115,7 @@ def test_simulated_optimum_is_daly():
     """Sweeping W on a log grid, the peak of a parabola through simulated goodputs is Daly's interval within 5 %."""
     grid = [500, 700, 1000, 1400, 2000]
     # the same seed for every W: common random numbers (the failure stream does not depend on W)
-    goodputs = [run(sync_scenario(W, 60, 600, 300, 9000, 4e7))[0]["goodput"] for W in grid]
+    goodputs = [run(sync_scenario(W, 60, 600, 300, 9000, 3e7))[0]["goodput"] for W in grid]
     a, b, _ = np.polyfit(np.log(grid), goodputs, 2)
     assert a < 0
     w_peak = math.exp(-b / (2 * a))

@@ -6,8 +6,8 @@ import math
 
 import pytest
 from conftest import make_scenario
-from sim.loading import ScenarioError
 
+from sim.loading import ScenarioError
 from sim.units import format_duration, parse_bandwidth, parse_bytes, parse_count, parse_duration
 
 H, D = 3600.0, 86400.0

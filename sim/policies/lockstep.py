@@ -32,7 +32,7 @@ def job_mtbf_s(scenario: Scenario, topology: Topology) -> float:
     """
     rate_per_s = 0.0
     for fault in scenario.faults:
-        if isinstance(fault, ChipFailure):
+        if isinstance(fault, ChipFailure) and fault.mtbf is not None:
             rate_per_s += sum(i.chips for i in matching_islands(fault.target, topology, fault.name)) / fault.mtbf
         elif isinstance(fault, RegionOutage) and fault.mtbf is not None:
             rate_per_s += len(fault.target.regions or topology.regions) / fault.mtbf

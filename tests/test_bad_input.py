@@ -1,0 +1,167 @@
+"""Bad scenario input: one line on stderr naming the file, YAML path and line; exit code 2; no traceback.
+
+Most cases run the ``chaossim`` command in-process (typer's CliRunner, separate stdout and stderr) to
+keep the suite fast; ``test_installed_command_end_to_end`` runs the installed executable as a
+subprocess for a sample of them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import CHAOSSIM
+from typer.testing import CliRunner
+
+from sim.cli import app
+
+DATA = Path(__file__).parent / "data"
+BAD = DATA / "bad"
+SMALL = DATA / "small.yaml"  # the valid scenario every file in data/bad/ breaks in one way
+
+# file in tests/data/bad -> (YAML path or None, line or None, a phrase saying what was expected)
+CASES = {
+    "unknown_top_key.yaml": ("sede", 5, "unknown key 'sede'"),
+    "unknown_nested_key.yaml": ("workload.mfux", 12, "unknown key 'mfux'"),
+    "unknown_fault_key.yaml": ("faults[0].blast_raduis", 23, "expected one of: name"),
+    "bandwidth_in_bytes.yaml": ("topology.default_link.bandwidth", 11, "bits per second"),
+    "duration_in_parsecs.yaml": ("faults[0].mtbf", 21, "expected a duration"),
+    "negative_duration.yaml": ("duration", 5, "greater than 0"),
+    "negative_outage.yaml": ("faults[1].duration", 27, "greater than or equal to 0"),
+    "empty_topology.yaml": ("topology.regions", 7, "at least 1 item"),
+    "zero_chips.yaml": ("topology.regions[0].islands[0].chips", 10, "greater than 0"),
+    "unknown_chip.yaml": ("topology.regions[0].islands[0].chip", 10, "unknown chip 'v7z'"),
+    "unknown_fault_kind.yaml": ("faults[1]", 23, "unknown kind 'island_explosion'"),
+    "missing_fault_kind.yaml": ("faults[1]", 23, "required key 'kind' is missing"),
+    "unknown_target_island.yaml": ("faults[1].target", 25, "unknown island(s) ['isl-7']"),
+    "wrong_type.yaml": ("seed", 4, "valid integer"),
+    "missing_topology.yaml": ("topology", None, "required key is missing"),
+    "bad_indentation.yaml": (None, 15, "malformed YAML"),
+    "tab_indentation.yaml": (None, 15, "malformed YAML"),
+    "duplicate_key.yaml": (None, 5, "duplicate key"),
+    "list_document.yaml": (None, None, "expected a mapping"),
+    "empty_document.yaml": (None, None, "expected a mapping"),
+}
+
+
+def chaossim(*args: str) -> SimpleNamespace:
+    """Run the CLI in-process; an exception other than the CLI's own exit would be a traceback."""
+    result = CliRunner().invoke(app, list(args))
+    crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+    stderr = result.stderr + ("Traceback: " + repr(result.exception) if crashed else "")
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr)
+
+
+def executable(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed ``chaossim`` executable."""
+    return subprocess.run([str(CHAOSSIM), *args], check=False, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip("\n").split("\n")
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    for phrase in phrases:
+        assert phrase in line, (phrase, line)
+    return line
+
+
+def test_every_bad_file_is_in_the_table():
+    """Each file in tests/data/bad has a row in CASES (and the other way round)."""
+    assert sorted(p.name for p in BAD.glob("*.yaml")) == sorted(CASES)
+
+
+def test_the_base_file_is_valid():
+    """tests/data/small.yaml, which every bad file breaks, validates and runs."""
+    result = chaossim("validate", str(SMALL))
+    assert result.returncode == 0 and result.stderr == ""
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_run_bad_file(name, tmp_path):
+    """``chaossim run BAD`` prints one line with the file, YAML path, line and expectation, exit 2."""
+    path, line, phrase = CASES[name]
+    result = chaossim("run", str(BAD / name), "-q", "-o", str(tmp_path / "out"))
+    phrases = [name, phrase] + ([f": {path}"] if path else [])
+    if line:
+        phrases.append(f"(line {line}")
+    assert_one_line_error(result, *phrases)
+    assert result.stdout == ""
+    assert not (tmp_path / "out").exists()  # nothing written for a bad scenario
+
+
+def test_validate_all_bad_files_at_once():
+    """The ``chaossim validate`` executable checks every file given: one line per bad file, in order, exit 2."""
+    names = sorted(CASES)
+    result = executable("validate", *(str(BAD / n) for n in names), str(SMALL))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip("\n").split("\n")
+    assert len(lines) == len(names)
+    for name, line in zip(names, lines):
+        path, number, phrase = CASES[name]
+        assert name in line and phrase in line, line
+        assert path is None or path in line
+        assert number is None or f"(line {number}" in line
+    assert "small.yaml: ok" in result.stdout
+
+
+def test_missing_file(tmp_path):
+    """A file that does not exist: one line, exit 2."""
+    missing = tmp_path / "nope.yaml"
+    assert_one_line_error(chaossim("run", str(missing), "-q"), "nope.yaml", "no such file")
+    assert_one_line_error(chaossim("validate", str(missing)), "nope.yaml", "no such file")
+
+
+def test_folder_instead_of_file(tmp_path):
+    """A folder where a scenario file is expected: one line, exit 2."""
+    folder = tmp_path / "scenario.yaml"
+    folder.mkdir()
+    assert_one_line_error(chaossim("run", str(folder), "-q"), "scenario.yaml", "is a folder")
+    assert_one_line_error(chaossim("validate", str(folder)), "scenario.yaml", "is a folder")
+
+
+@pytest.mark.parametrize(
+    "assignment, phrases",
+    [
+        ("seed", ["--set 'seed'", "expected dotted.key=value"]),
+        ("topology.regions.3.name=x", ["--set topology.regions.3.name", "expected an index below 1"]),
+        ("name.first=x", ["--set name.first", "is a value, not a section"]),
+        ("seed=abc", ["seed (line 4)", "valid integer"]),
+        ("training.nonsense=1", ["training.nonsense", "unknown key 'nonsense'"]),
+        ("surrogate.model=big", ["surrogate.model", "'mlp' or 'off'"]),
+        ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (line 10)", "greater than 0"]),
+    ],
+)
+def test_bad_set(assignment, phrases, tmp_path):
+    """A bad ``--set`` is a one-line error naming the file and the key, exit 2."""
+    for command in (["run", "-q", "-o", str(tmp_path / "out")], ["validate"]):
+        result = chaossim(command[0], str(SMALL), "--set", assignment, *command[1:])
+        assert_one_line_error(result, "small.yaml", *phrases)
+
+
+def test_bad_trace_at_run_time(tmp_path):
+    """A trace CSV naming an unknown island fails the run with one line naming the CSV and its line."""
+    (tmp_path / "t.csv").write_text("time,target,duration,kind\n1h,isl-0,1h,chip_failure\n2h,isl-9,1h,chip_failure\n")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        SMALL.read_text().split("faults:")[0] + "faults:\n  - {name: tr, kind: trace, file: t.csv}\n"
+    )
+    result = chaossim("run", str(scenario), "-q", "-o", str(tmp_path / "out"))
+    assert_one_line_error(result, "s.yaml", "t.csv:3", "unknown island 'isl-9'")
+
+
+def test_installed_command_end_to_end(tmp_path):
+    """The installed executable: a bad file, a missing file and a bad --set each give one line and exit 2."""
+    out = str(tmp_path / "out")
+    assert_one_line_error(
+        executable("run", str(BAD / "zero_chips.yaml"), "-q", "-o", out),
+        "zero_chips.yaml: topology.regions[0].islands[0].chips (line 10)",
+    )
+    assert_one_line_error(executable("run", str(tmp_path / "nope.yaml"), "-q", "-o", out), "nope.yaml", "no such file")
+    assert_one_line_error(executable("run", str(SMALL), "--set", "seed", "-q", "-o", out), "small.yaml", "--set 'seed'")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,135 @@
+"""The ``chaossim`` command: run --json, the results folder, validate and run every shipped scenario."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import CHAOSSIM, ROOT
+from typer.testing import CliRunner
+
+from sim.checkpointing import daly_interval_s, expected_goodput
+from sim.cli import app
+from sim.loading import load_scenario
+from sim.runner import run_replication
+
+SCENARIO_DIR = ROOT / "scenarios"
+TOP_SCENARIOS = sorted(SCENARIO_DIR.glob("*.yaml"))
+ALL_SCENARIOS = sorted(SCENARIO_DIR.rglob("*.yaml"))
+DESIGN_METRICS = {
+    "goodput", "uptime", "global_downtime_s", "chip_time", "chip_time_fraction", "failures", "failures_total",
+    "interruptions", "steps", "tokens", "wall_time_s", "events", "events_per_s", "replications", "runs",
+}
+SHORT_S = 6 * 3600.0  # shipped scenarios are cut to 6 simulated hours to keep the suite fast
+
+
+def cli(*args: str):
+    """Run the CLI in-process and return the click Result (stdout and stderr apart)."""
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_run_quickstart_json(tmp_path):
+    """``chaossim run scenarios/quickstart.yaml -o DIR --json -q``: exit 0, one JSON object, a results folder."""
+    out = tmp_path / "qs"
+    result = subprocess.run(
+        [str(CHAOSSIM), "run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(out), "--json", "-q"],
+        check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert DESIGN_METRICS <= set(summary)
+    assert 0 < summary["goodput"] <= summary["uptime"] <= 1
+    assert summary["replications"] == len(summary["runs"]) == 2
+    assert summary["chip_time"].keys() == {"useful", "lost", "recovery", "checkpoint", "waiting", "down", "spare"}
+    assert summary["tokens"] > 0 and summary["failures"]["chip_failure"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["rep-0", "rep-1", "scenario.yaml", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["goodput"] == summary["goodput"]
+    for rep in ("rep-0", "rep-1"):
+        assert {"timeline.parquet", "events.parquet", "summary.json"} <= {p.name for p in (out / rep).iterdir()}
+        timeline = pq.read_table(out / rep / "timeline.parquet")
+        assert timeline.num_rows > 0 and {"group", "phase", "start_s", "end_s"} <= set(timeline.column_names)
+        assert pq.read_table(out / rep / "events.parquet").num_rows > 0
+    # the resolved scenario loads back to the same model
+    assert load_scenario(out / "scenario.yaml") == load_scenario(SCENARIO_DIR / "quickstart.yaml")
+
+
+def test_run_table_output(tmp_path):
+    """Without --json, run prints the summary table, the hypotheses and the results folder."""
+    result = cli("run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(tmp_path / "o"), "-q",
+                 "--replications", "1", "--set", "duration=1d")
+    assert result.exit_code == 0
+    for word in ("goodput", "uptime", "global downtime", "failures", "tokens", "hypothesis goodput", "results:"):
+        assert word in result.stdout
+
+
+def test_failed_hypothesis_exits_1(tmp_path):
+    """A steady-state hypothesis that fails makes ``run`` exit 1 (the CI gate)."""
+    result = cli("run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(tmp_path / "o"), "--json",
+                 "--replications", "1", "--set", "duration=1d", "--set", "hypotheses=[{metric: goodput, min: 0.999}]")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["hypotheses_passed"] is False
+
+
+def test_validate_every_scenario():
+    """``chaossim validate`` accepts every YAML file under scenarios/ (recursively)."""
+    result = cli("validate", *map(str, ALL_SCENARIOS))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count(": ok") == len(ALL_SCENARIOS)
+
+
+@pytest.mark.parametrize("path", TOP_SCENARIOS, ids=lambda p: p.stem)
+def test_every_scenario_runs(path, tmp_path):
+    """Each scenarios/*.yaml runs (cut to 6 h, one replication) with a balanced chip-time ledger."""
+    duration = min(load_scenario(path).duration, SHORT_S)
+    result = cli("run", str(path), "-o", str(tmp_path / "o"), "--json", "-q", "--replications", "1",
+                 "--set", f"duration={duration}")
+    summary = json.loads(result.stdout)
+    # exit 1 only for a hypothesis that a shortened run does not meet, never for a crash
+    assert result.exit_code == 0 or (result.exit_code == 1 and not summary["hypotheses_passed"]), result.stderr
+    total = math.fsum(summary["chip_time"].values())
+    assert total == pytest.approx(summary["chips"] * duration, rel=1e-9)
+    assert (tmp_path / "o" / "rep-0" / "timeline.parquet").exists()
+
+
+def test_schema_command_prints_json_schema():
+    """``chaossim schema`` prints one JSON document describing the scenario sections."""
+    result = cli("schema")
+    schema = json.loads(result.stdout)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert {"topology", "workload", "training", "faults", "hypotheses"} <= set(schema["properties"])
+
+
+# ------------------------------------------------------------------------------------------ shipped sync scenarios
+
+
+def test_llama3_like_interruptions():
+    """llama3-like-sync: 419 +- Poisson unexpected interruptions in 54 days, plus exactly 47 planned ones."""
+    scenario = load_scenario(SCENARIO_DIR / "llama3-like-sync.yaml")
+    assert scenario.topology.regions[0].islands[0].chips * scenario.topology.regions[0].islands[0].count == 16384
+    summary = run_replication(scenario, 0, scenario_dir=SCENARIO_DIR).summary
+    mu = 16384 * 54 * 24 / 50700  # = 418.8, Llama 3's 419 unexpected interruptions
+    assert abs(summary["failures"]["chip_failure"] - mu) < 4 * math.sqrt(mu)
+    assert summary["failures"]["island_outage"] == 47
+    # restart costs ~15 min; uptime stays near Llama 3's "more than 90 % effective training time"
+    assert 0.8 < summary["uptime"] < 0.95
+    assert summary["hypotheses_passed"]
+
+
+def test_million_chips_sync_collapses():
+    """million-chips-sync: a failure every ~174 s against a 15 min restart leaves a few % goodput."""
+    scenario = load_scenario(SCENARIO_DIR / "million-chips-sync.yaml")
+    summary = run_replication(scenario, 0).summary
+    assert summary["chips"] == 168 * 6144 == 1_032_192
+    M = 50000 * 3600 / summary["chips"]
+    assert M == pytest.approx(174.4, abs=0.1)
+    mu = 86400 / M
+    assert abs(summary["failures"]["chip_failure"] - mu) < 4 * math.sqrt(mu)
+    assert summary["goodput"] < 0.05  # vs 0.83 for the 16k-chip job at the same per-chip rate
+    assert expected_goodput(daly_interval_s(60, M), 60, 600, 300, M) < 0.05
+    assert summary["chip_time_fraction"]["recovery"] > 0.9

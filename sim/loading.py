@@ -133,33 +133,41 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The model class at a location, to list the keys it accepts."""
-    model: Any = Scenario
+    """The model class at a location, to list the keys it accepts.
+
+    Containers and ``Annotated`` are looked through; a union of models stays a union until the next
+    location part names one of its ``kind`` tags (pydantic puts the tag of a discriminated union there).
+    """
+    candidates = _models(Scenario)
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or not candidates:
             continue
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            if part in model.model_fields:
-                model = model.model_fields[part].annotation
-            else:
-                continue  # union tag
-        model = _unwrap(model, part)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        tagged = [m for m in candidates if typing.get_args(_kind(m)) == (part,)]
+        if tagged:
+            candidates = tagged
+            continue
+        owner = next((m for m in candidates if part in m.model_fields), None)
+        candidates = _models(owner.model_fields[part].annotation) if owner else []
+    return candidates[0] if len(candidates) == 1 else None
 
 
-def _unwrap(tp: Any, tag: Any) -> Any:
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (list, tuple, dict):
-            tp = typing.get_args(tp)[-1]
-        elif origin in (typing.Union, types.UnionType):
-            models = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
-            tagged = [m for m in models if typing.get_args(m.model_fields.get("kind") and m.model_fields["kind"].annotation) == (tag,)]
-            return (tagged or models or [tp])[0]
-        else:
-            return tp
+def _kind(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("kind")
+    return field.annotation if field else None
+
+
+def _models(tp: Any) -> list[type[BaseModel]]:
+    """The model classes a (possibly nested, optional, annotated) type annotation may hold."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _models(typing.get_args(tp)[0])
+    if origin in (list, tuple, dict):
+        return _models(typing.get_args(tp)[-1]) if typing.get_args(tp) else []
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(tp) for m in _models(arg)]
+    return []
 
 
 def describe(err: dict, data: Any, file: str) -> str:

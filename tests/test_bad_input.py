@@ -165,3 +165,16 @@ def test_installed_command_end_to_end(tmp_path):
     assert_one_line_error(executable("run", str(tmp_path / "nope.yaml"), "-q", "-o", out), "nope.yaml", "no such file")
     assert_one_line_error(executable("run", str(SMALL), "--set", "seed", "-q", "-o", out), "small.yaml", "--set 'seed'")
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_lists_the_keys_of_that_fault_kind():
+    """An unknown key inside an island_outage lists island_outage's keys, not another kind's."""
+    from sim.loading import ScenarioError, apply_override, read_yaml, validate
+
+    data = read_yaml(Path(__file__).parent / "data" / "small.yaml")
+    apply_override(data, "faults=[{name: o, kind: island_outage, at: 1h, bogus: 3}]")
+    with pytest.raises(ScenarioError) as err:
+        validate(data, "small.yaml")
+    message = str(err.value)
+    assert "faults[0].bogus" in message and "unknown key 'bogus'" in message
+    assert "duration" in message and "blast_radius" not in message and "lifetime" not in message

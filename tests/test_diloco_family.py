@@ -122,3 +122,20 @@ def test_rejoin_state_transfers_share_the_link():
     assert one["rejoin_s"]["east-0"] == [pytest.approx(bits / 5e9 + 0.02, rel=1e-6)]
     assert one["rejoin_s"]["east-1"] == [1.0]  # later it pulls from east-0 over the data-centre network
     assert both["rejoin_s"] == {name: [pytest.approx(2 * bits / 5e9 + 0.02, rel=1e-6)] for name in ("east-0", "east-1")}
+
+
+def test_under_heavy_failures_decoupled_keeps_training_while_lockstep_stalls():
+    """A chip failure every ~2 min: lockstep DP spends the day restarting and its loss barely moves;
+    Decoupled DiLoCo drops units elastically and its loss keeps falling."""
+    common = ["surrogate.model=mlp", "topology.default_link.bandwidth=400Gbps", "topology.links=[]",
+              "faults.0.mtbf=60d", "duration=1d"]
+    curves = {}
+    for policy, on_failure in (("sync_dp", "restart"), ("decoupled_diloco", "elastic")):
+        rep = run_replication(load_scenario(FOUR, [*common, f"training.policy={policy}", f"training.on_failure={on_failure}"]))
+        series = rep.tables["series"].to_pandas()
+        curves[policy] = series[series.series == "loss"].sort_values("time_s").value.to_numpy()
+    dp, dd = curves["sync_dp"], curves["decoupled_diloco"]
+    assert dp[-1] > 0.9 * dp[0]
+    assert dd[-1] < 0.2 * dd[0]
+    late = dd[len(dd) // 2:]
+    assert late[-1] < late[0]  # still falling in the second half of the day

@@ -77,6 +77,7 @@ class StreamingDiLoCo(DiLoCo):
 
 class DecoupledDiLoCo(OuterPolicy):
     comm_method = "streaming_diloco"
+    has_syncer = True
 
     def __init__(self, ctx):
         super().__init__(ctx)

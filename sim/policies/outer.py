@@ -9,12 +9,15 @@ pacing learner, at least every 1/1000 of the run) and at each change it
 * commits the compute of every learner whose work was merged (``useful``; under ``restart`` whatever
   is still unmerged at a failure is lost),
 * advances the surrogate model (inner steps at ``surrogate.resolution``, then one merge per fragment
-  with the members and weights the synchronizer chose), and records its evaluation loss,
+  with the epoch's contributors, weighted as the policy says), and records its evaluation loss,
 * recomputes the steady state: per learner the seconds per step spent waiting (exposed
   communication from the bucketed-overlap model of :mod:`sim.bandwidth`, plus barrier, quorum and
   grace waits), which the learners' step model charges as ``waiting`` chip-time.
 
-Subclasses say how members are chosen and how long learners wait (:meth:`steady_state`).
+Subclasses say how members are weighted and how long learners wait (:meth:`steady_state`). An epoch
+stands for many rounds: a learner that misses one round (it reported after the grace window) joins a
+later one with larger counters, so every running learner's work in the epoch is merged, while the
+per-round decision sets the waits, the quorum-unmet time and the learners per merge.
 A learner that restarts pulls its state from a healthy peer (parameters and AdamW moments, 10 bytes
 per parameter) as a real transfer on the fair-share WAN model (:mod:`sim.network`), so concurrent
 rejoins over one link share it and a brownout slows them; its reload ends when both the reload time
@@ -29,6 +32,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 
 import numpy as np
+import simpy
 
 from ..bandwidth import exposed_comm_time_per_step
 from ..context import RunContext
@@ -89,6 +93,7 @@ class SurrogateDriver:
 
 class OuterPolicy(ABC):
     comm_method = "diloco"
+    has_syncer = False  # peer all-reduce: no central synchronizer to lose
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
@@ -245,8 +250,6 @@ class OuterPolicy(ABC):
             self.process.interrupt("change")
 
     def _epochs(self):
-        import simpy
-
         env = self.ctx.env
         self._epoch_start = env.now
         self._apply_steady_state()
@@ -274,8 +277,8 @@ class OuterPolicy(ABC):
             if value != self.wait_s[index]:
                 self.wait_s[index] = value
                 group.wake("outer protocol")
-            elif group.phase is Phase.RUNNING:
-                group.wake("communication re-timed") if self._comm_changed(group) else None
+            elif group.phase is Phase.RUNNING and self._comm_changed(group):
+                group.wake("communication re-timed")
 
     def _comm_changed(self, group: Group) -> bool:
         compute, comm = group.step_times()
@@ -289,7 +292,7 @@ class OuterPolicy(ABC):
         self._epoch_start = now
         if elapsed <= 0:
             return
-        if self.training.policy.value == "decoupled_diloco" and not self.syncer_up:
+        if self.has_syncer and not self.syncer_up:
             return  # learners train on; their work is merged when the synchronizer is back
         contributors = []
         for group in self.groups:

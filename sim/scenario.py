@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from . import distributions as dist
+from .syncer import GraceMode, MergeWeighting
 from .units import parse_bandwidth, parse_bytes, parse_count, parse_duration
 
 
@@ -201,12 +202,6 @@ class Spares(Model):
     swap: Seconds = Field(60.0, description="time to swap a hot spare in (replaces detect+reschedule)")
 
 
-class GraceMode(str, Enum):
-    ADAPTIVE = "adaptive"
-    FIXED = "fixed"
-    NONE = "none"
-
-
 class Grace(Model):
     mode: GraceMode = GraceMode.ADAPTIVE
     gamma: float = Field(0.5, ge=0, lt=1)
@@ -231,7 +226,7 @@ class Training(Model):
     overlap: int = Field(2, ge=0, description="tau: steps over which a fragment's sync is overlapped")
     quorum: int = Field(1, ge=1, description="K: minimum learners per merge (decoupled)")
     grace: Grace = Grace()
-    merge: Literal["token_weighted", "uniform"] = "token_weighted"
+    merge: MergeWeighting = MergeWeighting.TOKEN_WEIGHTED
     averaging: Literal["rda", "mean"] = "rda"
     outer: Outer = Outer()
     bits: int = Field(16, ge=1, le=32, description="bits per value of synced (outer) gradients")

@@ -24,13 +24,10 @@ import math
 
 from ..learner import Group
 from ..metrics import Phase
-from ..scenario import GraceMode
 from ..syncer import (
     Action,
     Decision,
-    GraceMode as SyncGrace,
     LearnerReport,
-    MergeWeighting,
     SyncConfig,
     SyncView,
     decide,
@@ -82,10 +79,9 @@ class DecoupledDiLoCo(OuterPolicy):
     def __init__(self, ctx):
         super().__init__(ctx)
         t = self.training
-        grace = {GraceMode.ADAPTIVE: SyncGrace.ADAPTIVE, GraceMode.FIXED: SyncGrace.FIXED, GraceMode.NONE: SyncGrace.NONE}
-        self.weighting = MergeWeighting.TOKEN_WEIGHTED if t.merge == "token_weighted" else MergeWeighting.UNIFORM
+        self.weighting = t.merge
         self.config = SyncConfig(
-            quorum=t.quorum, grace_mode=grace[t.grace.mode], gamma=t.grace.gamma, grace_fixed_s=t.grace.fixed,
+            quorum=t.quorum, grace_mode=t.grace.mode, gamma=t.grace.gamma, grace_fixed_s=t.grace.fixed,
             grace_max_s=t.grace.max, overlap_steps=t.overlap, merge=self.weighting,
         )
         if t.quorum > len(ctx.topology.islands):

@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -48,7 +48,7 @@ def load(file: Path, overrides: list[str], seed: int | None = None, replications
 
 
 SetOption = Annotated[
-    Optional[list[str]], typer.Option("--set", "-s", help="override any field: dotted.key=value (repeatable)")
+    list[str] | None, typer.Option("--set", "-s", help="override any field: dotted.key=value (repeatable)")
 ]
 
 
@@ -96,9 +96,9 @@ def summary_table(result: dict) -> Table:
 def run(
     file: Annotated[Path, typer.Argument(help="scenario YAML file")],
     set_: SetOption = None,
-    seed: Annotated[Optional[int], typer.Option(help="override the scenario seed")] = None,
-    replications: Annotated[Optional[int], typer.Option(help="override the number of replications")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="results folder")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the scenario seed")] = None,
+    replications: Annotated[int | None, typer.Option(help="override the number of replications")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="results folder")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -172,14 +172,14 @@ def schema() -> None:
 @app.command()
 def sweep(
     file: Annotated[Path, typer.Argument(help="scenario YAML file (its sweep: section gives factors and seeds)")],
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="factor dotted.key=v1,v2,... (cartesian product; repeatable)")] = None,
-    zip_: Annotated[Optional[list[str]], typer.Option("--zip", help="factor dotted.key=v1,v2,... varying together with the other --zip factors")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="seeds, e.g. 1-5 or 1,2,7 (default: the file's, else seed + replication)")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="factor dotted.key=v1,v2,... (cartesian product; repeatable)")] = None,
+    zip_: Annotated[list[str] | None, typer.Option("--zip", help="factor dotted.key=v1,v2,... varying together with the other --zip factors")] = None,
+    seeds: Annotated[str | None, typer.Option(help="seeds, e.g. 1-5 or 1,2,7 (default: the file's, else seed + replication)")] = None,
     set_: SetOption = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="sweep folder (rows/, runs/)")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="sweep folder (rows/, runs/)")] = None,
     executor: Annotated[str, typer.Option(help="local (a process per core) | dask | serial (in this process)")] = "local",
-    workers: Annotated[Optional[int], typer.Option(help="worker processes (default: every core)")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (default: every core)")] = None,
+    address: Annotated[str | None, typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")] = None,
     resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:

@@ -60,7 +60,7 @@ class Weibull:
     shape: float
 
     @classmethod
-    def from_mean(cls, mean_s: float, shape: float) -> "Weibull":
+    def from_mean(cls, mean_s: float, shape: float) -> Weibull:
         return cls(mean_s / math.gamma(1 + 1 / shape), shape)
 
     @property
@@ -80,7 +80,7 @@ class BlockSampler:
     Draw order is fixed by the block size, so results are reproducible for a given stream.
     """
 
-    __slots__ = ("_dist", "_rng", "_block", "_buf", "_pos")
+    __slots__ = ("_block", "_buf", "_dist", "_pos", "_rng")
 
     def __init__(self, dist: Distribution, rng: np.random.Generator, block: int = 1024):
         self._dist, self._rng, self._block = dist, rng, block

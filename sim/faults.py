@@ -77,7 +77,7 @@ def select(target: Target, pool: list, rng: np.random.Generator) -> list:
     elif target.mode is SelectMode.FIXED:
         n = int(target.value)
     else:
-        n = int(math.floor(len(pool) * target.value / 100.0))
+        n = math.floor(len(pool) * target.value / 100.0)
     n = max(0, min(n, len(pool)))
     picks = np.sort(rng.choice(len(pool), size=n, replace=False))
     return [pool[k] for k in picks]
@@ -334,7 +334,7 @@ class FaultProcesses:
                 self.recorder.event(self.env.now, "island_outage_start", fault.name, island.name, f"for {duration_s:.6g}s")
                 self.effects.outage([island], True, kind, fault.name)
                 self.env.timeout(duration_s).callbacks.append(
-                    lambda _e, isl=island: self.effects.outage([isl], False, kind, fault.name)
+                    lambda _e, isl=island, k=kind: self.effects.outage([isl], False, k, fault.name)
                 )
             else:
                 self.effects.chip_failure(island, 0, fault.blast_radius, duration_s, fault.name)

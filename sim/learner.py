@@ -101,10 +101,10 @@ class Group:
         self._run_started_s = env.now
         self._step_wall_s = math.inf
         self._never = env.event()
-        self.listeners: list[Callable[["Group", Phase, Phase], None]] = []
-        self.commit_listeners: list[Callable[["Group", float], None]] = []
+        self.listeners: list[Callable[[Group, Phase, Phase], None]] = []
+        self.commit_listeners: list[Callable[[Group, float], None]] = []
         # policy hook: an event the reload must also wait for (state pulled from a peer over the network)
-        self.reload_transfer: Callable[["Group"], simpy.Event | None] | None = None
+        self.reload_transfer: Callable[[Group], simpy.Event | None] | None = None
         self._transfer: simpy.Event | None = None
         self.transfer_cancelled: list[Callable[[simpy.Event], None]] = []
         self.process = env.process(self._run())
@@ -246,9 +246,9 @@ class Group:
 
     def _plan(self) -> tuple[Phase, float]:
         now = self.env.now
-        if self.intent is Phase.RELOAD and self.phase_end_s is None and any(i.outages for i in self.islands):
-            if self.mode is not OnFailure.ELASTIC:
-                return Phase.BLOCKED, math.inf  # waiting for the capacity to come back
+        reloading = self.intent is Phase.RELOAD and self.phase_end_s is None
+        if reloading and self.mode is not OnFailure.ELASTIC and any(i.outages for i in self.islands):
+            return Phase.BLOCKED, math.inf  # waiting for the capacity to come back
         if self.intent is Phase.RUNNING and self.mode is OnFailure.ELASTIC and self.needs_upscale():
             self.intent, self.phase_end_s = Phase.UPSCALE, now + self.training.elastic.upscale
             self._sync_capacity(upscale=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -115,7 +115,7 @@ class Topology(Model):
     syncer: SyncerSpec = SyncerSpec()
 
     @model_validator(mode="after")
-    def _names_are_consistent(self) -> "Topology":
+    def _names_are_consistent(self) -> Topology:
         regions = [r.name for r in self.regions]
         if len(set(regions)) != len(regions):
             raise LocatedError(f"region names must be unique, got {regions}", ("regions",))
@@ -233,7 +233,7 @@ class Training(Model):
     round_timeout: PositiveSeconds = Field(600.0, description="diloco: how long a round waits for a down learner")
 
     @model_validator(mode="after")
-    def _fragments_fit(self) -> "Training":
+    def _fragments_fit(self) -> Training:
         if self.policy is Policy.SYNC_DP and self.on_failure is OnFailure.ELASTIC:
             raise ValueError("sync_dp restarts on failure: use policy elastic_dp for elastic lockstep training")
         if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.inner_steps % self.fragments:
@@ -275,7 +275,7 @@ class Target(Model):
         return data
 
     @model_validator(mode="after")
-    def _value_fits_mode(self) -> "Target":
+    def _value_fits_mode(self) -> Target:
         if self.mode in (SelectMode.FIXED, SelectMode.FIXED_PERCENT) and self.value is None:
             raise ValueError(f"mode {self.mode.value} needs a value")
         if self.mode is SelectMode.FIXED_PERCENT and self.value is not None and self.value > 100:
@@ -305,7 +305,7 @@ class RepairSpec(Model):
         return data
 
     @model_validator(mode="after")
-    def _has_parameters(self) -> "RepairSpec":
+    def _has_parameters(self) -> RepairSpec:
         need = {"constant": "value", "exponential": "mean", "lognormal": "median", "weibull": "mean"}[self.distribution]
         if getattr(self, need) is None:
             raise ValueError(f"a {self.distribution} distribution needs '{need}'")
@@ -353,7 +353,7 @@ class FaultBase(Model):
         )
 
     @model_validator(mode="after")
-    def _has_arrivals(self) -> "FaultBase":
+    def _has_arrivals(self) -> FaultBase:
         if self.mtbf is None and self.arrivals() is None:
             raise ValueError("a fault needs 'mtbf' (stochastic arrivals) or 'at' / 'every' / 'schedule'")
         return self
@@ -413,7 +413,7 @@ class TraceReplay(Model):
 
 
 Fault = Annotated[
-    Union[ChipFailure, IslandOutage, RegionOutage, LinkDegradation, LinkPartition, Slowdown, SyncerOutage, TraceReplay],
+    ChipFailure | IslandOutage | RegionOutage | LinkDegradation | LinkPartition | Slowdown | SyncerOutage | TraceReplay,
     Field(discriminator="kind"),
 ]
 
@@ -450,7 +450,7 @@ class Bound(Model):
     max: float | None = None
 
     @model_validator(mode="after")
-    def _has_bound(self) -> "Bound":
+    def _has_bound(self) -> Bound:
         if self.min is None and self.max is None:
             raise ValueError(f"a bound on {self.metric!r} needs 'min' or 'max'")
         return self
@@ -462,7 +462,7 @@ class SweepSpec(Model):
     seeds: list[int] = []
 
     @model_validator(mode="after")
-    def _zip_lengths_match(self) -> "SweepSpec":
+    def _zip_lengths_match(self) -> SweepSpec:
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
             raise ValueError(f"zip factors must have equal lengths, got {sorted(lengths)}")
@@ -487,7 +487,7 @@ class Scenario(Model):
     sweep: SweepSpec | None = None
 
     @model_validator(mode="after")
-    def _references_resolve(self) -> "Scenario":
+    def _references_resolve(self) -> Scenario:
         from .hardware import catalog
 
         chips = catalog(self.chips)

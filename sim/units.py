@@ -79,7 +79,7 @@ def _finite(value: float, what: str, text: object) -> float:
     return value
 
 
-def parse_duration(value: str | int | float) -> float:
+def parse_duration(value: str | float) -> float:
     """Seconds from ``90``, ``"500ms"``, ``"2h45m"``, ``"1.5d"``; bare numbers are seconds."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '30s', '2h45m' or '7d', got {value!r}")
@@ -113,7 +113,7 @@ def parse_duration(value: str | int | float) -> float:
     return -total if negative else total
 
 
-def parse_bandwidth(value: str | int | float) -> float:
+def parse_bandwidth(value: str | float) -> float:
     """Bits per second from ``"2Gbps"``, ``"500Mbit/s"`` or a bare number of bits per second."""
     expected = "a bandwidth like '2Gbps', '500Mbps' or '10Gbit/s'"
     if isinstance(value, bool):
@@ -133,7 +133,7 @@ def parse_bandwidth(value: str | int | float) -> float:
     return _finite(float(number) * factor, "bandwidth", value)
 
 
-def parse_bytes(value: str | int | float) -> float:
+def parse_bytes(value: str | float) -> float:
     """Bytes from ``"95GB"`` (10^9), ``"16GiB"`` (2^30) or a bare number of bytes."""
     expected = "a size like '95GB', '16GiB' or '512MB'"
     if isinstance(value, bool):
@@ -154,7 +154,7 @@ def parse_bytes(value: str | int | float) -> float:
     return _finite(float(number) * factor, "size", value)
 
 
-def parse_count(value: str | int | float) -> float:
+def parse_count(value: str | float) -> float:
     """A plain number from ``"12B"`` (12e9), ``"4M"``, ``"1.5k"``, ``"1e6"`` or a number."""
     expected = "a count like '12B', '4M', '1.5k' or '1e6'"
     if isinstance(value, bool):

@@ -150,7 +150,7 @@ def test_cli_exits_1_when_a_replication_halts(tmp_path):
     proc = subprocess.run(
         [CHAOSSIM, "run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "r"),
          "--set", "duration=1d", "--set", "halt=[{metric: failures_total, max: 0}]", "--set", "hypotheses=[]"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert proc.returncode == 1, proc.stderr
     assert "HALTED failures_total" in proc.stdout

@@ -184,7 +184,7 @@ class DecoupledDiLoCo(OuterPolicy):
             return [], []
         contributors = sorted(contributors, key=lambda g: g.islands[0].index)
         tokens_per_step = self.ctx.scenario.workload.tokens_per_step
-        steps = [max(int(round(g.ledger.pending_steps)), 1) for g in contributors]
+        steps = [max(round(g.ledger.pending_steps), 1) for g in contributors]
         weights = token_weights(steps, [s * tokens_per_step for s in steps], self.weighting)
         return contributors, list(weights)
 

@@ -6,7 +6,8 @@ the victim (island, then chip) is drawn only when a failure happens. Gaps and vi
 the fault's own named random stream in numpy blocks, so a fault costs one SimPy event per failure.
 
 Weibull chip lifetimes are not memoryless, so superposition does not give a Poisson stream. Then
-(and only then) per-chip next-failure times are kept in one numpy array; the process takes the
+(and only then) per-chip next-failure times are kept in one numpy array (chips start new, or, with
+``start: stationary``, at ages drawn from the renewal equilibrium, so the rate is N/MTBF from t = 0); the process takes the
 earliest few thousand with ``argpartition`` into a small heap and only goes back to the array when
 that batch is used up (a renewed chip whose next failure falls inside the batch joins the heap).
 
@@ -24,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 import simpy
+from scipy.special import gammaincinv
 
 from .distributions import BlockSampler, Exponential
 from .recorder import Recorder
@@ -190,7 +192,13 @@ class FaultProcesses:
         sizes = np.array([i.chips for i in islands])
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         scale = fault.mtbf / math.gamma(1 + 1 / fault.shape)
-        next_fail = scale * rng.weibull(fault.shape, int(offsets[-1]))  # all chips new at t = 0
+        n_chips = int(offsets[-1])
+        if fault.start == "new":  # a fresh cluster: every chip's first lifetime starts at t = 0
+            next_fail = scale * rng.weibull(fault.shape, n_chips)
+        else:
+            # a cluster that has run for long: residual lives follow the renewal equilibrium, whose CDF
+            # is the regularised lower incomplete gamma P(1/k, (x/eta)^k); inverted by gammaincinv
+            next_fail = scale * gammaincinv(1.0 / fault.shape, rng.random(n_chips)) ** (1.0 / fault.shape)
         repairs = BlockSampler(fault.repair.build(), rng, 4096)
         while True:
             k = min(batch, len(next_fail))

@@ -366,6 +366,9 @@ class ChipFailure(FaultBase):
     )
     lifetime: Literal["exponential", "weibull"] = "exponential"
     shape: float = Field(1.0, gt=0, description="Weibull shape k of chip lifetimes")
+    start: Literal["new", "stationary"] = Field(
+        "new", description="Weibull: every chip new at t = 0, or ages drawn from the renewal equilibrium"
+    )
     blast_radius: BlastRadius = BlastRadius.CHIP
     repair: RepairSpec = RepairSpec(distribution="lognormal", median=7200.0, sigma=0.6)
 

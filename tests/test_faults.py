@@ -83,6 +83,21 @@ def test_weibull_failure_count(shape):
     assert not within_poisson(k, N * T / mtbf, sigmas=10)
 
 
+@pytest.mark.parametrize("shape", [0.7, 1.5])
+def test_weibull_stationary_start_fails_at_n_over_mtbf(shape):
+    """Weibull lifetimes with ages from the renewal equilibrium: the expected count over any window is
+    exactly N T / MTBF (renewal theory), whatever the shape, unlike a fresh start."""
+    N, T = 100_000, DAY
+    mtbf = N * T / 2000.0  # 2,000 failures expected in the day
+    scenario = make_scenario(
+        f"duration={T}", f"topology.regions.0.islands.0.chips={N}",
+        faults=[{"name": "w", "kind": "chip_failure", "mtbf": mtbf, "lifetime": "weibull", "shape": shape,
+                 "start": "stationary"}],
+    )
+    summary, _ = run(scenario)
+    assert within_poisson(summary["failures"]["chip_failure"], 2000.0)
+
+
 # ------------------------------------------------------------------------------------------ blast radius
 
 

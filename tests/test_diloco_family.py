@@ -4,6 +4,8 @@ the exact ledger, and the WAN collapse of lockstep DP against Decoupled DiLoCo."
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sim.loading import load_scenario
 from sim.runner import run_replication
@@ -139,3 +141,28 @@ def test_under_heavy_failures_decoupled_keeps_training_while_lockstep_stalls():
     assert dd[-1] < 0.2 * dd[0]
     late = dd[len(dd) // 2:]
     assert late[-1] < late[0]  # still falling in the second half of the day
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    outages=st.lists(st.tuples(st.sampled_from(["east-1", "central-0", "central-1", "west-0", "west-1", "south-0", "south-1"]),
+                               st.floats(0, 20 * 3600), st.floats(60, 6 * 3600)), min_size=1, max_size=6),
+    on_failure=st.sampled_from(["restart", "elastic", "spares"]),
+    chip_mtbf_days=st.floats(30, 3650),
+    quorum_grace=st.sampled_from(["adaptive", "fixed", "none"]),
+)
+def test_quorum_one_never_stops_while_a_learner_lives(outages, on_failure, chip_mtbf_days, quorum_grace):
+    """Property: K = 1 and one learner (east-0) that nothing can take down: zero global downtime,
+    and the ledger still adds up, whatever else fails."""
+    faults = [
+        f"{{name: o{k}, kind: island_outage, target: {{islands: [{name}]}}, at: {at}, duration: {length}}}"
+        for k, (name, at, length) in enumerate(outages)
+    ]
+    faults.append(
+        f"{{name: chips, kind: chip_failure, mtbf: {chip_mtbf_days}d, blast_radius: host,"
+        " target: {islands: [east-1, central-0, central-1, west-0, west-1, south-0, south-1]}}"
+    )
+    s = run(FOUR, f"faults=[{', '.join(faults)}]", f"training.on_failure={on_failure}", "training.quorum=1",
+            f"training.grace.mode={quorum_grace}", "training.grace.fixed=5s", "duration=1d")
+    assert s["global_downtime_s"] == 0.0
+    assert math.isclose(sum(s["chip_time"].values()), s["chips"] * 86400, rel_tol=1e-12)

@@ -82,6 +82,9 @@ class Group:
         self.elastic_unit = training.elastic.unit
         self.full_flops = sum(i.peak_flops for i in islands)
         self._compute_s: float | None = None
+        self.island_out_s = {i.index: 0.0 for i in islands}  # see island_downtime_s
+        self._out: list[int] = []
+        self._islands_since_s, self._was_running = env.now, False
         # per island: chips in the job, failed unit indices (in elastic.unit granularity), spares free
         self.in_job = {i.index: i.chips for i in islands}
         self.down_units: dict[int, set[int]] = {i.index: set() for i in islands}
@@ -132,6 +135,8 @@ class Group:
             available = self.available_chips(island)
             if upscale or available < self.in_job[island.index]:
                 self.in_job[island.index] = available
+        self._account_islands()
+        self._out = [index for index, chips in self.in_job.items() if chips == 0]
 
     def needs_upscale(self) -> bool:
         return any(self.available_chips(i) > self.in_job[i.index] for i in self.islands)
@@ -289,8 +294,21 @@ class Group:
                 listener(self, old, phase)
         self._book()
 
+    def _account_islands(self) -> None:
+        """Per-island downtime beyond the group's: time an island sat out while the group ran."""
+        now = self.env.now
+        if self._was_running:
+            for index in self._out:
+                self.island_out_s[index] += now - self._islands_since_s
+        self._islands_since_s, self._was_running = now, self.phase is Phase.RUNNING
+
+    def island_downtime_s(self, island: Island) -> float:
+        """Wall time the island did not train: the group's downtime plus its own time out of the job."""
+        return self.env.now - self.ledger.advancing_s + self.island_out_s[island.index]
+
     def _book(self) -> None:
         """Tell the ledger what the chips are doing now."""
+        self._account_islands()
         active, spare = self.active_chips, sum(self.spare_free.values())
         down = self.ledger.provisioned_chips - active - spare
         self._timeline_row(active, down)
@@ -374,6 +392,7 @@ class Group:
     def finish(self) -> None:
         """Close the last timeline interval and the ledger at the end of the run."""
         now = self.env.now
+        self._account_islands()
         self._close_row()
         self._row = None
         self.ledger.finish(now)

@@ -10,6 +10,8 @@ Names (what ``chaossim run --json`` prints and ``summary.json`` holds):
   chips) and ``absorbed`` (failures that arrived while nothing could be lost);
 * ``steps``, ``tokens``: committed training progress;
 * ``learners``: per group name, chips, downtime, steps, tokens, interruptions;
+* ``islands_detail``: per island its group and downtime (the group's, plus time it sat out of a
+  running group: an outage or all its units down under ``elastic``);
 * ``wall_time_s``, ``events``, ``events_per_s``, ``sim_speedup`` (simulated over wall seconds).
 
 Policies can add their own metrics through a ``metrics()`` method (the DiLoCo family does).
@@ -69,6 +71,11 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
         "steps": sum(entry["steps"] for entry in learners) if len(groups) > 1 else learners[0]["steps"],
         "tokens": sum(entry["tokens"] for entry in learners),
         "learners": learners,
+        "islands_detail": [
+            {"name": i.name, "region": i.region, "chip": i.chip_type, "chips": i.chips, "group": g.name,
+             "downtime_s": g.island_downtime_s(i)}
+            for g in groups for i in g.islands
+        ],
         "wall_time_s": wall_s,
         "events": events,
         "events_per_s": events / wall_s if wall_s > 0 else 0.0,

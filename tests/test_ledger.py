@@ -161,3 +161,18 @@ def test_timeline_matches_ledger(policy):
     assert math.fsum(timeline["down_chips"] * dt) == pytest.approx(summary["chip_time"]["down"], rel=1e-9, abs=1e-6)
     busy = math.fsum(timeline["active_chips"] * dt)
     assert busy == pytest.approx(1024 * 2 * DAY - summary["chip_time"]["down"] - summary["chip_time"]["spare"], rel=1e-9)
+
+
+def test_per_island_downtime_counts_an_island_sitting_out_an_elastic_job():
+    """elastic_dp, one 2 h outage of pod-0 and nothing else: the job pauses 60 s to drop it and 60 s to
+    re-add it (120 s of downtime for every island); pod-0 also sits out 7,200 - 60 s while the job runs."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    s = run_replication(load_scenario("scenarios/quickstart.yaml", [
+        "training.policy=elastic_dp", "training.on_failure=elastic", "faults=[{name: m, kind: island_outage,"
+        " target: {islands: [pod-0]}, at: 3d, duration: 2h}]", "replications=1"])).summary
+    downtime = {d["name"]: d["downtime_s"] for d in s["islands_detail"]}
+    assert s["global_downtime_s"] == pytest.approx(120.0)
+    assert downtime == {"pod-0": pytest.approx(7260.0), "pod-1": pytest.approx(120.0),
+                        "pod-2": pytest.approx(120.0), "pod-3": pytest.approx(120.0)}

@@ -106,8 +106,13 @@ class Group:
         self._never = env.event()
         self.listeners: list[Callable[[Group, Phase, Phase], None]] = []
         self.commit_listeners: list[Callable[[Group, float], None]] = []
-        # policy hook: an event the reload must also wait for (state pulled from a peer over the network)
+        # policy hook: an event a reload (or the upscale of a learner back from zero chips) must also
+        # wait for: state pulled from a peer over the network
         self.reload_transfer: Callable[[Group], simpy.Event | None] | None = None
+        # policy hook: what a restart throws away (default: everything since the last commit); the DiLoCo
+        # family loses only what its outer rounds had not merged yet, lockstep with C = 0 nothing
+        self.on_restart: Callable[[Group], None] | None = None
+        self._step_phase = 0.0  # fraction of the step in flight already computed
         self._transfer: simpy.Event | None = None
         self.transfer_cancelled: list[Callable[[simpy.Event], None]] = []
         self.process = env.process(self._run())
@@ -148,6 +153,14 @@ class Group:
     def step_times(self) -> tuple[float, float]:
         """(compute_s, exposed_comm_s) of one step with the chips in the job now."""
         return self.step_model(self)
+
+    def barrier_idle_fraction(self) -> float:
+        """Share of the group's computing chip-time spent idle at the step barrier behind a straggler."""
+        slowest = max((i.slowdown for i in self.islands if self.in_job[i.index] > 0), default=1.0)
+        if slowest == 1.0:
+            return 0.0
+        idle = sum(self.in_job[i.index] * (1.0 - i.slowdown / slowest) for i in self.islands)
+        return idle / max(self.active_chips, 1)
 
     def compute_time_s(self) -> float:
         """Compute time of one step: fixed global batch over the chips in the job, slowest island rules.
@@ -191,8 +204,8 @@ class Group:
             elastic = self.mode is OnFailure.ELASTIC
             if (elastic and self.in_job[island.index] > 0) or (not elastic and self.holding):
                 self._hit(island, kind, fault, "outage")
-            else:
-                self._book()  # nothing held there now; a pending reload will wait for the capacity
+            self._sync_capacity(upscale=False)  # the island's chips are out (down), whatever follows
+            self._book()
         else:
             self.wake(f"{island.name} back")
 
@@ -227,6 +240,7 @@ class Group:
         self.interrupts_s.append(self.env.now)
         self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
         if self.mode is OnFailure.ELASTIC:
+            self._discard_step_in_flight()  # at the chip counts and step time it was running with
             self._sync_capacity(upscale=False)
             self._book()
         if self.process.is_alive:
@@ -240,8 +254,8 @@ class Group:
             phase, duration = self._plan()
             self._enter(phase)
             wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
-            if phase is Phase.RELOAD and self._transfer is not None:
-                wait = self.env.all_of([wait, self._transfer])  # the reload also needs the state to arrive
+            if phase in (Phase.RELOAD, Phase.UPSCALE) and self._transfer is not None:
+                wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
             try:
                 yield wait
             except simpy.Interrupt as irq:
@@ -251,20 +265,23 @@ class Group:
 
     def _plan(self) -> tuple[Phase, float]:
         now = self.env.now
+        if self.mode is not OnFailure.ELASTIC:
+            self._sync_capacity(upscale=True)  # rescheduling replaces failed chips; outages keep theirs
         reloading = self.intent is Phase.RELOAD and self.phase_end_s is None
         if reloading and self.mode is not OnFailure.ELASTIC and any(i.outages for i in self.islands):
             return Phase.BLOCKED, math.inf  # waiting for the capacity to come back
         if self.intent is Phase.RUNNING and self.mode is OnFailure.ELASTIC and self.needs_upscale():
             self.intent, self.phase_end_s = Phase.UPSCALE, now + self.training.elastic.upscale
+            returning = self.active_chips == 0  # back from nothing: its state must come from a peer
             self._sync_capacity(upscale=True)
+            if returning and self.reload_transfer is not None:
+                self._transfer = self.reload_transfer(self)
         if self.intent in _TIMED:
             if self.phase_end_s is None:
                 self.phase_end_s = now + self._phase_length(self.intent)
                 if self.intent is Phase.RELOAD and self.reload_transfer is not None:
                     self._transfer = self.reload_transfer(self)
             return self.intent, self.phase_end_s - now
-        if self.mode is not OnFailure.ELASTIC:
-            self._sync_capacity(upscale=True)
         if self.active_chips == 0:
             return Phase.DOWN, math.inf
         compute_s, comm_s = self.step_times()
@@ -286,6 +303,8 @@ class Group:
 
     def _enter(self, phase: Phase) -> None:
         now = self.env.now
+        if phase in _TIMED or phase is Phase.DOWN:
+            self._step_phase = 0.0  # pauses, checkpoints and reloads happen between steps
         if phase is Phase.RUNNING:
             self._run_started_s = now
         if phase is not self.phase:
@@ -315,8 +334,10 @@ class Group:
         if self.phase is Phase.RUNNING:
             compute_s, comm_s = self.step_times()
             wall = compute_s + comm_s
-            # an infinite step (a wake to re-plan is already queued) makes no progress meanwhile
+            # an infinite step (a wake to re-plan is already queued) makes no progress meanwhile;
+            # chips idle at the barrier behind a straggler are waiting, not computing
             fraction, rate = (compute_s / wall, 1.0 / wall) if math.isfinite(wall) else (0.0, 0.0)
+            fraction *= 1.0 - self.barrier_idle_fraction()
             self.ledger.set_state(
                 self.env.now, Phase.RUNNING, active=active, down=down, spare=spare,
                 compute_fraction=fraction, steps_per_s=rate,
@@ -360,6 +381,7 @@ class Group:
         now, phase = self.env.now, self.phase
         if phase is Phase.RUNNING:
             self.work_left_s = max(self.work_left_s - (now - self._run_started_s), 0.0)
+            self._step_phase = self._step_phase_now()
         if isinstance(cause, Wake):
             return  # re-plan: timed phases keep their end, running is re-timed
         if self.mode is OnFailure.ELASTIC:
@@ -367,7 +389,10 @@ class Group:
             return
         if phase in (Phase.DETECT, Phase.SWAP) or not (phase in _HOLDING or self.intent is Phase.RUNNING):
             return  # holding no chips: nothing to lose, recovery goes on
-        self.ledger.rollback(now)
+        if self.on_restart is not None:
+            self.on_restart(self)
+        else:
+            self.ledger.rollback(now)
         if self._transfer is not None:  # a reload cut short: the state transfer is abandoned
             for listener in self.transfer_cancelled:
                 listener(self._transfer)
@@ -375,12 +400,23 @@ class Group:
         self.intent, self.phase_end_s = (Phase.SWAP if cause.swapped else Phase.DETECT), None
         self.work_left_s = self.checkpoint_interval_s or math.inf
 
+    def _step_phase_now(self) -> float:
+        """Fraction of the step in flight computed so far (steps carry across re-timings)."""
+        if self.phase is not Phase.RUNNING or not math.isfinite(self._step_wall_s):
+            return self._step_phase
+        done = self._step_phase + (self.env.now - self._run_started_s) / self._step_wall_s
+        return done - math.floor(done)
+
+    def _discard_step_in_flight(self) -> None:
+        """An elastic group loses the step it was computing when a unit died."""
+        if self.phase is not Phase.RUNNING:
+            return
+        now, partial = self.env.now, self._step_phase_now()
+        chip_s = partial * self._step_wall_s * self.ledger.compute_fraction * self.ledger.active_chips
+        self.ledger.discard_chip_s(now, chip_s, partial)
+        self._step_phase, self._run_started_s = 0.0, now
+
     def _elastic_failure(self, phase: Phase, now: float) -> None:
-        if phase is Phase.RUNNING and math.isfinite(self._step_wall_s):
-            steps_in_segment = (now - self._run_started_s) / self._step_wall_s
-            partial = steps_in_segment - math.floor(steps_in_segment)
-            chip_s = partial * self._step_wall_s * self.ledger.compute_fraction * self.ledger.active_chips
-            self.ledger.discard_chip_s(now, chip_s, partial)
         if phase is Phase.CHECKPOINT:
             self.work_left_s = 0.0  # the write was cut short: write again after the pause
         if phase in (Phase.DOWNSCALE, Phase.UPSCALE) and self.training.elastic.during_pause is PauseConflict.JOIN:

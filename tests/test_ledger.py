@@ -176,3 +176,40 @@ def test_per_island_downtime_counts_an_island_sitting_out_an_elastic_job():
     assert s["global_downtime_s"] == pytest.approx(120.0)
     assert downtime == {"pod-0": pytest.approx(7260.0), "pod-1": pytest.approx(120.0),
                         "pod-2": pytest.approx(120.0), "pod-3": pytest.approx(120.0)}
+
+
+def test_an_outage_under_restart_books_the_island_down_and_the_rest_waiting():
+    """sync_dp, island a-0 of two out for 2 h: its chips are `down` the whole 7,200 s; the job pays D
+    (600 s, recovery) then waits for the capacity (6,600 s, waiting) then reloads (300 s)."""
+    scenario = make_scenario(
+        "topology.regions.0.islands.0.count=2", "training.checkpoint.interval=1d", "duration=1d",
+        "topology.intra_region.latency=0", "topology.intra_region.bandwidth=1e30",  # no all-reduce time
+        faults=[{"name": "o", "kind": "island_outage", "target": {"islands": ["isl-0"]}, "at": "10h", "duration": "2h"}],
+    )
+    summary, _ = run(scenario)
+    assert summary["chip_time"]["down"] == pytest.approx(1024 * 7200)
+    assert summary["chip_time"]["waiting"] == pytest.approx(1024 * 6600)
+    assert summary["chip_time"]["recovery"] == pytest.approx(1024 * 600 + 2048 * 300)
+
+
+def test_a_straggler_makes_its_lockstep_partners_wait_at_the_barrier():
+    """sync_dp, island isl-0 of two runs 3x slower for 2 h: the other island idles 2/3 of each step."""
+    common = ["topology.regions.0.islands.0.count=2", "training.checkpoint.interval=1d", "duration=1d",
+              "topology.intra_region.latency=0", "topology.intra_region.bandwidth=1e30"]
+    slow = [{"name": "s", "kind": "slowdown", "target": {"islands": ["isl-0"]}, "at": "10h", "duration": "2h", "factor": 3}]
+    summary, _ = run(make_scenario(*common, faults=slow))
+    baseline, _ = run(make_scenario(*common))
+    extra_waiting = summary["chip_time"]["waiting"] - baseline["chip_time"]["waiting"]
+    assert extra_waiting == pytest.approx(1024 * 7200 * 2 / 3, rel=1e-9)
+    assert summary["goodput"] == pytest.approx(baseline["goodput"] - 1024 * 7200 * 2 / 3 / (2048 * 86400))
+
+
+def test_elastic_loses_exactly_the_step_in_flight():
+    """elastic_dp on one island with a 1 s step, the island lost at t = 500.5 s: half a step of every
+    chip (512 chip-seconds) is lost, nothing more."""
+    scenario = make_scenario(
+        "training.policy=elastic_dp", "training.on_failure=elastic", "training.checkpoint.interval=1d",
+        "duration=1h", faults=[{"name": "o", "kind": "island_outage", "at": "500.5s", "duration": "10m"}],
+    )
+    summary, _ = run(scenario)
+    assert summary["chip_time"]["lost"] == pytest.approx(512.0)

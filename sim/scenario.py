@@ -205,6 +205,7 @@ class Spares(Model):
 class Grace(Model):
     mode: GraceMode = GraceMode.ADAPTIVE
     gamma: float = Field(0.5, ge=0, lt=1)
+    ema_alpha: float = Field(0.5, gt=0, le=1, description="weight of the newest sample in the moving averages")
     fixed: Seconds = 0.0
     max: Seconds = math.inf
 

@@ -27,6 +27,7 @@ from ..metrics import Phase
 from ..syncer import (
     Action,
     Decision,
+    Ema,
     LearnerReport,
     SyncConfig,
     SyncView,
@@ -59,12 +60,18 @@ class DiLoCo(OuterPolicy):
             if g not in alive and now - self.left_at.get(g.islands[0].index, -math.inf) < self.training.round_timeout
         ]
         if blocking:
+            self.round_interval_s, self.members_per_round = math.inf, 0.0
             return {g.islands[0].index: math.inf for g in alive}
         walls = {}
         for group in alive:
             compute = group.compute_time_s()
             walls[group.islands[0].index] = compute + self.exposed_comm_s(group, compute)
         slowest = max(walls.values(), default=0.0)
+        # lockstep rounds: every live learner in every round, at the pace of the slowest
+        h = self.training.inner_steps
+        per_round = h if self.comm_method == "diloco" else h // self.training.fragments
+        self.round_interval_s = per_round * slowest if slowest > 0 else math.inf
+        self.members_per_round = float(len(walls))
         return {index: slowest - wall for index, wall in walls.items()}
 
 
@@ -84,8 +91,9 @@ class DecoupledDiLoCo(OuterPolicy):
             quorum=t.quorum, grace_mode=t.grace.mode, gamma=t.grace.gamma, grace_fixed_s=t.grace.fixed,
             grace_max_s=t.grace.max, overlap_steps=t.overlap, merge=self.weighting,
         )
-        if t.quorum > len(ctx.topology.islands):
-            raise ValueError(f"training.quorum ({t.quorum}) exceeds the number of learners ({len(ctx.topology.islands)})")
+        # the synchronizer tracks step, quorum-wait and sync times by exponential moving averages; in a
+        # steady state they settle on its values, across changes they smooth the grace window
+        self.ema_step = self.ema_quorum = self.ema_sync = Ema(t.grace.ema_alpha)
         self.unmet = False
         self.last_reason = ""
         self.grace_s: list[float] = []
@@ -130,21 +138,23 @@ class DecoupledDiLoCo(OuterPolicy):
         k = t.quorum
         quorum_at = lag[order[k - 1]] if len(order) >= k else None
         sync_s = max((self.sync_time_s(g) for g in alive), default=0.0)
-        ema_step = step[order[k - 1]] if len(order) >= k else (step[order[-1]] if order else 0.0)
-        reports = []
-        for group in self.groups:
-            index = group.islands[0].index
-            reports.append(LearnerReport(index, index in step, False, 0, 0.0))
-        probe = SyncView(quorum_at or 0.0, 0, 0.0, quorum_at, tuple(reports), ema_step, quorum_at or 0.0, sync_s if math.isfinite(sync_s) else 0.0)
+        if quorum_at is not None:
+            self.ema_step = self.ema_step.update(step[order[k - 1]])
+            self.ema_quorum = self.ema_quorum.update(quorum_at)
+            if math.isfinite(sync_s):
+                self.ema_sync = self.ema_sync.update(sync_s)
+        emas = (self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0), self.ema_sync.value_or(0.0))
+        absent = tuple(LearnerReport(g.islands[0].index, g.islands[0].index in step, False, 0, 0.0) for g in self.groups)
+        probe = SyncView(quorum_at or 0.0, 0, 0.0, quorum_at, absent, *emas)
         grace = grace_window_s(probe, self.config) if quorum_at is not None else 0.0
         decision_time = (quorum_at or 0.0) + grace
-        reports = [
-            LearnerReport(r.learner_id, r.alive, r.alive and lag[r.learner_id] <= decision_time + 1e-12, q if r.alive else 0,
-                          q * self.ctx.scenario.workload.tokens_per_step if r.alive else 0.0)
-            for r in reports
-        ]
-        view = SyncView(decision_time, 0, 0.0, quorum_at, tuple(reports), ema_step, quorum_at or 0.0,
-                        sync_s if math.isfinite(sync_s) else 0.0)
+        tokens = q * self.ctx.scenario.workload.tokens_per_step
+        reports = tuple(
+            LearnerReport(r.learner_id, r.alive, r.alive and lag[r.learner_id] <= decision_time + 1e-12,
+                          q if r.alive else 0, tokens if r.alive else 0.0)
+            for r in absent
+        )
+        view = SyncView(decision_time, 0, 0.0, quorum_at, reports, *emas)
         return decide(decision_time, view, self.config), lag, decision_time, sync_s, grace
 
     def steady_state(self) -> dict[int, float]:
@@ -158,9 +168,18 @@ class DecoupledDiLoCo(OuterPolicy):
             self.ctx.recorder.event(self.ctx.env.now, "sync_decision", "", "syncer", decision.reason)
         self.unmet = decision.action is Action.WAIT
         if self.unmet:
+            self.round_interval_s, self.members_per_round, self.late = math.inf, 0.0, set()
             return {g.islands[0].index: math.inf for g in alive}
         self.grace_s.append(grace)
         q = self.training.inner_steps // self.training.fragments
+        # rounds of a fragment come at the pace of the K-th fastest learner's slots; a slower learner
+        # reports in a share slot_K / slot_m of them (on time if within the grace window, else late,
+        # contributing to the next round of that fragment)
+        slots = {g.islands[0].index: q * sum(g.step_times()) for g in alive}
+        slot_k = sorted(slots.values())[self.training.quorum - 1]
+        self.round_interval_s = slot_k  # one fragment round per slot
+        self.members_per_round = sum(min(1.0, slot_k / slot) for slot in slots.values())
+        self.late = set(slots) - set(decision.members)
         waits = {}
         for group in alive:
             index = group.islands[0].index
@@ -187,9 +206,6 @@ class DecoupledDiLoCo(OuterPolicy):
         steps = [max(round(g.ledger.pending_steps), 1) for g in contributors]
         weights = token_weights(steps, [s * tokens_per_step for s in steps], self.weighting)
         return contributors, list(weights)
-
-    def rounds_in(self, elapsed_s: float) -> float:
-        return super().rounds_in(elapsed_s) * self.training.fragments
 
     def metrics(self, final: bool) -> dict:
         out = super().metrics(final)

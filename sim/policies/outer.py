@@ -101,17 +101,21 @@ class OuterPolicy(ABC):
         self.params = ctx.scenario.workload.params
         self.groups: list[Group] = []
         self.wait_s = {}  # learner index -> waiting seconds per step (inf: blocked)
-        self.last_merge_s: dict[int, float] = {}
         self.merges = 0.0
         self.member_merges = 0.0
-        self.staleness_s: list[float] = []
         self.rejoin_s: list[float] = []
         self.quorum_unmet_s = 0.0
-        self.syncer_up = True
+        self.syncer_outages = 0  # overlapping synchronizer outages in force
         self.surrogate: SurrogateDriver | None = None
         self.alive_now: list[Group] = []  # refreshed at every steady-state computation
         self._stall_cache: dict[tuple, float] = {}
         self._link_cache: dict[tuple[str, str], tuple[float, float]] = {}  # cleared on link changes
+        self._ring_cache: dict[tuple[str, ...], tuple[float, float]] = {}  # cleared on any change
+        self.round_interval_s = math.inf  # seconds between outer rounds (per fragment) in this state
+        self.members_per_round = 0.0  # expected learners in one round in this state
+        self.late: set[int] = set()  # learners whose reports miss the round they aim at (decoupled)
+        self.stale_sum_s = 0.0
+        self.stale_count = 0.0
         self._owed = {}  # learner index -> simulated steps merged but not yet given to the surrogate
         self.network = Network(ctx.env)
         for name, (bandwidth, latency) in ctx.links.nominal.items():
@@ -133,11 +137,11 @@ class OuterPolicy(ABC):
                 None, base_step_time_s(ctx.scenario, island.peak_flops),
             )
             group.reload_transfer = self.pull_state_from_peer
+            group.on_restart = self.restart_loss
             group.transfer_cancelled.append(self.network.cancel)
             group.listeners.append(self._phase_changed)
             self.groups.append(group)
             self.wait_s[island.index] = 0.0
-            self.last_merge_s[island.index] = 0.0
         if ctx.scenario.surrogate.model != "off":
             self.surrogate = SurrogateDriver(ctx, len(self.groups), self.training.fragments)
         ctx.links.listeners.append(self._link_changed)
@@ -185,14 +189,22 @@ class OuterPolicy(ABC):
             )
         return self._stall_cache[key]
 
+    def ring_regions(self, group: Group) -> list[str]:
+        """Regions of the live learners (and this one), in topology order: the all-reduce ring."""
+        present = {g.islands[0].region for g in self.alive_now} | {group.islands[0].region}
+        return [r for r in self.ctx.topology.regions if r in present]
+
     def comm_link(self, group: Group) -> tuple[float, float]:
-        """The slowest link of the all-reduce ring among the live learners' regions."""
-        regions = sorted({g.islands[0].region for g in self.alive_now} | {group.islands[0].region})
-        if len(regions) == 1:
-            return self.ctx.links.current(f"dcn:{regions[0]}")
-        ring = [(regions[k], regions[(k + 1) % len(regions)]) for k in range(len(regions))]
-        states = [self.ctx.links.current(self.ctx.topology.link_between(a, b)[0]) for a, b in ring]
-        return min(s[0] for s in states), max(s[1] for s in states)
+        """The slowest link of the all-reduce ring among the live learners' regions (cached per state)."""
+        regions = tuple(self.ring_regions(group))
+        if regions not in self._ring_cache:
+            if len(regions) == 1:
+                self._ring_cache[regions] = self.ctx.links.current(f"dcn:{regions[0]}")
+            else:
+                ring = [(regions[k], regions[(k + 1) % len(regions)]) for k in range(len(regions))]
+                states = [self.ctx.links.current(self.ctx.topology.link_between(a, b)[0]) for a, b in ring]
+                self._ring_cache[regions] = (min(st[0] for st in states), max(st[1] for st in states))
+        return self._ring_cache[regions]
 
     # ------------------------------------------------------------------------------- membership
 
@@ -220,10 +232,36 @@ class OuterPolicy(ABC):
             self.surrogate.model.copy_learner(peer.islands[0].index, group.islands[0].index)
         return self.network.transfer(link, nbytes, tag=("rejoin", group.name))
 
+    def restart_loss(self, group: Group) -> None:
+        """A restarting learner loses only what no outer round has merged yet.
+
+        Fragment p (of P, offsets p H / P; plain DiLoCo syncs everything at once: P = 1) was last synced
+        ``(t - offset_p) mod H`` steps ago at the learner's step t; its share of the lost work is 1/P of
+        that. Everything older was merged by rounds the epoch has not settled yet: it is committed.
+        """
+        now, ledger = self.ctx.env.now, group.ledger
+        ledger.advance(now)
+        h = self.training.inner_steps
+        p = 1 if self.comm_method == "diloco" else self.training.fragments
+        t = ledger.committed_steps + ledger.pending_steps
+        unmerged = sum((t - k * h / p) % h for k in range(p)) / p
+        if ledger.pending_steps > 0:
+            ledger.rollback(now, min(unmerged / ledger.pending_steps, 1.0))
+        self._commit_member(group, now)
+
+    def _commit_member(self, group: Group, now: float) -> float:
+        """Commit a learner's merged work (useful) and owe the surrogate its steps."""
+        index = group.islands[0].index
+        steps = group.ledger.commit(now)
+        if self.surrogate is not None and steps > 0:
+            self._owed[index] = self.surrogate.steps_for(index, steps) + self._owed.get(index, 0)
+        return steps
+
     # ------------------------------------------------------------------------------- epochs
 
     def _phase_changed(self, group: Group, old: Phase, new: Phase) -> None:
-        if old is Phase.RELOAD and new is not Phase.RELOAD and group.intent is Phase.RUNNING:
+        rejoining = group.islands[0].index in self._reload_started
+        if rejoining and old in (Phase.RELOAD, Phase.UPSCALE) and new is not old and group.intent is Phase.RUNNING:
             self.rejoin_s.append((group.name, self.ctx.env.now - self._reload_started.pop(group.islands[0].index)))
         if old is not new:
             self._schedule_recompute()
@@ -232,11 +270,16 @@ class OuterPolicy(ABC):
         self.network.set_capacity(link, bandwidth_bps)
         self.network.set_latency(link, latency_s)
         self._link_cache.clear()
+        self._ring_cache.clear()
         self._schedule_recompute()
 
     def _syncer_changed(self, started: bool, fault: str) -> None:
-        self.syncer_up = not started
+        self.syncer_outages += 1 if started else -1
         self._schedule_recompute()
+
+    @property
+    def syncer_up(self) -> bool:
+        return self.syncer_outages == 0
 
     def _schedule_recompute(self) -> None:
         # Listeners run inside a group's process, which must not interrupt itself: defer to a callback.
@@ -270,6 +313,7 @@ class OuterPolicy(ABC):
 
     def _apply_steady_state(self) -> None:
         self.alive_now = self.alive()
+        self._ring_cache.clear()
         new = self.steady_state()
         for group in self.groups:
             index = group.islands[0].index
@@ -308,16 +352,20 @@ class OuterPolicy(ABC):
             self._window_bytes[link] += group.ledger.pending_steps * per_step
         self._record_utilisation(now)
         tokens_per_step = self.ctx.scenario.workload.tokens_per_step
-        rounds = self.rounds_in(elapsed)
+        rounds = elapsed / self.round_interval_s if math.isfinite(self.round_interval_s) else 0.0
         self.merges += rounds
-        self.member_merges += rounds * len(members)
+        self.member_merges += rounds * self.members_per_round
+        h = self.training.inner_steps
+        slots = h if self.comm_method == "diloco" else h // self.training.fragments
         for group in members:
-            index = group.islands[0].index
-            self.staleness_s.append(now - self.last_merge_s[index])
-            self.last_merge_s[index] = now
-            steps = group.ledger.commit(now)
-            if self.surrogate is not None:
-                self._owed[index] = self.surrogate.steps_for(index, steps) + self._owed.get(index, 0)
+            # each contribution was trained for H steps of this learner since it received the
+            # fragment; a late one waits for the next round of that fragment as well
+            wall = 1.0 / group.ledger.steps_per_s if group.ledger.steps_per_s > 0 else 0.0
+            contributions = group.ledger.pending_steps / slots
+            late_extra = self.round_interval_s * self.training.fragments if group.islands[0].index in self.late else 0.0
+            self.stale_sum_s += contributions * (h * wall + late_extra)
+            self.stale_count += contributions
+            self._commit_member(group, now)
         if self.surrogate is not None and sum(self._owed.values()) >= len(members):
             # a surrogate round once the members owe at least one surrogate step each on average,
             # so chaos events that cut epochs short do not multiply the (real) merges
@@ -364,14 +412,6 @@ class OuterPolicy(ABC):
         self._window_bytes = dict.fromkeys(self._window_bytes, 0.0)
         self._window_start = now
 
-    def rounds_in(self, elapsed_s: float) -> float:
-        """Outer rounds (per fragment for streaming/decoupled) that happened in ``elapsed_s``."""
-        alive = self.alive_now
-        if not alive:
-            return 0.0
-        wall = max(sum(g.step_times()) for g in alive)
-        return elapsed_s / (self.training.inner_steps * wall) if math.isfinite(wall) and wall > 0 else 0.0
-
     def members_and_weights(self, contributors: list[Group], elapsed_s: float) -> tuple[list[Group], list[float]]:
         """Every contributor, weighted uniformly (plain DiLoCo averages the pseudo-gradients)."""
         k = len(contributors)
@@ -396,7 +436,7 @@ class OuterPolicy(ABC):
         out = {
             "outer_rounds": self.merges,
             "mean_learners_per_merge": self.member_merges / self.merges if self.merges else 0.0,
-            "mean_staleness_s": float(np.mean(self.staleness_s)) if self.staleness_s else 0.0,
+            "mean_staleness_s": self.stale_sum_s / self.stale_count if self.stale_count else 0.0,
             "rejoins": len(self.rejoin_s),
             "mean_rejoin_s": float(np.mean([t for _, t in self.rejoin_s])) if self.rejoin_s else 0.0,
             "rejoin_s": {name: [t for n, t in self.rejoin_s if n == name] for name in sorted({n for n, _ in self.rejoin_s})},

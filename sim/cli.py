@@ -118,8 +118,8 @@ def run(
                 rep = run_replication(
                     scenario, r, folder / f"rep-{r}", file.parent, progress=lambda f, t=task: bar.update(t, completed=f)
                 )
-            except ValueError as problem:  # e.g. a trace file that does not parse
-                fail(f"{file}: {problem}")
+            except ScenarioError as problem:  # e.g. a trace file that changed since it was loaded
+                fail(str(problem))
             summaries.append(rep.summary)
             (folder / "summary.json").write_text(json.dumps(aggregate(summaries), indent=2, default=str))
     result = aggregate(summaries)
@@ -127,16 +127,20 @@ def run(
         print(json.dumps(result, default=str))
     else:
         out.print(summary_table(result))
-        for verdict in summaries[-1]["hypotheses"]:
-            bound = " and ".join(
-                f"{op} {v}" for op, v in ((">=", verdict["min"]), ("<=", verdict["max"])) if v is not None
-            )
-            status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
-            out.print(f"hypothesis {verdict['metric']} {bound}: {verdict['value']:.6g} {status}")
+        for r, summary in enumerate(summaries):
+            for verdict in summary["hypotheses"]:
+                bound = " and ".join(
+                    f"{op} {v}" for op, v in ((">=", verdict["min"]), ("<=", verdict["max"])) if v is not None
+                )
+                status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
+                value = verdict.get("error") or f"{verdict['value']:.6g}"
+                where = f" (replication {r})" if len(summaries) > 1 else ""
+                out.print(f"hypothesis {verdict['metric']} {bound}{where}: {value} {status}", highlight=False)
         out.print(f"results: {folder}")
     if result["halted"] and not as_json:
         for halt in result["halted"]:
-            out.print(f"[red]HALTED[/] {halt['metric']} = {halt['value']:.6g} (bound min {halt['min']}, max {halt['max']})")
+            value = halt.get("error") or f"{halt['value']:.6g}"
+            out.print(f"[red]HALTED[/] {halt['metric']} = {value} (bound min {halt['min']}, max {halt['max']})", highlight=False)
     # a halted replication failed its health check, as in chaos tools: it gates like a failed hypothesis
     if not result["hypotheses_passed"] or result["halted"]:
         raise typer.Exit(EXIT_HYPOTHESIS)

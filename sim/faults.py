@@ -93,13 +93,13 @@ def matching_islands(target: Target, topology: Topology, where: str) -> list[Isl
             raise ValueError(f"{where}: unknown region(s) {sorted(unknown)} (known: {topology.regions})")
         islands = [i for i in islands if i.region in target.regions]
     if target.islands is not None:
-        names = {i.name for i in topology.islands}
-        # an island spec with count > 1 can be targeted by its base name
+        # an island spec with count > 1 can be targeted by its spec name (all its copies)
+        known = {i.name for i in topology.islands} | {i.spec_name for i in topology.islands}
         wanted = set(target.islands)
-        unknown = {w for w in wanted if w not in names and not any(n.startswith(w + "-") for n in names)}
+        unknown = wanted - known
         if unknown:
-            raise ValueError(f"{where}: unknown island(s) {sorted(unknown)} (known: {sorted(names)})")
-        islands = [i for i in islands if i.name in wanted or i.name.rsplit("-", 1)[0] in wanted]
+            raise ValueError(f"{where}: unknown island(s) {sorted(unknown)} (known: {sorted(known)})")
+        islands = [i for i in islands if i.name in wanted or i.spec_name in wanted]
     return islands
 
 
@@ -161,7 +161,7 @@ class FaultProcesses:
                 else:
                     self.env.process(self._poisson_chips(fault, islands, rng))
             elif isinstance(fault, TraceReplay):
-                self.env.process(self._trace(fault, self._read_trace(fault, where)))
+                self.env.process(self._trace(fault, read_trace(fault, self.topology, self.scenario_dir, where)))
             else:
                 self._check_targets(fault, where)
                 if fault.arrivals() is not None:
@@ -301,37 +301,6 @@ class FaultProcesses:
 
     # ------------------------------------------------------------------------------- trace replay
 
-    def _read_trace(self, fault: TraceReplay, where: str) -> list[tuple[float, Island, float, str]]:
-        """Rows of ``time,target[,duration][,kind]``: times/durations are unit strings or seconds."""
-        from .units import parse_duration
-
-        path = Path(fault.file)
-        if not path.is_absolute() and self.scenario_dir is not None:
-            path = self.scenario_dir / path
-        if not path.exists():
-            raise ValueError(f"{where}.file: trace file {str(path)!r} does not exist")
-        by_name = {i.name: i for i in self.topology.islands}
-        rows = []
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or not {"time", "target"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: expected a CSV header with columns time,target[,duration][,kind]")
-            for line, row in enumerate(reader, start=2):
-                try:
-                    time_s = parse_duration(row["time"])
-                    duration_s = parse_duration(row.get("duration") or "1h")
-                except ValueError as err:
-                    raise ValueError(f"{path}:{line}: {err}") from None
-                if row["target"] not in by_name:
-                    raise ValueError(f"{path}:{line}: unknown island {row['target']!r} (known: {sorted(by_name)})")
-                kind = row.get("kind") or "chip_failure"
-                if kind not in ("chip_failure", "island_outage"):
-                    raise ValueError(f"{path}:{line}: kind must be chip_failure or island_outage, got {kind!r}")
-                if time_s < 0 or duration_s < 0:
-                    raise ValueError(f"{path}:{line}: time and duration must be >= 0")
-                rows.append((time_s, by_name[row["target"]], duration_s, kind))
-        return sorted(rows, key=lambda r: r[0])
-
     def _trace(self, fault: TraceReplay, rows: list[tuple[float, Island, float, str]]):
         for time_s, island, duration_s, kind in rows:
             if time_s >= self.horizon_s:
@@ -341,11 +310,55 @@ class FaultProcesses:
             if kind == "island_outage":
                 self.recorder.event(self.env.now, "island_outage_start", fault.name, island.name, f"for {duration_s:.6g}s")
                 self.effects.outage([island], True, kind, fault.name)
-                self.env.timeout(duration_s).callbacks.append(
-                    lambda _e, isl=island, k=kind: self.effects.outage([isl], False, k, fault.name)
-                )
+                self.env.timeout(duration_s).callbacks.append(lambda _e, isl=island: self._trace_outage_end(fault, isl))
             else:
-                self.effects.chip_failure(island, 0, fault.blast_radius, duration_s, fault.name)
+                # the trace names the island; which of its chips failed is drawn from the fault's stream
+                chip = int(self.streams.get(f"fault/{fault.name}").integers(island.chips))
+                self.effects.chip_failure(island, chip, fault.blast_radius, duration_s, fault.name)
+
+    def _trace_outage_end(self, fault: TraceReplay, island: Island) -> None:
+        self.recorder.event(self.env.now, "island_outage_end", fault.name, island.name, "")
+        self.effects.outage([island], False, "island_outage", fault.name)
+
+
+def read_trace(
+    fault: TraceReplay, topology: Topology, scenario_dir: Path | None, where: str
+) -> list[tuple[float, Island, float, str]]:
+    """Rows of ``time,target[,duration][,kind]`` sorted by time; any problem is a one-line ScenarioError.
+
+    ``time`` and ``duration`` are unit strings or seconds (duration defaults to 1 h), ``target`` an
+    island name, ``kind`` ``chip_failure`` (default) or ``island_outage``. Read at load (``validate``)
+    and again when the run starts.
+    """
+    from .loading import ScenarioError
+    from .units import parse_duration
+
+    path = Path(fault.file)
+    if not path.is_absolute() and scenario_dir is not None:
+        path = scenario_dir / path
+    if not path.is_file():
+        raise ScenarioError(f"{where}.file: trace file {str(path)!r} does not exist")
+    by_name = {i.name: i for i in topology.islands}
+    rows = []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"time", "target"} <= set(reader.fieldnames):
+            raise ScenarioError(f"{where}: {path}: expected a CSV header with columns time,target[,duration][,kind]")
+        for line, row in enumerate(reader, start=2):
+            try:
+                time_s = parse_duration(row["time"])
+                duration_s = parse_duration(row.get("duration") or "1h")
+            except ValueError as err:
+                raise ScenarioError(f"{where}: {path}:{line}: {err}") from None
+            if row["target"] not in by_name:
+                raise ScenarioError(f"{where}: {path}:{line}: unknown island {row['target']!r} (known: {sorted(by_name)})")
+            kind = row.get("kind") or "chip_failure"
+            if kind not in ("chip_failure", "island_outage"):
+                raise ScenarioError(f"{where}: {path}:{line}: kind must be chip_failure or island_outage, got {kind!r}")
+            if time_s < 0 or duration_s < 0:
+                raise ScenarioError(f"{where}: {path}:{line}: time and duration must be >= 0")
+            rows.append((time_s, by_name[row["target"]], duration_s, kind))
+    return sorted(rows, key=lambda r: r[0])
 
 
 class _Uniform:

@@ -26,7 +26,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from .scenario import Scenario
 
 
-class ScenarioError(Exception):
+class ScenarioError(ValueError):
     """A bad scenario; ``str(err)`` is the one-line message for the user."""
 
 
@@ -207,14 +207,17 @@ def validate(data: Any, file: str) -> Scenario:
 
 
 def check_targets(scenario: Scenario, data: Any, file: str) -> None:
-    """Fault targets must name islands, regions and links that exist."""
-    from .faults import matching_islands, matching_links
+    """Fault targets must name islands, regions and links that exist; trace files must parse."""
+    from .faults import matching_islands, matching_links, read_trace
     from .scenario import LinkDegradation, LinkPartition, TraceReplay
     from .topology import build_topology
 
     topology = build_topology(scenario)
     for index, fault in enumerate(scenario.faults):
         if isinstance(fault, TraceReplay):
+            path, line = _locate(data, ("faults", index))
+            where = f"{file}: {path}" + (f" (line {line})" if line else "")
+            read_trace(fault, topology, Path(file).parent, where)
             continue
         path, line = _locate(data, ("faults", index, "target"))
         where = f"{file}: {path}" + (f" (line {line})" if line else "")

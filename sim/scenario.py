@@ -17,7 +17,7 @@ import math
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from . import distributions as dist
 from .syncer import GraceMode, MergeWeighting
@@ -83,7 +83,7 @@ class IslandSpec(Model):
     chip: str
     chips: int = Field(gt=0, description="chips in one island (one SPMD slice / one learner)")
     count: int = Field(1, ge=1, description="repeat this island; copies are named name-0, name-1, ...")
-    spares: int = Field(0, ge=0, description="hot spare units (of the failure's blast radius) for on_failure: spares")
+    spares: int = Field(0, ge=0, description="hot spare units (of elastic.unit size) for on_failure: spares")
 
 
 class RegionSpec(Model):
@@ -119,9 +119,13 @@ class Topology(Model):
         regions = [r.name for r in self.regions]
         if len(set(regions)) != len(regions):
             raise LocatedError(f"region names must be unique, got {regions}", ("regions",))
-        islands = [i.name for r in self.regions for i in r.islands]
-        if len(set(islands)) != len(islands):
-            raise LocatedError(f"island names must be unique, got {islands}", ("regions",))
+        expanded = [i.name if i.count == 1 else f"{i.name}-{k}" for r in self.regions for i in r.islands
+                    for k in range(i.count)]
+        specs = [i.name for r in self.regions for i in r.islands]
+        if len(set(specs)) != len(specs) or len(set(expanded)) != len(expanded):
+            raise LocatedError(
+                f"island names must be unique (copies of an island with count > 1 are name-0, name-1, ...), "
+                f"got {expanded}", ("regions",))
         for k, link in enumerate(self.links):
             for end in link.between:
                 if end not in regions:
@@ -473,12 +477,39 @@ class SweepSpec(Model):
         return self
 
 
+# which selector keys each fault kind understands (a target of the wrong kind must not mean "all")
+_SELECTORS = {
+    "chip_failure": {"islands", "regions"},
+    "island_outage": {"islands", "regions"},
+    "slowdown": {"islands", "regions"},
+    "trace": set(),
+    "region_outage": {"regions"},
+    "link_degradation": {"links"},
+    "link_partition": {"links"},
+    "syncer_outage": set(),
+}
+_SELECTORS_HELP = {
+    kind: f"it selects {' or '.join(sorted(keys))}" if keys else "it has no target to select"
+    for kind, keys in _SELECTORS.items()
+}
+
+
+def _foreign_selectors(fault) -> str | None:
+    target = getattr(fault, "target", None)
+    if target is None:
+        return None
+    for key in ("islands", "regions", "links"):
+        if getattr(target, key) is not None and key not in _SELECTORS[fault.kind]:
+            return key
+    return None
+
+
 class Scenario(Model):
     version: Literal[1] = 1
     name: str = Field(min_length=1)
     description: str = ""
     seed: int = Field(ge=0)
-    duration: PositiveSeconds
+    duration: PositiveSeconds = Field(description="simulated time per replication (finite)")
     replications: int = Field(1, ge=1)
     chips: dict[str, ChipSpec] = Field({}, description="extra or overriding chip types")
     topology: Topology
@@ -489,6 +520,13 @@ class Scenario(Model):
     hypotheses: list[Bound] = []
     halt: list[Bound] = []
     sweep: SweepSpec | None = None
+
+    @field_validator("duration")
+    @classmethod
+    def _finite_duration(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("expected a finite duration such as '7d'")
+        return value
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Scenario:
@@ -505,4 +543,15 @@ class Scenario(Model):
         names = [f.name for f in self.faults]
         if len(set(names)) != len(names):
             raise LocatedError(f"fault names must be unique, got {names}", ("faults",))
+        learners = sum(i.count for r in self.topology.regions for i in r.islands)
+        if self.training.policy is Policy.DECOUPLED_DILOCO and self.training.quorum > learners:
+            raise LocatedError(
+                f"quorum {self.training.quorum} exceeds the {learners} learners (islands) of the topology",
+                ("training", "quorum"),
+            )
+        for k, fault in enumerate(self.faults):
+            wrong = _foreign_selectors(fault)
+            if wrong:
+                raise LocatedError(f"{fault.kind} faults cannot select {wrong}: {_SELECTORS_HELP[fault.kind]}",
+                                   ("faults", k, "target", wrong))
         return self

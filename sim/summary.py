@@ -111,7 +111,7 @@ def check_bounds(summary: dict, bounds) -> list[dict]:
         try:
             value = metric_value(summary, bound.metric)
         except KeyError as err:
-            value = 0.0 if bound.metric.startswith(("failures.", "failures_by_fault.")) else math.nan
+            value = 0.0 if bound.metric.startswith(("failures.", "failures_by_fault.")) else None
             error = None if value == 0.0 else str(err.args[0])
         passed = error is None and (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
         verdict = {"metric": bound.metric, "value": value, "min": bound.min, "max": bound.max, "passed": passed}

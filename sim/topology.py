@@ -29,6 +29,7 @@ class Island:
     chip: ChipSpec
     chips: int
     spare_units: int = 0
+    spec_name: str = ""  # the name in the scenario; copies of an island with count > 1 share it
     outages: int = field(default=0, repr=False)  # overlapping island/region outages in force
     slowdown: float = field(default=1.0, repr=False)  # step-time multiplier from stragglers
 
@@ -92,7 +93,8 @@ def build_topology(scenario: Scenario) -> Topology:
             names = [island.name] if island.count == 1 else [f"{island.name}-{k}" for k in range(island.count)]
             for name in names:
                 islands.append(
-                    Island(len(islands), name, region.name, island.chip, chips[island.chip], island.chips, island.spares)
+                    Island(len(islands), name, region.name, island.chip, chips[island.chip], island.chips,
+                           island.spares, island.name)
                 )
     regions = [r.name for r in spec.regions]
     links = {link_name(a, b): spec.default_link for k, a in enumerate(regions) for b in regions[k + 1 :]}

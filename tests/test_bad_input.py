@@ -145,7 +145,7 @@ def test_bad_set(assignment, phrases, tmp_path):
 
 
 def test_bad_trace_at_run_time(tmp_path):
-    """A trace CSV naming an unknown island fails the run with one line naming the CSV and its line."""
+    """A trace CSV naming an unknown island is bad input (caught at load): one line naming the CSV and its line."""
     (tmp_path / "t.csv").write_text("time,target,duration,kind\n1h,isl-0,1h,chip_failure\n2h,isl-9,1h,chip_failure\n")
     scenario = tmp_path / "s.yaml"
     scenario.write_text(
@@ -178,3 +178,32 @@ def test_unknown_key_lists_the_keys_of_that_fault_kind():
     message = str(err.value)
     assert "faults[0].bogus" in message and "unknown key 'bogus'" in message
     assert "duration" in message and "blast_radius" not in message and "lifetime" not in message
+
+
+@pytest.mark.parametrize(
+    ("assignment", "phrases"),
+    [
+        ("duration=inf", ["duration", "finite"]),
+        ("faults=[{name: x, kind: region_outage, target: {islands: [isl]}, at: 1h}]",
+         ["faults[0].target.islands", "region_outage faults cannot select islands"]),
+        ("faults=[{name: x, kind: island_outage, target: {links: [r0~r1]}, at: 1h}]",
+         ["faults[0].target.links", "cannot select links"]),
+        ("training.policy=decoupled_diloco", []),
+        ("training.quorum=3", []),
+    ],
+)
+def test_cross_field_problems_are_caught_at_load(assignment, phrases):
+    """Values no single field can judge (an infinite run, a selector of the wrong kind, a quorum above
+    the number of learners) are rejected before anything runs, with their YAML path."""
+    from sim.loading import ScenarioError, apply_override, read_yaml, validate
+
+    data = read_yaml(Path(__file__).parent / "data" / "small.yaml")
+    apply_override(data, assignment)
+    if not phrases:  # decoupled with the base's islands and the default quorum 1 is fine ...
+        validate(data, "small.yaml")
+        apply_override(data, "training.policy=decoupled_diloco")
+        apply_override(data, "training.quorum=99")  # ... a quorum above the learners is not
+        phrases = ["training.quorum", "exceeds"]
+    with pytest.raises(ScenarioError) as err:
+        validate(data, "small.yaml")
+    assert all(p in str(err.value) for p in phrases), str(err.value)

@@ -381,3 +381,28 @@ def test_scheduled_chip_failures_inject_at_their_times():
     hits = events[events.kind.isin(["failure", "absorbed"])]
     assert list(hits.time_s) == [3600.0, 18000.0]
     assert rep.summary["failures"] == {"chip_failure": 2}
+
+
+def test_trace_outages_end_and_chip_failures_hit_random_chips(tmp_path):
+    """A trace island_outage logs its end; trace chip failures on one island hit different chips, so a
+    second one is not absorbed as 'unit already down'."""
+    path = write_trace(tmp_path, ["1h,isl,30m,island_outage", "5h,isl,10m,chip_failure", "5h,isl,10m,chip_failure"])
+    scenario = make_scenario("training.policy=elastic_dp", "training.on_failure=elastic",
+                             "training.elastic.unit=host", faults=[{"name": "t", "kind": "trace", "file": str(path),
+                                                                   "blast_radius": "host"}])
+    summary, tables = run(scenario)
+    events = tables["events"].to_pandas()
+    assert list(events[events.kind == "island_outage_end"].time_s) == [3600.0 + 1800.0]
+    assert summary["interruptions"] == 3 and summary["absorbed"] == 0
+
+
+def test_an_island_spec_name_targets_its_copies_only():
+    """`islands: [isl]` targets isl-0 and isl-1 (count 2) but not an island called isl-big."""
+    scenario = make_scenario(
+        "topology.regions.0.islands=[{name: isl, chip: v5p, chips: 64, count: 2}, {name: isl-big, chip: v5p, chips: 64}]",
+        "training.policy=elastic_dp", "training.on_failure=elastic",
+        faults=[{"name": "o", "kind": "island_outage", "target": {"islands": ["isl"]}, "at": "1h", "duration": "1h"}],
+    )
+    _, tables = run(scenario)
+    events = tables["events"].to_pandas()
+    assert events[events.kind == "island_outage_start"].target.tolist() == ["isl-0,isl-1"]

@@ -67,6 +67,7 @@ def test_unknown_metric_fails_its_bound_with_an_error():
     assert verdict["passed"] is False
     assert "unknown metric 'goodptu'" in verdict["error"]
     assert "goodput" in verdict["error"]  # the message lists the metrics that exist
+    assert verdict["value"] is None  # JSON null, never NaN (which strict JSON parsers reject)
 
 
 def test_fault_kind_that_never_happened_counts_as_zero():

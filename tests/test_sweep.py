@@ -177,34 +177,67 @@ def test_killed_sweep_resumes_without_loss_or_repeat(tmp_path: Path):
     assert list(after["index"]) == list(range(16)) and (after["status"] == "ok").all()
 
 
-def test_crashing_replication_is_an_error_row(scenario: Path, tmp_path: Path):
-    """A replication that raises (its trace file is missing) is a row with the error; the others complete; exit 1."""
+def crash_on_reload(monkeypatch, reload_s: float) -> None:
+    """Make every replication whose scenario has ``recovery.reload == reload_s`` raise, as a bug would."""
+    import sim.runner
+
+    real = sim.runner.run_replication
+
+    def flaky(scenario, *args, **kwargs):
+        if scenario.training.recovery.reload == reload_s:
+            raise RuntimeError("simulated crash in the model")
+        return real(scenario, *args, **kwargs)
+
+    monkeypatch.setattr(sim.runner, "run_replication", flaky)
+
+
+def test_crashing_replication_is_an_error_row(scenario: Path, tmp_path: Path, monkeypatch):
+    """A replication that raises is a row with its error; the others complete; the sweep exits 1."""
+    crash_on_reload(monkeypatch, 600.0)
     result = CliRunner().invoke(app, [
-        "sweep", str(scenario), "--grid", "faults.1.file=trace.csv,missing.csv", "--seeds", "1", "--workers", "2",
+        "sweep", str(scenario), "--grid", "training.recovery.reload=5m,10m", "--seeds", "1,2", "--executor", "serial",
         "-o", str(tmp_path / "out"),
     ])
     assert result.exit_code == 1
     frame = load_sweep(tmp_path / "out")
-    assert list(frame["status"]) == ["ok", "error", "ok", "error"]
-    assert frame.loc[1, "error"].startswith("ValueError: faults[1] (replay).file: trace file") and "missing.csv" in frame.loc[1, "error"]
-    assert frame.loc[[0, 2], "goodput"].gt(0).all() and frame.loc[[1, 3], "goodput"].isna().all()
-    assert (tmp_path / "out" / "runs" / "1" / "error.txt").exists()
+    crashed = frame["training.recovery.reload"] == 600.0
+    assert crashed.sum() == len(frame) / 2
+    assert (frame.loc[crashed, "status"] == "error").all() and (frame.loc[~crashed, "status"] == "ok").all()
+    assert (frame.loc[crashed, "error"] == "RuntimeError: simulated crash in the model").all()
+    assert frame.loc[~crashed, "goodput"].gt(0).all() and frame.loc[crashed, "goodput"].isna().all()
+    first_crash = int(frame.loc[crashed, "index"].iloc[0])
+    assert (tmp_path / "out" / "runs" / str(first_crash) / "error.txt").exists()
 
 
-def test_resume_runs_only_what_is_not_ok(scenario: Path, tmp_path: Path):
+def test_resume_runs_only_what_is_not_ok(scenario: Path, tmp_path: Path, monkeypatch):
     """--resume skips ok rows (their files untouched) and re-runs errored ones; a finished sweep runs nothing."""
-    plan = plan_sweep(scenario, grid={"faults.1.file": ["trace.csv", "later.csv"]}, seeds=[1])
+    plan = plan_sweep(scenario, grid={"training.recovery.reload": ["5m", "10m"]}, seeds=[1, 2])
     folder = tmp_path / "out"
+    crash_on_reload(monkeypatch, 600.0)
     first = run_sweep(plan, folder, SerialExecutor())
-    assert (first.ran, first.errors) == (4, 2)
-    ok_files = {p: p.stat().st_mtime_ns for p in (folder / "rows").glob("part-*.parquet") if p.name in ("part-000000.parquet", "part-000002.parquet")}
-    (scenario.parent / "later.csv").write_text("time,target\n5h,pod-0\n")
+    total = plan.total
+    assert (first.ran, first.errors) == (total, total // 2)
+    ok_rows = load_sweep(folder).query("status == 'ok'")["index"]
+    ok_files = {folder / "rows" / f"part-{i:06d}.parquet" for i in ok_rows}
+    stamps = {p: p.stat().st_mtime_ns for p in ok_files}
+    monkeypatch.undo()  # the bug is fixed
     second = run_sweep(plan, folder, SerialExecutor(), resume=True)
-    assert (second.skipped, second.ran, second.errors) == (2, 2, 0)
-    assert {p: p.stat().st_mtime_ns for p in ok_files} == ok_files
+    assert (second.skipped, second.ran, second.errors) == (total // 2, total // 2, 0)
+    assert {p: p.stat().st_mtime_ns for p in ok_files} == stamps
     assert (load_sweep(folder)["status"] == "ok").all()
     third = run_sweep(plan, folder, SerialExecutor(), resume=True)
-    assert (third.skipped, third.ran) == (4, 0)
+    assert (third.skipped, third.ran) == (total, 0)
+
+
+def test_a_missing_trace_file_is_rejected_before_anything_runs(scenario: Path, tmp_path: Path):
+    """A point whose trace file does not exist fails validation up front: one line, exit 2, no rows."""
+    result = CliRunner().invoke(app, [
+        "sweep", str(scenario), "--grid", "faults.1.file=trace.csv,missing.csv", "--seeds", "1",
+        "-o", str(tmp_path / "out"),
+    ])
+    assert result.exit_code == 2
+    assert "missing.csv" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "out" / "rows").exists() or not any((tmp_path / "out" / "rows").iterdir())
 
 
 def test_folder_of_another_sweep_is_refused(scenario: Path, tmp_path: Path):

@@ -167,3 +167,16 @@ def test_no_failures_goodput_is_checkpoint_overhead():
     summary, _ = run(make_scenario("duration=106000", "training.checkpoint.interval=1000", "training.checkpoint.write_time=60"))
     assert summary["goodput"] == pytest.approx(1000 / 1060, rel=1e-12)
     assert summary["interruptions"] == 0 and summary["chip_time"]["lost"] == 0
+
+
+def test_free_checkpoints_lose_nothing_and_scheduled_failures_set_the_interval():
+    """write_time 0 with daly: checkpoints are continuous, so a restart loses no work; a job whose only
+    failures are scheduled every 2 h gets the Daly interval of a 2 h MTBF."""
+    from sim.checkpointing import daly_interval_s
+
+    fails = [{"name": "c", "kind": "chip_failure", "every": "2h", "repair": "10m"}]
+    free, _ = run(make_scenario("training.checkpoint.interval=daly", "training.checkpoint.write_time=0s", faults=fails))
+    assert free["chip_time"]["lost"] == 0.0 and free["checkpoint_interval_s"] is None
+    paid, _ = run(make_scenario("training.checkpoint.interval=daly", "training.checkpoint.write_time=60s", faults=fails))
+    assert paid["checkpoint_interval_s"] == pytest.approx(daly_interval_s(60.0, 86400 / 11))  # 11 injections in 1 d
+    assert paid["chip_time"]["lost"] > 0

@@ -17,7 +17,9 @@ import math
 
 from ..checkpointing import daly_interval_s, young_interval_s
 from ..context import RunContext
-from ..faults import matching_islands
+import numpy as np
+
+from ..faults import matching_islands, schedule_times
 from ..hardware import derived_step_time_s
 from ..learner import Group
 from ..scenario import ChipFailure, IslandOutage, OnFailure, RegionOutage, Scenario
@@ -25,13 +27,17 @@ from ..topology import Topology
 
 
 def job_mtbf_s(scenario: Scenario, topology: Topology) -> float:
-    """Mean time between failures of the whole job from its stochastic chip and outage faults.
+    """Mean time between failures of the whole job from its chip and outage faults.
 
     Rates follow :mod:`sim.faults`: chip failures at (targeted chips) / mtbf, stochastic outages at
-    (matching islands or regions) / mtbf. Slowdowns and link faults stretch steps but stop nothing.
+    (matching islands or regions) / mtbf, scheduled injections at their count over the run. Slowdowns
+    and link faults stretch steps but stop nothing; trace files are not read here.
     """
     rate_per_s = 0.0
     for fault in scenario.faults:
+        if isinstance(fault, (ChipFailure, IslandOutage, RegionOutage)) and fault.arrivals() is not None:
+            injections = schedule_times(fault, scenario.duration, np.random.default_rng(0))  # count only
+            rate_per_s += len(injections) / scenario.duration
         if isinstance(fault, ChipFailure) and fault.mtbf is not None:
             rate_per_s += sum(i.chips for i in matching_islands(fault.target, topology, fault.name)) / fault.mtbf
         elif isinstance(fault, RegionOutage) and fault.mtbf is not None:
@@ -42,7 +48,11 @@ def job_mtbf_s(scenario: Scenario, topology: Topology) -> float:
 
 
 def checkpoint_interval_s(scenario: Scenario, topology: Topology) -> float | None:
-    """Running time between checkpoints; None when there is nothing to checkpoint against."""
+    """Running time between checkpoints; None when no checkpoint is taken.
+
+    None for ``young``/``daly`` when nothing can fail (infinite MTBF) or when writes are free
+    (``write_time: 0``): the job then checkpoints continuously and a restart loses nothing.
+    """
     rule = scenario.training.checkpoint.interval
     write_s = scenario.training.checkpoint.write_time
     if not isinstance(rule, str):
@@ -79,6 +89,8 @@ class SyncDP:
             ctx.recorder, checkpoint_interval_s(ctx.scenario, topology), base_step_time_s(ctx.scenario, flops),
         )
         ctx.links.listeners.append(lambda *_: job.wake("link changed"))
+        if ctx.scenario.training.checkpoint.write_time == 0 and job.checkpoint_interval_s is None:
+            job.on_restart = lambda group: group.ledger.commit(ctx.env.now)  # continuous checkpoints
         self.job = job
         self.nominal_step = self.step_times(job)  # every chip present, nominal links
         self.surrogate = None
@@ -118,7 +130,7 @@ class SyncDP:
             "step_compute_s": compute_s,
             "step_comm_s": comm_s,
             "step_stretch": (compute_s + comm_s) / compute_s,
-            "checkpoint_interval_s": self.job.checkpoint_interval_s or 0.0,
+            "checkpoint_interval_s": self.job.checkpoint_interval_s,
         }
 
     def step_times(self, group: Group) -> tuple[float, float]:

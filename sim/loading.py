@@ -202,8 +202,22 @@ def validate(data: Any, file: str) -> Scenario:
         errors = err.errors(include_url=False)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ScenarioError(describe(errors[0], data, file) + more) from None
+    scenario = _absolute_trace_paths(scenario, Path(file).parent)
     check_targets(scenario, data, file)
     return scenario
+
+
+def _absolute_trace_paths(scenario: Scenario, folder: Path) -> Scenario:
+    """Trace files are named relative to their scenario file; keep them absolute from here on, so the
+    resolved scenario in a results folder, and a sweep's workers, find the same file."""
+    from .scenario import TraceReplay
+
+    faults = [
+        f.model_copy(update={"file": str((folder / f.file).resolve())})
+        if isinstance(f, TraceReplay) and not Path(f.file).is_absolute() else f
+        for f in scenario.faults
+    ]
+    return scenario.model_copy(update={"faults": faults}) if faults != scenario.faults else scenario
 
 
 def check_targets(scenario: Scenario, data: Any, file: str) -> None:

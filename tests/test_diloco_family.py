@@ -166,3 +166,39 @@ def test_quorum_one_never_stops_while_a_learner_lives(outages, on_failure, chip_
             f"training.grace.mode={quorum_grace}", "training.grace.fixed=5s", "duration=1d")
     assert s["global_downtime_s"] == 0.0
     assert math.isclose(sum(s["chip_time"].values()), s["chips"] * 86400, rel_tol=1e-12)
+
+
+def test_learners_per_merge_and_staleness_follow_the_round_cadence_not_the_run_length():
+    """Mixed v5p/v6e learners, no faults: with K = 1 the slower learners miss some rounds (fewer than 8
+    learners per merge) and late contributions are staler; with K = 8 every round has all 8. Neither
+    figure depends on how long the run is."""
+    k1 = run(FOUR, "faults=[]", "duration=6h")
+    k1_long = run(FOUR, "faults=[]", "duration=2d")
+    k8 = run(FOUR, "faults=[]", "duration=6h", "training.quorum=8")
+    assert 6.0 < k1["mean_learners_per_merge"] < 8.0
+    assert k8["mean_learners_per_merge"] == pytest.approx(8.0)
+    assert k1_long["mean_learners_per_merge"] == pytest.approx(k1["mean_learners_per_merge"], rel=1e-9)
+    assert k1_long["mean_staleness_s"] == pytest.approx(k1["mean_staleness_s"], rel=1e-9)
+    assert k1["mean_staleness_s"] > k8["mean_staleness_s"]
+
+
+def test_a_restarting_learner_loses_only_its_unmerged_window():
+    """Under restart a learner loses what no round merged yet: at most H steps of its chips, the same
+    per interruption whether the run lasts one day or four."""
+    losses = []
+    for days in (1, 4):
+        s = run(FOUR, "training.on_failure=restart", f"duration={days}d", "faults.1.at=10h")
+        losses.append(s["chip_time"]["lost"] / s["interruptions"])
+    v5p_step = 6 * 12e9 * 16e6 / (6144 * 459e12 * 0.45)
+    assert max(losses) < 24 * 1.5 * v5p_step * 6144  # H steps (with communication) of the largest learner
+    assert losses[1] == pytest.approx(losses[0], rel=0.3)
+
+
+def test_overlapping_synchronizer_outages_keep_it_down_until_the_last_ends():
+    """A 1 h synchronizer outage inside a 4 h one changes nothing: rounds stop for the 4 h."""
+    one = "{name: a, kind: syncer_outage, at: 2h, duration: 4h}"
+    inner = "{name: b, kind: syncer_outage, at: 3h, duration: 1h}"
+    alone = run(FOUR, f"faults=[{one}]", "duration=8h")
+    nested = run(FOUR, f"faults=[{one}, {inner}]", "duration=8h")
+    assert nested["outer_rounds"] == pytest.approx(alone["outer_rounds"], rel=1e-12)
+    assert nested["failures"]["syncer_outage"] == 2

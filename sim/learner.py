@@ -393,10 +393,7 @@ class Group:
             self.on_restart(self)
         else:
             self.ledger.rollback(now)
-        if self._transfer is not None:  # a reload cut short: the state transfer is abandoned
-            for listener in self.transfer_cancelled:
-                listener(self._transfer)
-            self._transfer = None
+        self._abandon_transfer()
         self.intent, self.phase_end_s = (Phase.SWAP if cause.swapped else Phase.DETECT), None
         self.work_left_s = self.checkpoint_interval_s or math.inf
 
@@ -423,7 +420,15 @@ class Group:
             return
         if phase in (Phase.DOWN, Phase.BLOCKED) and self.active_chips == 0:
             return
+        self._abandon_transfer()  # an upscale started over: its state transfer starts over too
         self.intent, self.phase_end_s = Phase.DOWNSCALE, now + self.training.elastic.downscale
+
+    def _abandon_transfer(self) -> None:
+        """A reload or upscale cut short: the state transfer it was waiting for is cancelled."""
+        if self._transfer is not None:
+            for listener in self.transfer_cancelled:
+                listener(self._transfer)
+            self._transfer = None
 
     def finish(self) -> None:
         """Close the last timeline interval and the ledger at the end of the run."""

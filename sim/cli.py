@@ -52,6 +52,14 @@ SetOption = Annotated[
 ]
 
 
+def _numeric_maps(maps: list) -> bool:
+    """True when every replication holds a map of numbers here (lists of rejoin times are not averaged)."""
+    return all(
+        isinstance(m, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in m.values())
+        for m in maps
+    ) and any(maps)
+
+
 def aggregate(summaries: list[dict]) -> dict:
     """Means of the numeric top-level metrics over replications, plus every run."""
     first = summaries[0]
@@ -60,7 +68,7 @@ def aggregate(summaries: list[dict]) -> dict:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("replication", "seed"):
             values = [s[key] for s in summaries]
             result[key] = math.fsum(values) / len(values)
-        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+        elif isinstance(value, dict) and _numeric_maps([s.get(key) for s in summaries]):
             keys = sorted({k for s in summaries for k in s[key]})
             result[key] = {k: math.fsum(s[key].get(k, 0) for s in summaries) / len(summaries) for k in keys}
     result["hypotheses_passed"] = all(s["hypotheses_passed"] for s in summaries)

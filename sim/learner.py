@@ -198,16 +198,16 @@ class Group:
         self._mark_down(island, units, repair_s, spare=False)
         return self._hit(island, kind, fault, f"dropped {chips} chips")
 
-    def outage_changed(self, island: Island, started: bool, kind: str, fault: str) -> None:
-        """An island/region outage began (``island.outages`` already raised) or ended."""
+    def outage_changed(self, islands: list[Island], started: bool, kind: str, fault: str) -> None:
+        """An island or region outage took (``island.outages`` already raised) or returned ``islands``."""
         if started:
             elastic = self.mode is OnFailure.ELASTIC
-            if (elastic and self.in_job[island.index] > 0) or (not elastic and self.holding):
-                self._hit(island, kind, fault, "outage")
-            self._sync_capacity(upscale=False)  # the island's chips are out (down), whatever follows
+            if (elastic and any(self.in_job[i.index] > 0 for i in islands)) or (not elastic and self.holding):
+                self._hit(islands[0], kind, fault, "outage of " + ",".join(i.name for i in islands))
+            self._sync_capacity(upscale=False)  # their chips are out (down), whatever follows
             self._book()
         else:
-            self.wake(f"{island.name} back")
+            self.wake(",".join(i.name for i in islands) + " back")
 
     def wake(self, reason: str) -> None:
         """Something changed that may re-time or unblock the group."""

@@ -47,7 +47,12 @@ class GroupEffects:
     def outage(self, islands: list[Island], started: bool, kind: str, fault: str) -> None:
         for island in islands:
             island.outages += 1 if started else -1
-            self.owner[island.index].outage_changed(island, started, kind, fault)
+        # one outage is one interruption per group, however many of its islands it takes
+        by_group: dict[Group, list[Island]] = {}
+        for island in islands:
+            by_group.setdefault(self.owner[island.index], []).append(island)
+        for group, hit in by_group.items():
+            group.outage_changed(hit, started, kind, fault)
 
     def slowdown(self, islands: list[Island], factor: float, started: bool, fault: str) -> None:
         for island in islands:

@@ -82,7 +82,7 @@ from .loading import (
 )
 from .scenario import Scenario, SweepSpec
 
-WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s")
+WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s", "surrogate_wall_s")
 """Row columns that measure the machine, not the simulation (left out when comparing sweeps)."""
 
 BEST = (("goodput", "max"), ("global_downtime_s", "min"), ("final_loss", "min"))

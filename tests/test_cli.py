@@ -133,3 +133,15 @@ def test_million_chips_sync_collapses():
     assert summary["goodput"] < 0.05  # vs 0.83 for the 16k-chip job at the same per-chip rate
     assert expected_goodput(daly_interval_s(60, M), 60, 600, 300, M) < 0.05
     assert summary["chip_time_fraction"]["recovery"] > 0.9
+
+
+def test_aggregate_skips_maps_that_are_not_numbers_in_every_run():
+    """Replications whose rejoin lists differ (empty in one, a list in another) aggregate without error."""
+    from sim.cli import aggregate
+
+    base = {"scenario": "s", "policy": "p", "goodput": 0.5, "hypotheses_passed": True, "halted": None,
+            "chip_time": {"useful": 1.0}}
+    runs = [{**base, "rejoin_s": {}}, {**base, "goodput": 0.7, "rejoin_s": {"a": [120.0]}, "chip_time": {"useful": 3.0}}]
+    result = aggregate(runs)
+    assert result["goodput"] == pytest.approx(0.6) and result["chip_time"] == {"useful": 2.0}
+    assert "rejoin_s" not in result and len(result["runs"]) == 2

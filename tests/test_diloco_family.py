@@ -202,3 +202,34 @@ def test_overlapping_synchronizer_outages_keep_it_down_until_the_last_ends():
     nested = run(FOUR, f"faults=[{one}, {inner}]", "duration=8h")
     assert nested["outer_rounds"] == pytest.approx(alone["outer_rounds"], rel=1e-12)
     assert nested["failures"]["syncer_outage"] == 2
+
+
+def test_learners_cut_off_from_the_synchronizer_train_on_but_are_not_merged():
+    """A partition between us-east and the synchronizer's region for the whole run: the east learners
+    keep training locally but nothing of theirs crosses the cut or is merged (lost at the end); the
+    others merge as usual and never wait for them."""
+    cut = "{name: cut, kind: link_partition, target: {links: [us-east~us-central]}, at: 0s, duration: 2d}"
+    s = run(FOUR, f"faults=[{cut}]", "duration=6h")
+    steps = {l["name"]: l["steps"] for l in s["learners"]}
+    assert steps["east-0"] == steps["east-1"] == 0.0
+    assert all(v > 0 for name, v in steps.items() if not name.startswith("east"))
+    assert "us-central~us-east" not in s["link_bytes"]
+    east_chips = 2 * 6144
+    assert s["chip_time"]["lost"] == pytest.approx(east_chips * 6 * 3600 * (1 - 0), rel=0.01)
+    assert math.isfinite(s["mean_staleness_s"]) and s["global_downtime_s"] == 0.0
+
+
+def test_a_round_everyone_has_reported_to_does_not_wait_out_the_grace_window():
+    """Equal learners report together: the fast path merges at once, so even a fixed 10-minute grace
+    window costs nothing. A straggler 100x slower reports long after a 10 s window: the others wait
+    the window out every round, which costs them most of their time; without grace they do not wait."""
+    equal = ["topology.regions=[{name: r, islands: [{name: a, chip: v5p, chips: 4096, count: 4}]}]",
+             "topology.links=[]", "topology.syncer.region=r", "faults=[]", "duration=2h"]
+    no_grace = run(FOUR, *equal, "training.grace.mode=none")
+    long_grace = run(FOUR, *equal, "training.grace.mode=fixed", "training.grace.fixed=10m", "training.grace.max=1h")
+    assert long_grace["goodput"] == pytest.approx(no_grace["goodput"], rel=1e-9)
+    straggler = [*equal[:-2], "faults=[{name: s, kind: slowdown, target: {islands: [a-0]}, at: 0s, duration: 1d, factor: 100}]", "duration=2h"]
+    waited = run(FOUR, *straggler, "training.grace.mode=fixed", "training.grace.fixed=10s", "training.grace.max=1h")
+    not_waited = run(FOUR, *straggler, "training.grace.mode=none")
+    assert waited["goodput"] < 0.5 * not_waited["goodput"]  # the three fast learners wait ~97 % of the time
+    assert waited["mean_grace_s"] == pytest.approx(10.0)

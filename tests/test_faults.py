@@ -406,3 +406,13 @@ def test_an_island_spec_name_targets_its_copies_only():
     _, tables = run(scenario)
     events = tables["events"].to_pandas()
     assert events[events.kind == "island_outage_start"].target.tolist() == ["isl-0,isl-1"]
+
+
+def test_a_region_outage_is_one_interruption_of_a_lockstep_job():
+    """A region outage taking both islands of a job interrupts it once, not once per island."""
+    scenario = make_scenario(
+        "topology.regions.0.islands.0.count=2",
+        faults=[{"name": "ro", "kind": "region_outage", "target": {"regions": ["r0"]}, "at": "2h", "duration": "1h"}],
+    )
+    summary, _ = run(scenario)
+    assert (summary["failures_total"], summary["interruptions"]) == (1, 1)

@@ -105,7 +105,7 @@ class DecoupledDiLoCo(OuterPolicy):
         # learner <-> synchronizer: a point-to-point exchange (two sites), whatever M is
         bandwidth, latency = self.comm_link(group)
         if bandwidth <= 0:
-            return math.inf
+            return 0.0  # cut off from the synchronizer: it trains on locally, nothing leaves
         t = self.training
         return self.stall_s("streaming_diloco", compute_s, bandwidth, 2) + latency * t.fragments / t.inner_steps
 
@@ -120,77 +120,90 @@ class DecoupledDiLoCo(OuterPolicy):
         bits = self.params * self.training.bits / self.training.fragments
         return math.inf if bandwidth <= 0 else 2 * bits / bandwidth + 2 * latency
 
-    def representative_round(self) -> tuple[Decision, dict[int, float], float, float, float]:
+    def own_step_s(self, group: Group) -> float:
+        """A learner's step without protocol waits: compute plus exposed communication."""
+        compute = group.compute_time_s()
+        return compute + self.exposed_comm_s(group, compute)
+
+    def reachable(self, group: Group) -> bool:
+        """Whether the learner's link to the synchronizer carries anything now (not partitioned)."""
+        return self.comm_link(group)[0] > 0
+
+    def representative_round(self) -> tuple[Decision, dict[int, float], dict[int, float], float, float]:
         """decide() on one fragment round of the current steady state.
 
         Times are relative to the first report; learner m reports after its lag behind the fastest
-        (its slot interval minus the fastest one's), the quorum is met at the K-th report.
+        (its slot interval minus the fastest one's); the quorum is met at the K-th report, the round
+        closes at the end of the grace window, or earlier when every reachable learner has reported
+        (the fast path). Learners cut off from the synchronizer do not report. Returns the decision,
+        the lags, each reporter's sync time, the closing time and the grace window.
         """
         t = self.training
         q = t.inner_steps // t.fragments
-        alive = self.alive_now
-        step = {}
-        for group in alive:
-            compute = group.compute_time_s()
-            step[group.islands[0].index] = compute + self.exposed_comm_s(group, compute)
+        reporting = [g for g in self.alive_now if self.reachable(g)]
+        step = {g.islands[0].index: self.own_step_s(g) for g in reporting}
+        sync = {g.islands[0].index: self.sync_time_s(g) for g in reporting}
         order = sorted(step, key=lambda i: (step[i], i))
-        lag = {i: q * (step[i] - step[order[0]]) for i in order} if order else {}
+        lag = {i: q * (step[i] - step[order[0]]) for i in order}
         k = t.quorum
         quorum_at = lag[order[k - 1]] if len(order) >= k else None
-        sync_s = max((self.sync_time_s(g) for g in alive), default=0.0)
         if quorum_at is not None:
             self.ema_step = self.ema_step.update(step[order[k - 1]])
             self.ema_quorum = self.ema_quorum.update(quorum_at)
-            if math.isfinite(sync_s):
-                self.ema_sync = self.ema_sync.update(sync_s)
+            self.ema_sync = self.ema_sync.update(max(sync.values()))
         emas = (self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0), self.ema_sync.value_or(0.0))
-        absent = tuple(LearnerReport(g.islands[0].index, g.islands[0].index in step, False, 0, 0.0) for g in self.groups)
-        probe = SyncView(quorum_at or 0.0, 0, 0.0, quorum_at, absent, *emas)
-        grace = grace_window_s(probe, self.config) if quorum_at is not None else 0.0
-        decision_time = (quorum_at or 0.0) + grace
+        silent = tuple(LearnerReport(g.islands[0].index, g.islands[0].index in step, False, 0, 0.0) for g in self.groups)
+        grace = 0.0
+        close = 0.0
+        if quorum_at is not None:
+            grace = grace_window_s(SyncView(quorum_at, 0, 0.0, quorum_at, silent, *emas), self.config)
+            last = max(lag.values())
+            close = max(quorum_at, last) if last <= quorum_at + grace else quorum_at + grace
         tokens = q * self.ctx.scenario.workload.tokens_per_step
         reports = tuple(
-            LearnerReport(r.learner_id, r.alive, r.alive and lag[r.learner_id] <= decision_time + 1e-12,
+            LearnerReport(r.learner_id, r.alive, r.alive and lag[r.learner_id] <= close + 1e-12,
                           q if r.alive else 0, tokens if r.alive else 0.0)
-            for r in absent
+            for r in silent
         )
-        view = SyncView(decision_time, 0, 0.0, quorum_at, reports, *emas)
-        return decide(decision_time, view, self.config), lag, decision_time, sync_s, grace
+        view = SyncView(close, 0, 0.0, quorum_at if quorum_at is not None else None, reports, *emas)
+        return decide(close, view, self.config), lag, sync, close, grace
 
     def steady_state(self) -> dict[int, float]:
         alive = self.alive_now
         if not self.syncer_up:
             self.unmet = False
             return {g.islands[0].index: 0.0 for g in alive}
-        decision, lag, decision_time, sync_s, grace = self.representative_round()
+        decision, lag, sync, close, grace = self.representative_round()
         if decision.reason != self.last_reason:
             self.last_reason = decision.reason
             self.ctx.recorder.event(self.ctx.env.now, "sync_decision", "", "syncer", decision.reason)
         self.unmet = decision.action is Action.WAIT
+        # learners cut off from the synchronizer train on locally and are merged when the link heals
+        waits = {g.islands[0].index: 0.0 for g in alive}
         if self.unmet:
             self.round_interval_s, self.members_per_round, self.late = math.inf, 0.0, set()
-            return {g.islands[0].index: math.inf for g in alive}
+            waits.update({index: math.inf for index in lag})
+            return waits
         self.grace_s.append(grace)
         q = self.training.inner_steps // self.training.fragments
-        # rounds of a fragment come at the pace of the K-th fastest learner's slots; a slower learner
-        # reports in a share slot_K / slot_m of them (on time if within the grace window, else late,
-        # contributing to the next round of that fragment)
-        slots = {g.islands[0].index: q * sum(g.step_times()) for g in alive}
+        step: dict[int, float] = {}
+        for group in alive:
+            index = group.islands[0].index
+            if index not in lag:
+                continue
+            own_step = step[index] = self.own_step_s(group)
+            if index in decision.members:
+                back_at = close + sync[index]  # the merged fragment is back at the learner
+                needed_at = lag[index] + self.training.overlap * own_step
+                waits[index] = max(0.0, back_at - needed_at) / q
+        # rounds of a fragment come at the pace of the K-th fastest learner's slots (waits included);
+        # a slower learner reports in a share slot_K / slot_m of them (on time if within the window,
+        # else late, contributing to the next round of that fragment)
+        slots = {index: q * (step[index] + waits[index]) for index in lag}
         slot_k = sorted(slots.values())[self.training.quorum - 1]
         self.round_interval_s = slot_k  # one fragment round per slot
         self.members_per_round = sum(min(1.0, slot_k / slot) for slot in slots.values())
         self.late = set(slots) - set(decision.members)
-        waits = {}
-        for group in alive:
-            index = group.islands[0].index
-            compute = group.compute_time_s()
-            step = compute + self.exposed_comm_s(group, compute)
-            if index in decision.members:
-                back_at = decision_time + sync_s  # the merged fragment is back at the learner
-                needed_at = lag[index] + self.training.overlap * step
-                waits[index] = max(0.0, back_at - needed_at) / q
-            else:
-                waits[index] = 0.0  # late: it contributes to the next round of this fragment
         return waits
 
     def settle(self) -> None:
@@ -199,13 +212,20 @@ class DecoupledDiLoCo(OuterPolicy):
         super().settle()
 
     def members_and_weights(self, contributors: list[Group], elapsed_s: float) -> tuple[list[Group], list[float]]:
+        contributors = sorted((g for g in contributors if self.reachable(g)), key=lambda g: g.islands[0].index)
         if not contributors:
             return [], []
-        contributors = sorted(contributors, key=lambda g: g.islands[0].index)
         tokens_per_step = self.ctx.scenario.workload.tokens_per_step
         steps = [max(round(g.ledger.pending_steps), 1) for g in contributors]
         weights = token_weights(steps, [s * tokens_per_step for s in steps], self.weighting)
         return contributors, list(weights)
+
+    def finish(self) -> None:
+        super().finish()
+        now = self.ctx.env.now
+        for group in self.groups:
+            if not self.reachable(group):
+                group.ledger.rollback(now)  # still cut off at the end: that work was never merged
 
     def metrics(self, final: bool) -> dict:
         out = super().metrics(final)

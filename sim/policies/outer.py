@@ -363,8 +363,9 @@ class OuterPolicy(ABC):
             wall = 1.0 / group.ledger.steps_per_s if group.ledger.steps_per_s > 0 else 0.0
             contributions = group.ledger.pending_steps / slots
             late_extra = self.round_interval_s * self.training.fragments if group.islands[0].index in self.late else 0.0
-            self.stale_sum_s += contributions * (h * wall + late_extra)
-            self.stale_count += contributions
+            if math.isfinite(late_extra) and contributions > 0:
+                self.stale_sum_s += contributions * (h * wall + late_extra)
+                self.stale_count += contributions
             self._commit_member(group, now)
         if self.surrogate is not None and sum(self._owed.values()) >= len(members):
             # a surrogate round once the members owe at least one surrogate step each on average,

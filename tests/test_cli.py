@@ -145,3 +145,22 @@ def test_aggregate_skips_maps_that_are_not_numbers_in_every_run():
     result = aggregate(runs)
     assert result["goodput"] == pytest.approx(0.6) and result["chip_time"] == {"useful": 2.0}
     assert "rejoin_s" not in result and len(result["runs"]) == 2
+
+
+def test_bandwidth_command_reports_dp_against_streaming():
+    """`chaossim bandwidth --json`: DP of a 12B model over 2 Gbit/s between 4 sites needs its 2*(3/4)*24 GB
+    ring all-reduce every step (144 s of stall per 1 s step); 4-bit streaming needs far less bandwidth."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    result = CliRunner().invoke(app, ["bandwidth", "--params", "12B", "--step-time", "1s", "--bandwidth", "2Gbps",
+                                      "--sites", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {(r["method"], r["bits"]): r for r in json.loads(result.stdout)}
+    assert rows[("dp", 16)]["exposed_comm_s_per_step"] == pytest.approx(144.0, rel=0.01)
+    assert rows[("streaming_diloco", 4)]["required_bandwidth_bps"] < rows[("dp", 16)]["required_bandwidth_bps"] / 30
+    bad = CliRunner().invoke(app, ["bandwidth", "-H", "24", "-P", "5"])
+    assert bad.exit_code == 2 and "multiple of fragments" in bad.output

@@ -3,8 +3,10 @@
 Each island is a learner (a :class:`~sim.learner.Group` of its own) that fails and recovers on its own
 (``training.on_failure``). Between chaos events (a failure, repair, pause end, outage or link edge) the
 system is in a steady state in which outer rounds repeat identically, so rounds are not played one by
-one: an *epoch* process settles them in blocks. At each epoch end (at most every ``H`` steps of the
-pacing learner, at least every 1/1000 of the run) and at each change it
+one: an *epoch* process settles them in blocks. An epoch lasts the longer of H steps of the fastest
+learner and 1/1000 of the run, and ends early at every change. Nothing measured depends on that
+length: rounds, learners per merge and staleness follow the round cadence of the steady state, and a
+restart loses only the work its learner's last rounds had not merged. At each epoch end it
 
 * commits the compute of every learner whose work was merged (``useful``; under ``restart`` whatever
   is still unmerged at a failure is lost),
@@ -100,10 +102,10 @@ class OuterPolicy(ABC):
         self.training = ctx.scenario.training
         self.params = ctx.scenario.workload.params
         self.groups: list[Group] = []
-        self.wait_s = {}  # learner index -> waiting seconds per step (inf: blocked)
+        self.wait_s: dict[int, float] = {}  # learner index -> waiting seconds per step (inf: blocked)
         self.merges = 0.0
         self.member_merges = 0.0
-        self.rejoin_s: list[float] = []
+        self.rejoin_s: list[tuple[str, float]] = []  # (learner, seconds from reload start to training)
         self.quorum_unmet_s = 0.0
         self.syncer_outages = 0  # overlapping synchronizer outages in force
         self.surrogate: SurrogateDriver | None = None
@@ -116,7 +118,7 @@ class OuterPolicy(ABC):
         self.late: set[int] = set()  # learners whose reports miss the round they aim at (decoupled)
         self.stale_sum_s = 0.0
         self.stale_count = 0.0
-        self._owed = {}  # learner index -> simulated steps merged but not yet given to the surrogate
+        self._owed: dict[int, int] = {}  # learner index -> simulated steps merged but not yet given to the surrogate
         self.network = Network(ctx.env)
         for name, (bandwidth, latency) in ctx.links.nominal.items():
             self.network.add_link(name, bandwidth, latency)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 
-from ..checkpointing import daly_interval_s, young_interval_s
-from ..context import RunContext
 import numpy as np
 
+from ..checkpointing import daly_interval_s, young_interval_s
+from ..context import RunContext
 from ..faults import matching_islands, schedule_times
 from ..hardware import derived_step_time_s
 from ..learner import Group

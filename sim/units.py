@@ -22,6 +22,7 @@ turns that into a one-line error naming the file and YAML path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -92,10 +93,8 @@ def parse_duration(value: str | float) -> float:
     text = value.strip()
     if text in ("inf", "infinity"):
         return math.inf
-    try:
+    with contextlib.suppress(ValueError):  # not a bare number: parse unit terms below
         return _finite(float(text), "duration", value)
-    except ValueError:
-        pass
     negative = text.startswith("-")
     body = text[1:] if negative else text
     pos, total = 0, 0.0

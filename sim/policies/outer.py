@@ -28,6 +28,7 @@ and the transfer are done. Outer traffic is booked per link (bytes and utilisati
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
@@ -299,10 +300,8 @@ class OuterPolicy(ABC):
         self._epoch_start = env.now
         self._apply_steady_state()
         while True:
-            try:
+            with contextlib.suppress(simpy.Interrupt):  # a change ends the epoch early
                 yield env.timeout(self.epoch_length_s())
-            except simpy.Interrupt:
-                pass
             self.settle()
             self._apply_steady_state()
 

@@ -190,8 +190,8 @@ def describe(err: dict, data: Any, file: str) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)):
-        msg = f"{msg}, got {err['input']!r}"
+    if "input" in err and kind != "value_error" and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg} ({err['input']!r})" if " got " in msg else f"{msg}, got {err['input']!r}"
     return f"{where}: {msg}"
 
 

@@ -207,3 +207,15 @@ def test_cross_field_problems_are_caught_at_load(assignment, phrases):
     with pytest.raises(ScenarioError) as err:
         validate(data, "small.yaml")
     assert all(p in str(err.value) for p in phrases), str(err.value)
+
+
+def test_a_fractional_chip_count_names_the_value_once():
+    """pydantic's own 'got ...' wording is kept and the value is shown once, not a second 'got'."""
+    from sim.loading import ScenarioError, apply_override, read_yaml, validate
+
+    data = read_yaml(Path(__file__).parent / "data" / "small.yaml")
+    apply_override(data, "topology.regions.0.islands.0.chips=1.5")
+    with pytest.raises(ScenarioError) as err:
+        validate(data, "small.yaml")
+    message = str(err.value)
+    assert message.count(" got ") == 1 and "(1.5)" in message

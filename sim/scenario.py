@@ -8,66 +8,48 @@ rejects unknown keys, so a typo is an error that names its YAML path rather than
 setting. Quantities are unit strings (see :mod:`sim.units`) and become SI floats on validation;
 ``model_dump(mode="json")`` therefore gives the *resolved* scenario, which loads back unchanged.
 
-Loading from files, ``--set`` overrides and error formatting live in :mod:`sim.loading`.
+Loading from files, ``--set`` overrides and error formatting live in :mod:`sim.loading`; the fault
+section's models in :mod:`sim.fault_spec`; unit-carrying field types in :mod:`sim.schema`.
 """
 
 from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
+from pydantic import Field, field_validator, model_validator
+
+from .fault_spec import (
+    SELECTORS_HELP,
+    BlastRadius,
+    ChipFailure,
+    Fault,
+    FaultBase,
+    IslandOutage,
+    LinkDegradation,
+    LinkPartition,
+    RegionOutage,
+    RepairSpec,
+    Schedule,
+    SelectMode,
+    Slowdown,
+    SyncerOutage,
+    Target,
+    TraceReplay,
+    foreign_selector,
 )
-
-from . import distributions as dist
+from .schema import Bandwidth, Bytes, Count, LocatedError, Model, PositiveSeconds, Seconds, _schema_also
 from .syncer import GraceMode, MergeWeighting
-from .units import parse_bandwidth, parse_bytes, parse_count, parse_duration
 
+# The fault models live in sim.fault_spec and the field types in sim.schema; they are re-exported here
+# so that ``from sim.scenario import ChipFailure`` names the whole scenario vocabulary in one place.
+__all__ = [
+    "Bandwidth", "BlastRadius", "Bytes", "ChipFailure", "Count", "Fault", "FaultBase", "GraceMode", "IslandOutage",
+    "LinkDegradation", "LinkPartition", "LocatedError", "MergeWeighting", "Model", "PositiveSeconds", "RegionOutage",
+    "RepairSpec", "Scenario", "Schedule", "Seconds", "SelectMode", "Slowdown", "SyncerOutage", "Target", "TraceReplay",
+]
 
-def _unit(parser, description: str):
-    schema = {"anyOf": [{"type": "string"}, {"type": "number"}], "description": description}
-    return Annotated[float, BeforeValidator(parser), WithJsonSchema(schema)]
-
-
-Duration = _unit(parse_duration, "duration: '500ms', '30s', '2h45m', '7d', '1y' or seconds")
-Seconds = Annotated[Duration, Field(ge=0)]
-PositiveSeconds = Annotated[Duration, Field(gt=0)]
-Bandwidth = Annotated[_unit(parse_bandwidth, "bandwidth: '2Gbps', '500Mbps' or bits/s"), Field(ge=0)]
-Bytes = Annotated[_unit(parse_bytes, "size: '95GB', '16GiB' or bytes"), Field(gt=0)]
-Count = Annotated[_unit(parse_count, "count: '12B', '4M', '1.5k' or a number"), Field(gt=0)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
-
-
-class LocatedError(ValueError):
-    """A cross-field check that knows where, below the model that raised it, the problem is.
-
-    The loader appends ``loc`` (keys and list indices) to the model's own YAML path, so the user
-    reads ``topology.regions[0].islands[1].chip (line 12)`` rather than ``(top level)``.
-    """
-
-    def __init__(self, message: str, loc: tuple = ()):
-        super().__init__(message)
-        self.loc = loc
-
-
-def _schema_also(*alternatives: dict):
-    """A ``__get_pydantic_json_schema__`` that also admits the shorthands a ``before`` validator accepts."""
-
-    def hook(cls, core_schema, handler):
-        return {"anyOf": [*alternatives, handler.resolve_ref_schema(handler(core_schema))]}
-
-    return classmethod(hook)
 
 
 # --------------------------------------------------------------------------------------------- hardware
@@ -181,13 +163,6 @@ class PauseConflict(str, Enum):
     RESTART = "restart"  # ... or starts the pause over
 
 
-class BlastRadius(str, Enum):
-    CHIP = "chip"
-    HOST = "host"
-    CUBE = "cube"
-    ISLAND = "island"
-
-
 class Checkpoint(Model):
     interval: Literal["young", "daly"] | PositiveSeconds = Field(
         "daly", description="fixed interval of useful work between checkpoints, or 'young' / 'daly' from the job MTBF"
@@ -257,183 +232,6 @@ class Training(Model):
         return self
 
 
-# --------------------------------------------------------------------------------------------- faults
-
-
-class SelectMode(str, Enum):
-    ALL = "all"
-    ONE = "one"
-    FIXED = "fixed"
-    FIXED_PERCENT = "fixed-percent"
-
-
-class Target(Model):
-    """Which islands / regions / links a fault hits, chaos-tool style (selector + mode + value)."""
-
-    islands: list[str] | None = None
-    regions: list[str] | None = None
-    links: list[str] | None = Field(None, description="links as 'regionA~regionB'")
-    mode: SelectMode = SelectMode.ALL
-    value: float | None = Field(None, ge=0)
-
-    __get_pydantic_json_schema__ = _schema_also({"const": "all"})
-
-    @model_validator(mode="before")
-    @classmethod
-    def _all_shorthand(cls, data: Any) -> Any:
-        if data == "all":
-            return {}
-        if isinstance(data, str):
-            raise ValueError(f"expected 'all' or a mapping with islands/regions/links and mode, got {data!r}")
-        return data
-
-    @model_validator(mode="after")
-    def _value_fits_mode(self) -> Target:
-        if self.mode in (SelectMode.FIXED, SelectMode.FIXED_PERCENT) and self.value is None:
-            raise ValueError(f"mode {self.mode.value} needs a value")
-        if self.mode is SelectMode.FIXED_PERCENT and self.value is not None and self.value > 100:
-            raise ValueError(f"fixed-percent value must be <= 100, got {self.value}")
-        return self
-
-
-class RepairSpec(Model):
-    """A repair-time (or outage-length) distribution."""
-
-    distribution: Literal["constant", "exponential", "lognormal", "weibull"] = "constant"
-    value: Seconds | None = Field(None, description="constant")
-    mean: PositiveSeconds | None = Field(None, description="exponential, weibull")
-    median: PositiveSeconds | None = Field(None, description="lognormal")
-    sigma: float = Field(0.5, gt=0, description="lognormal")
-    shape: float = Field(1.0, gt=0, description="weibull")
-
-    __get_pydantic_json_schema__ = _schema_also(
-        {"type": ["string", "number"], "description": "shorthand for a constant duration, e.g. '2h'"}
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _duration_shorthand(cls, data: Any) -> Any:
-        if isinstance(data, (str, int, float)) and not isinstance(data, bool):
-            return {"distribution": "constant", "value": data}
-        return data
-
-    @model_validator(mode="after")
-    def _has_parameters(self) -> RepairSpec:
-        need = {"constant": "value", "exponential": "mean", "lognormal": "median", "weibull": "mean"}[self.distribution]
-        if getattr(self, need) is None:
-            raise ValueError(f"a {self.distribution} distribution needs '{need}'")
-        return self
-
-    def build(self) -> dist.Distribution:
-        if self.distribution == "constant":
-            return dist.Constant(self.value)
-        if self.distribution == "exponential":
-            return dist.Exponential(self.mean)
-        if self.distribution == "lognormal":
-            return dist.LogNormal(self.median, self.sigma)
-        return dist.Weibull.from_mean(self.mean, self.shape)
-
-
-class Schedule(Model):
-    """Deterministic injections: at fixed times and/or every period (with uniform jitter)."""
-
-    at: list[Seconds] = []
-    every: PositiveSeconds | None = None
-    start: Seconds = 0.0
-    jitter: Seconds = 0.0
-    until: Seconds = math.inf
-
-
-class FaultBase(Model):
-    name: str = Field(min_length=1)
-    target: Target = Target()
-    at: Seconds | list[Seconds] | None = Field(None, description="shorthand for schedule.at")
-    every: PositiveSeconds | None = Field(None, description="shorthand for schedule.every")
-    jitter: Seconds = 0.0
-    schedule: Schedule | None = None
-    mtbf: PositiveSeconds | None = Field(None, description="stochastic arrivals: mean time between failures per target")
-    duration: RepairSpec | None = Field(None, description="how long the fault lasts (repair time)")
-
-    def arrivals(self) -> Schedule | None:
-        """The schedule, merging the ``at``/``every``/``jitter`` shorthands into one object."""
-        if self.at is None and self.every is None and self.schedule is None:
-            return None
-        base = self.schedule or Schedule()
-        at = base.at + ([] if self.at is None else (self.at if isinstance(self.at, list) else [self.at]))
-        return Schedule(
-            at=sorted(at), every=self.every or base.every, start=base.start,
-            jitter=self.jitter or base.jitter, until=base.until,
-        )
-
-    @model_validator(mode="after")
-    def _has_arrivals(self) -> FaultBase:
-        if self.mtbf is None and self.arrivals() is None:
-            raise ValueError("a fault needs 'mtbf' (stochastic arrivals) or 'at' / 'every' / 'schedule'")
-        return self
-
-
-class ChipFailure(FaultBase):
-    kind: Literal["chip_failure"]
-    mtbf: PositiveSeconds | None = Field(
-        None, description="per-chip mean time between failures, e.g. '50000h' (and/or at/every: one random chip)"
-    )
-    lifetime: Literal["exponential", "weibull"] = "exponential"
-    shape: float = Field(1.0, gt=0, description="Weibull shape k of chip lifetimes")
-    start: Literal["new", "stationary"] = Field(
-        "new", description="Weibull: every chip new at t = 0, or ages drawn from the renewal equilibrium"
-    )
-    blast_radius: BlastRadius = BlastRadius.CHIP
-    repair: RepairSpec = RepairSpec(distribution="lognormal", median=7200.0, sigma=0.6)
-
-
-class IslandOutage(FaultBase):
-    kind: Literal["island_outage"]
-    duration: RepairSpec = RepairSpec(value=3600.0)
-
-
-class RegionOutage(FaultBase):
-    kind: Literal["region_outage"]
-    duration: RepairSpec = RepairSpec(value=3600.0)
-
-
-class LinkDegradation(FaultBase):
-    kind: Literal["link_degradation"]
-    duration: RepairSpec = RepairSpec(value=1800.0)
-    bandwidth: Bandwidth | None = Field(None, description="bandwidth during the fault")
-    latency: Seconds | None = Field(None, description="latency during the fault")
-
-
-class LinkPartition(FaultBase):
-    kind: Literal["link_partition"]
-    duration: RepairSpec = RepairSpec(value=600.0)
-
-
-class Slowdown(FaultBase):
-    kind: Literal["slowdown"]
-    duration: RepairSpec = RepairSpec(value=3600.0)
-    factor: float = Field(2.0, ge=1, description="step-time multiplier of the selected islands")
-
-
-class SyncerOutage(FaultBase):
-    kind: Literal["syncer_outage"]
-    duration: RepairSpec = RepairSpec(value=600.0)
-
-
-class TraceReplay(Model):
-    """Replay a CSV of failures: columns ``time,target[,duration][,kind]`` (see README)."""
-
-    kind: Literal["trace"]
-    name: str = Field(min_length=1)
-    file: str = Field(description="CSV path, relative to the scenario file")
-    blast_radius: BlastRadius = BlastRadius.ISLAND
-
-
-Fault = Annotated[
-    ChipFailure | IslandOutage | RegionOutage | LinkDegradation | LinkPartition | Slowdown | SyncerOutage | TraceReplay,
-    Field(discriminator="kind"),
-]
-
-
 # --------------------------------------------------------------------------------------------- the rest
 
 
@@ -485,32 +283,6 @@ class SweepSpec(Model):
         return self
 
 
-# which selector keys each fault kind understands (a target of the wrong kind must not mean "all")
-_SELECTORS = {
-    "chip_failure": {"islands", "regions"},
-    "island_outage": {"islands", "regions"},
-    "slowdown": {"islands", "regions"},
-    "trace": set(),
-    "region_outage": {"regions"},
-    "link_degradation": {"links"},
-    "link_partition": {"links"},
-    "syncer_outage": set(),
-}
-_SELECTORS_HELP = {
-    kind: f"it selects {' or '.join(sorted(keys))}" if keys else "it has no target to select"
-    for kind, keys in _SELECTORS.items()
-}
-
-
-def _foreign_selectors(fault) -> str | None:
-    target = getattr(fault, "target", None)
-    if target is None:
-        return None
-    for key in ("islands", "regions", "links"):
-        if getattr(target, key) is not None and key not in _SELECTORS[fault.kind]:
-            return key
-    return None
-
 
 class Scenario(Model):
     version: Literal[1] = 1
@@ -558,8 +330,8 @@ class Scenario(Model):
                 ("training", "quorum"),
             )
         for k, fault in enumerate(self.faults):
-            wrong = _foreign_selectors(fault)
+            wrong = foreign_selector(fault)
             if wrong:
-                raise LocatedError(f"{fault.kind} faults cannot select {wrong}: {_SELECTORS_HELP[fault.kind]}",
+                raise LocatedError(f"{fault.kind} faults cannot select {wrong}: {SELECTORS_HELP[fault.kind]}",
                                    ("faults", k, "target", wrong))
         return self

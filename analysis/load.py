@@ -29,6 +29,7 @@ Problems with the input raise :class:`ResultsError`, whose message is one line f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -117,11 +118,9 @@ def sweep_factors(rows: pd.DataFrame, folder: Path | None = None) -> list[str]:
     """
     plan = folder / "sweep.json" if folder is not None else None
     if plan is not None and plan.exists():
-        try:
+        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):  # else: the column names
             keys = [k for factor in json.loads(plan.read_text()).get("factors", []) for k in factor.get("keys", [])]
             return [k for k in keys if k in rows]
-        except (OSError, json.JSONDecodeError, AttributeError):
-            pass  # fall back on the column names
     from sim.scenario import Scenario
 
     sections = set(Scenario.model_fields)

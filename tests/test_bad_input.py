@@ -167,55 +167,53 @@ def test_installed_command_end_to_end(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_key_lists_the_keys_of_that_fault_kind():
-    """An unknown key inside an island_outage lists island_outage's keys, not another kind's."""
+def load_error(*assignments: str) -> str:
+    """The one-line ScenarioError of the small valid scenario with ``assignments`` applied."""
     from sim.loading import ScenarioError, apply_override, read_yaml, validate
 
     data = read_yaml(Path(__file__).parent / "data" / "small.yaml")
-    apply_override(data, "faults=[{name: o, kind: island_outage, at: 1h, bogus: 3}]")
+    for assignment in assignments:
+        apply_override(data, assignment)
     with pytest.raises(ScenarioError) as err:
         validate(data, "small.yaml")
-    message = str(err.value)
+    return str(err.value)
+
+
+def test_unknown_key_lists_the_keys_of_that_fault_kind():
+    """An unknown key inside an island_outage lists island_outage's keys, not another kind's."""
+    message = load_error("faults=[{name: o, kind: island_outage, at: 1h, bogus: 3}]")
     assert "faults[0].bogus" in message and "unknown key 'bogus'" in message
     assert "duration" in message and "blast_radius" not in message and "lifetime" not in message
 
 
 @pytest.mark.parametrize(
-    ("assignment", "phrases"),
+    ("assignments", "phrases"),
     [
-        ("duration=inf", ["duration", "finite"]),
-        ("faults=[{name: x, kind: region_outage, target: {islands: [isl]}, at: 1h}]",
+        (["duration=inf"], ["duration", "finite"]),
+        (["faults=[{name: x, kind: region_outage, target: {islands: [isl]}, at: 1h}]"],
          ["faults[0].target.islands", "region_outage faults cannot select islands"]),
-        ("faults=[{name: x, kind: island_outage, target: {links: [r0~r1]}, at: 1h}]",
+        (["faults=[{name: x, kind: island_outage, target: {links: [r0~r1]}, at: 1h}]"],
          ["faults[0].target.links", "cannot select links"]),
-        ("training.policy=decoupled_diloco", []),
-        ("training.quorum=3", []),
+        (["training.policy=decoupled_diloco", "training.quorum=99"], ["training.quorum", "exceeds"]),
     ],
 )
-def test_cross_field_problems_are_caught_at_load(assignment, phrases):
+def test_cross_field_problems_are_caught_at_load(assignments, phrases):
     """Values no single field can judge (an infinite run, a selector of the wrong kind, a quorum above
     the number of learners) are rejected before anything runs, with their YAML path."""
-    from sim.loading import ScenarioError, apply_override, read_yaml, validate
+    message = load_error(*assignments)
+    assert all(p in message for p in phrases), message
+
+
+def test_decoupled_with_a_quorum_the_islands_can_meet_is_valid():
+    """The quorum check rejects only what the topology cannot meet: quorum 1 is fine."""
+    from sim.loading import apply_override, read_yaml, validate
 
     data = read_yaml(Path(__file__).parent / "data" / "small.yaml")
-    apply_override(data, assignment)
-    if not phrases:  # decoupled with the base's islands and the default quorum 1 is fine ...
-        validate(data, "small.yaml")
-        apply_override(data, "training.policy=decoupled_diloco")
-        apply_override(data, "training.quorum=99")  # ... a quorum above the learners is not
-        phrases = ["training.quorum", "exceeds"]
-    with pytest.raises(ScenarioError) as err:
-        validate(data, "small.yaml")
-    assert all(p in str(err.value) for p in phrases), str(err.value)
+    apply_override(data, "training.policy=decoupled_diloco")
+    assert validate(data, "small.yaml").training.quorum == 1
 
 
 def test_a_fractional_chip_count_names_the_value_once():
     """pydantic's own 'got ...' wording is kept and the value is shown once, not a second 'got'."""
-    from sim.loading import ScenarioError, apply_override, read_yaml, validate
-
-    data = read_yaml(Path(__file__).parent / "data" / "small.yaml")
-    apply_override(data, "topology.regions.0.islands.0.chips=1.5")
-    with pytest.raises(ScenarioError) as err:
-        validate(data, "small.yaml")
-    message = str(err.value)
+    message = load_error("topology.regions.0.islands.0.chips=1.5")
     assert message.count(" got ") == 1 and "(1.5)" in message

@@ -134,14 +134,21 @@ class Group:
         return sum(self.in_job.values())
 
     def _sync_capacity(self, upscale: bool) -> None:
-        """Drop chips that died; with ``upscale`` also take back chips that are available again."""
-        self._compute_s = None
+        """Drop chips that died; with ``upscale`` also take back chips that are available again.
+
+        Called on every plan of a non-elastic group, so derived state (step time, islands sitting out)
+        is only rebuilt when a count actually changed.
+        """
+        changed = False
         for island in self.islands:
             available = self.available_chips(island)
-            if upscale or available < self.in_job[island.index]:
+            if available != self.in_job[island.index] and (upscale or available < self.in_job[island.index]):
                 self.in_job[island.index] = available
-        self._account_islands()
-        self._out = [index for index, chips in self.in_job.items() if chips == 0]
+                changed = True
+        if changed:
+            self._compute_s = None
+            self._account_islands()
+            self._out = [index for index, chips in self.in_job.items() if chips == 0]
 
     def needs_upscale(self) -> bool:
         return any(self.available_chips(i) > self.in_job[i.index] for i in self.islands)

@@ -105,6 +105,9 @@ class Group:
         self._step_wall_s = math.inf
         self._never = env.event()
         self.listeners: list[Callable[[Group, Phase, Phase], None]] = []
+        # told after every (re)plan: (group, old phase, new phase); a RUNNING -> RUNNING call is a
+        # re-timing (the step time changed), which phase listeners do not see
+        self.plan_listeners: list[Callable[[Group, Phase, Phase], None]] = []
         self.commit_listeners: list[Callable[[Group, float], None]] = []
         # policy hook: an event a reload (or the upscale of a learner back from zero chips) must also
         # wait for: state pulled from a peer over the network
@@ -156,6 +159,11 @@ class Group:
     @property
     def holding(self) -> bool:
         return self.phase in _HOLDING or (self.phase is Phase.BLOCKED and self.intent is Phase.RUNNING)
+
+    @property
+    def step_wall_s(self) -> float:
+        """Wall seconds of one step as last planned (compute plus exposed communication)."""
+        return self._step_wall_s
 
     def step_times(self) -> tuple[float, float]:
         """(compute_s, exposed_comm_s) of one step with the chips in the job now."""
@@ -219,7 +227,10 @@ class Group:
     def wake(self, reason: str) -> None:
         """Something changed that may re-time or unblock the group."""
         self._compute_s = None
-        if self.process.is_alive:
+        if self.env.active_process is self.process:
+            # told from inside its own process (a listener): re-plan right after this step
+            self.env.timeout(0).callbacks.append(lambda _e: self.wake(reason))
+        elif self.process.is_alive:
             self.process.interrupt(Wake(reason))
 
     def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: bool) -> None:
@@ -314,11 +325,14 @@ class Group:
             self._step_phase = 0.0  # pauses, checkpoints and reloads happen between steps
         if phase is Phase.RUNNING:
             self._run_started_s = now
-        if phase is not self.phase:
-            old, self.phase, self.phase_since_s = self.phase, phase, now
+        old = self.phase
+        if phase is not old:
+            self.phase, self.phase_since_s = phase, now
             for listener in self.listeners:
                 listener(self, old, phase)
         self._book()
+        for listener in self.plan_listeners:
+            listener(self, old, phase)
 
     def _account_islands(self) -> None:
         """Per-island downtime beyond the group's: time an island sat out while the group ran."""

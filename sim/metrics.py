@@ -84,6 +84,10 @@ class Ledger:
     committed_steps: float = 0.0
     rolled_back_steps: float = 0.0
     advancing_s: float = 0.0  # wall seconds in RUNNING
+    # cumulative compute kept so far (pending + committed + rolled back, less the discarded steps in
+    # flight): the outer rounds commit the difference between two of its readings, fragment by fragment
+    compute_chip_s: float = 0.0
+    compute_steps: float = 0.0
     # current state
     phase: Phase = Phase.BLOCKED
     active_chips: int = 0
@@ -107,6 +111,8 @@ class Ledger:
             self.pending_chip_s += compute
             self.buckets[Bucket.WAITING] += self.active_chips * dt - compute
             self.pending_steps += dt * self.steps_per_s
+            self.compute_chip_s += compute
+            self.compute_steps += dt * self.steps_per_s
             self.advancing_s += dt
         else:
             self.buckets[self.phase.bucket] += self.active_chips * dt
@@ -152,6 +158,25 @@ class Ledger:
         self.pending_chip_s = self.pending_steps = 0.0
         return steps
 
+    def commit_part(self, now_s: float, chip_s: float, steps: float) -> None:
+        """Part of the pending compute reached the global model (one fragment's share of a report)."""
+        self._move_part(now_s, chip_s, steps, Bucket.USEFUL)
+
+    def rollback_part(self, now_s: float, chip_s: float, steps: float) -> None:
+        """Part of the pending compute was discarded by the protocol (``apply: overwrite``)."""
+        self._move_part(now_s, chip_s, steps, Bucket.LOST)
+
+    def _move_part(self, now_s: float, chip_s: float, steps: float, bucket: Bucket) -> None:
+        self.advance(now_s)
+        chip_s, steps = min(max(chip_s, 0.0), self.pending_chip_s), min(max(steps, 0.0), self.pending_steps)
+        self.buckets[bucket] += chip_s
+        self.pending_chip_s -= chip_s
+        self.pending_steps -= steps
+        if bucket is Bucket.USEFUL:
+            self.committed_steps += steps
+        else:
+            self.rolled_back_steps += steps
+
     def rollback(self, now_s: float, fraction: float = 1.0) -> float:
         """``fraction`` of pending compute is thrown away (1.0: back to the last checkpoint)."""
         self.advance(now_s)
@@ -168,6 +193,8 @@ class Ledger:
         self.advance(now_s)
         chip_s = min(chip_s, self.pending_chip_s)
         steps = min(steps, self.pending_steps)
+        self.compute_chip_s -= chip_s
+        self.compute_steps -= steps
         self.buckets[Bucket.LOST] += chip_s
         self.pending_chip_s -= chip_s
         self.pending_steps -= steps

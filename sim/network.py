@@ -89,6 +89,7 @@ class LinkStats:
     utilisation: float
     busy_fraction: float
     capacity_changes: tuple[CapacityChange, ...]
+    offered_bits: float = 0.0  # integral of capacity over time: what the link could have carried
 
 
 class _Flow:
@@ -283,7 +284,7 @@ class Network:
             stalled_time_s=stalled, elapsed_s=elapsed,
             utilisation=delivered / offered if offered > 0 else 0.0,
             busy_fraction=busy / elapsed if elapsed > 0 else 0.0,
-            capacity_changes=tuple(lk.changes),
+            capacity_changes=tuple(lk.changes), offered_bits=offered,
         )
 
     # ---- the fluid engine -------------------------------------------------------------------

@@ -5,7 +5,9 @@ A :class:`Recorder` collects two kinds of typed rows:
 * **timeline**: one row per state interval of a learner group (``group, phase, start_s, end_s,
   active_chips, down_chips``), the source of the learner-state timeline figure and of downtimes;
 * **events**: one row per thing that happened (``time_s, kind, fault, target, detail``):
-  failures, repairs, checkpoints, merges, link changes.
+  failures, repairs, checkpoints, merges, link changes;
+* **rounds**: one row per outer round played by the DiLoCo family (``fragment, opened_s, closed_s,
+  merged_s, members, weights, reason``; members and weights comma-separated, sorted by learner id).
 
 Rows are buffered and flushed to Parquet in row groups, so a long run that is interrupted keeps what
 it wrote; without an output folder the rows stay in memory (tests, sweeps that only need summaries).
@@ -44,6 +46,17 @@ SERIES_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("value", pa.float64()),
         ("tokens", pa.float64()),
+    ]
+)
+ROUND_SCHEMA = pa.schema(
+    [
+        ("fragment", pa.int64()),
+        ("opened_s", pa.float64()),
+        ("closed_s", pa.float64()),
+        ("merged_s", pa.float64()),
+        ("members", pa.string()),
+        ("weights", pa.string()),
+        ("reason", pa.string()),
     ]
 )
 
@@ -97,6 +110,7 @@ class Recorder:
         self.timeline = _Table(TIMELINE_SCHEMA, path("timeline.parquet"), flush_rows)
         self.events = _Table(EVENT_SCHEMA, path("events.parquet"), flush_rows)
         self.series = _Table(SERIES_SCHEMA, path("series.parquet"), flush_rows)
+        self.rounds = _Table(ROUND_SCHEMA, path("rounds.parquet"), flush_rows)
 
     def interval(self, group: str, phase: str, start_s: float, end_s: float, active: int, down: int) -> None:
         if end_s > start_s:
@@ -109,5 +123,12 @@ class Recorder:
         """A sample of a time series (loss, link utilisation, ...)."""
         self.series.append((time_s, series, key, value, tokens))
 
+    def round(self, fragment: int, opened_s: float, closed_s: float, merged_s: float,
+              members: tuple[int, ...], weights: tuple[float, ...], reason: str) -> None:
+        """One merged outer round (``reason``: why the synchronizer closed it)."""
+        self.rounds.append((fragment, opened_s, closed_s, merged_s, ",".join(map(str, members)),
+                            ",".join(f"{w:.17g}" for w in weights), reason))
+
     def close(self) -> dict[str, pa.Table | None]:
-        return {"timeline": self.timeline.close(), "events": self.events.close(), "series": self.series.close()}
+        return {"timeline": self.timeline.close(), "events": self.events.close(), "series": self.series.close(),
+                "rounds": self.rounds.close()}

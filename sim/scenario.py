@@ -163,6 +163,20 @@ class PauseConflict(str, Enum):
     RESTART = "restart"  # ... or starts the pause over
 
 
+class RoundSchedule(str, Enum):
+    """Who decides when a fragment round opens (Decoupled DiLoCo; DESIGN.md, the protocol, rule 3)."""
+
+    SYNCHRONIZER = "synchronizer"  # the synchronizer's slot clock opens rounds; learners re-align
+    LEARNER = "learner"  # each learner reports on its own step counter; schedules can drift apart
+
+
+class ApplyMode(str, Enum):
+    """How a learner applies a merged fragment that comes back (protocol rule 5)."""
+
+    KEEP_LOCAL = "keep_local"  # theta = Theta_p + (theta - snapshot): steps since the report are kept
+    OVERWRITE = "overwrite"  # theta = Theta_p: steps since the report are discarded (booked lost)
+
+
 class Checkpoint(Model):
     interval: Literal["young", "daly"] | PositiveSeconds = Field(
         "daly", description="fixed interval of useful work between checkpoints, or 'young' / 'daly' from the job MTBF"
@@ -202,6 +216,9 @@ class Outer(Model):
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
+LOCKSTEP_ROUND_TIMEOUT_S = 600.0  # diloco / streaming_diloco: how long a round waits for a down member
+
+
 class Training(Model):
     policy: Policy = Policy.SYNC_DP
     on_failure: OnFailure = OnFailure.RESTART
@@ -210,7 +227,7 @@ class Training(Model):
     elastic: Elastic = Elastic()
     spares: Spares = Spares()
     inner_steps: int = Field(24, ge=1, description="H: inner steps between outer syncs")
-    fragments: int = Field(24, ge=1, description="P: parameter fragments (streaming / decoupled)")
+    fragments: int = Field(24, ge=1, description="P: parameter fragments (streaming / decoupled), at offsets floor(p*H/P)")
     overlap: int = Field(2, ge=0, description="tau: steps over which a fragment's sync is overlapped")
     quorum: int = Field(1, ge=1, description="K: minimum learners per merge (decoupled)")
     grace: Grace = Grace()
@@ -218,17 +235,26 @@ class Training(Model):
     averaging: Literal["rda", "mean"] = "rda"
     outer: Outer = Outer()
     bits: int = Field(16, ge=1, le=32, description="bits per value of synced (outer) gradients")
-    round_timeout: PositiveSeconds = Field(600.0, description="diloco: how long a round waits for a down learner")
+    schedule: RoundSchedule = Field(RoundSchedule.SYNCHRONIZER, description="decoupled: who opens fragment rounds")
+    apply: ApplyMode = Field(ApplyMode.KEEP_LOCAL, description="decoupled: how a merged fragment is applied")
+    round_timeout: PositiveSeconds | None = Field(
+        None,
+        description="decoupled: merge a round short of quorum after this long (none: never, as published); "
+        "diloco / streaming_diloco: drop a learner that is down from a round after this long (none: 600 s)",
+    )
 
     @model_validator(mode="after")
     def _fragments_fit(self) -> Training:
         if self.policy is Policy.SYNC_DP and self.on_failure is OnFailure.ELASTIC:
             raise ValueError("sync_dp restarts on failure: use policy elastic_dp for elastic lockstep training")
-        if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.inner_steps % self.fragments:
+        if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.fragments > self.inner_steps:
             raise ValueError(
-                f"inner_steps ({self.inner_steps}) must be a multiple of fragments ({self.fragments}): "
-                "each fragment syncs once every inner_steps / fragments steps"
+                f"fragments ({self.fragments}) must not exceed inner_steps ({self.inner_steps}): "
+                "fragment p syncs at offset floor(p*H/P) of every H steps, one fragment per offset"
             )
+        if self.round_timeout is None and self.policy in (Policy.DILOCO, Policy.STREAMING_DILOCO):
+            # lockstep rounds must drop a dead member at some point; the resolved scenario shows the value
+            object.__setattr__(self, "round_timeout", LOCKSTEP_ROUND_TIMEOUT_S)
         return self
 
 

@@ -129,6 +129,7 @@ class SyncConfig:
     grace_max_s: float = math.inf
     overlap_steps: int = 2
     merge: MergeWeighting = MergeWeighting.TOKEN_WEIGHTED
+    round_timeout_s: float = math.inf  # merge a round short of quorum this long after it opened
 
     def __post_init__(self) -> None:
         if not isinstance(self.grace_mode, GraceMode):
@@ -151,6 +152,8 @@ class SyncConfig:
             raise TypeError(f"overlap_steps must be an int, got {self.overlap_steps!r}")
         if self.overlap_steps < 0:
             raise ValueError(f"overlap_steps must be >= 0, got {self.overlap_steps}")
+        if math.isnan(self.round_timeout_s) or self.round_timeout_s <= 0:
+            raise ValueError(f"round_timeout_s must be > 0 (inf: never), got {self.round_timeout_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +264,9 @@ def decide(now_s: float, view: SyncView, config: SyncConfig) -> Decision:
 
     Rules, in order (the reason of each branch names it):
 
-    1. fewer than K alive learners have reported -> WAIT for the next report ("quorum unmet");
+    1. fewer than K alive learners have reported -> WAIT for the next report ("quorum unmet"), or
+       until the round timeout; past ``round_timeout_s`` after the round opened, MERGE whoever has
+       reported ("round timeout");
     2. every alive learner has reported -> MERGE now ("fast path");
     3. ``now_s`` is before quorum time + grace window -> WAIT until then ("grace window open");
     4. otherwise -> MERGE the reporters ("grace window closed").
@@ -286,12 +291,16 @@ def decide(now_s: float, view: SyncView, config: SyncConfig) -> Decision:
     head = f"fragment {view.fragment}:"
 
     if len(reporters) < k:
+        timeout_at_s = view.round_opened_s + config.round_timeout_s
+        if reporters and now_s >= timeout_at_s:
+            return _merge(reporters, config, f"{head} round timeout after {config.round_timeout_s:.3f}s", counts)
         why = (
             f"only {len(alive)} alive < quorum, waiting for learners to return"
             if len(alive) < k
             else "waiting for the next report"
         )
-        return Decision(Action.WAIT, (), (), None, f"{head} quorum unmet, {why} {counts}")
+        wait_until = timeout_at_s if reporters and math.isfinite(timeout_at_s) else None
+        return Decision(Action.WAIT, (), (), wait_until, f"{head} quorum unmet, {why} {counts}")
 
     grace_s = grace_window_s(view, config)
     quorum_met_s = now_s if view.quorum_met_s is None else view.quorum_met_s
@@ -311,15 +320,13 @@ def decide(now_s: float, view: SyncView, config: SyncConfig) -> Decision:
     else:
         why = f"grace window closed at {deadline_s:.3f}s ({grace_note})"
 
+    return _merge(reporters, config, f"{head} merge {len(reporters)}", counts, why)
+
+
+def _merge(reporters: list[LearnerReport], config: SyncConfig, head: str, counts: str, why: str = "") -> Decision:
     members = tuple(r.learner_id for r in reporters)
     weights = token_weights([r.steps for r in reporters], [r.tokens for r in reporters], config.merge)
     weighting = config.merge.value
     if not any(_has_work(r.steps, r.tokens) for r in reporters):
         weighting += ", all weights zero: uniform fallback"
-    return Decision(
-        Action.MERGE,
-        members,
-        weights,
-        None,
-        f"{head} merge {len(members)} ({weighting}); {why} {counts}",
-    )
+    return Decision(Action.MERGE, members, weights, None, f"{head} ({weighting}){'; ' + why if why else ''} {counts}")

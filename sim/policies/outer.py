@@ -11,7 +11,7 @@ the engine's metrics.
 The surrogate (:class:`SurrogateDriver`) sees the rounds played: at each merged round its members
 first run the inner steps they owe (``surrogate.resolution`` surrogate steps per simulated step,
 within ``max_steps_per_learner``), then fragment p is merged with the round's members and weights
-and sent back to them. A round in which no member has trained since it last received p is skipped
+(each member's outer gradient is its progress since it last received p) and sent back to them. A round in which no member has trained since it last received p is skipped
 whole (its outer gradient would be zero), never merged with other members.
 """
 
@@ -30,7 +30,7 @@ from .lockstep import base_step_time_s
 class SurrogateDriver:
     """Turns simulated steps into surrogate steps at the scenario's resolution, and plays merges."""
 
-    def __init__(self, ctx: RunContext, n_learners: int, fragments: int, tokens_fn):
+    def __init__(self, ctx: RunContext, n_learners: int, fragments: int, tokens_fn=None):
         from ..surrogate import Surrogate
 
         cfg, training = ctx.scenario.surrogate, ctx.scenario.training
@@ -41,9 +41,15 @@ class SurrogateDriver:
             non_iid=cfg.non_iid, outer_lr=training.outer.lr, outer_momentum=training.outer.momentum,
             averaging=training.averaging,
         )
+        # what each learner last received of the global model: its pseudo-gradient is measured from
+        # there (progress since it received Theta_p), not from a Theta_p that has moved on since
+        self.anchor = np.repeat(self.model.theta[None, :], n_learners, axis=0)
         self.carry = np.zeros(n_learners)
         self.done = np.zeros(n_learners, dtype=np.int64)
-        self.fresh = np.zeros((n_learners, fragments), dtype=bool)  # trained since it last received p
+        # surrogate steps each learner has trained since it last received fragment p: a round of p is
+        # merged once every member has trained H of them (the outer optimizer's cadence, as published)
+        self.fresh = np.zeros((n_learners, fragments), dtype=np.int64)
+        self.inner_per_merge = training.inner_steps
         self.merges = self.skipped = 0
         self.eval_every_s = cfg.eval_every or ctx.scenario.duration / 200.0
         self.next_eval_s = 0.0
@@ -71,33 +77,38 @@ class SurrogateDriver:
         if n > 0:
             with self.timed() as model:
                 model.train(m, n)
-            self.fresh[m, :] = True
+            self.fresh[m, :] += n
 
     def merge(self, p: int, members: tuple[int, ...], weights: tuple[float, ...]) -> None:
         ids = list(members)
-        if not self.fresh[ids, p].any():
+        if (self.fresh[ids, p] < self.inner_per_merge).any():
             self.skipped += 1
             return
         with self.timed() as model:
-            model.merge_fragment(p, ids, weights)
+            sl = model.fragment_slices[p]
+            # Theta_p - pulled = anchor_m,p - theta_m,p: each member's own progress since it received p
+            pulled = model.params[ids, sl] - self.anchor[ids, sl] + model.theta[sl]
+            model.merge_fragment(p, ids, weights, pulled=pulled)
             model.broadcast_fragment(p, ids)
-        self.fresh[ids, p] = False
+            self.anchor[ids, sl] = model.theta[sl]
+        self.fresh[ids, p] = 0
         self.merges += 1
-        self.record()
+        self.record(self.ctx.scenario.training.policy.value, self.tokens_fn())
 
     def copy_learner(self, src: int, dst: int) -> None:
         with self.timed() as model:
             model.copy_learner(src, dst)
+        self.anchor[dst] = self.anchor[src]
         self.fresh[dst] = self.fresh[src]
 
-    def record(self, force: bool = False) -> None:
+    def record(self, key: str, tokens: float, force: bool = False) -> None:
         """Evaluate the global model, at most every ``eval_every`` of simulated time."""
         now = self.ctx.env.now
         if force or now >= self.next_eval_s:
             self.next_eval_s = now + self.eval_every_s
             with self.timed() as model:
                 loss = model.eval_loss()
-            self.ctx.recorder.point(now, "loss", self.ctx.scenario.training.policy.value, loss, self.tokens_fn())
+            self.ctx.recorder.point(now, "loss", key, loss, tokens)
 
 
 class OuterPolicy:
@@ -142,7 +153,7 @@ class OuterPolicy:
     def finish(self) -> None:
         self.engine.finish()
         if self.surrogate is not None:
-            self.surrogate.record(force=True)
+            self.surrogate.record(self.training.policy.value, self.surrogate.tokens_fn(), force=True)
 
     def metrics(self, final: bool) -> dict:
         out = self.engine.metrics()

@@ -20,9 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from .input_limits import MAX_FILE_BYTES, InputLimitError, check_document, check_text
 from .scenario import Scenario
 
 
@@ -43,11 +45,22 @@ def read_yaml(path: Path) -> Any:
     if path.is_dir():
         raise ScenarioError(f"{path}: is a folder, expected a YAML scenario file")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ScenarioError(f"{path}: cannot read: {err}") from None
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ScenarioError(f"{path}: {size:,} bytes, larger than the limit of {MAX_FILE_BYTES:,} for a scenario file")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ScenarioError(f"{path}: cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ScenarioError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
     try:
+        check_text(text)
         data = _yaml().load(text)
+        check_document(data)
+    except InputLimitError as err:
+        raise ScenarioError(f"{path}: {err}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: nesting too deep to read") from None
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -104,10 +117,24 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
 
 
 def _plain(data: Any) -> Any:
+    """Plain Python values: ruamel's round-trip scalars (a boolean that is an int, a float with
+    formatting, a ``!!str``-tagged scalar) would otherwise reach validation and error messages."""
     if isinstance(data, dict):
         return {str(k): _plain(v) for k, v in data.items()}
     if isinstance(data, list):
         return [_plain(v) for v in data]
+    if isinstance(data, ScalarBoolean):
+        return bool(data)
+    if isinstance(data, TaggedScalar):
+        return str(data.value)
+    if isinstance(data, bool):
+        return data
+    if isinstance(data, float):
+        return float(data)
+    if isinstance(data, int):
+        return int(data)
+    if isinstance(data, str):
+        return str(data)
     return data
 
 
@@ -126,10 +153,46 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
             node, path = node[part], f"{path}.{part}" if path else part
         elif isinstance(node, dict) and isinstance(part, str) and node.get("kind") == part:
             continue  # the tag of a discriminated union (faults[i] is a chip_failure ...)
+        elif _union_member(part):
+            continue  # pydantic names the union member it tried; the user's file has no such key
         else:
             path = f"{path}.{part}" if path and isinstance(part, str) else (f"{path}[{part}]" if path else str(part))
             node = None
     return path or "(top level)", line
+
+
+_PYDANTIC_TYPES = {"int", "float", "str", "bool", "bytes", "none", "list", "dict", "tuple", "set", "is-instance"}
+
+
+def _union_member(part: Any) -> bool:
+    """True for the labels pydantic gives union members in a location (``literal['auto']``,
+    ``function-after[...]``, ``int``): internals that must never reach a message."""
+    return isinstance(part, str) and ("[" in part or "(" in part or part in _PYDANTIC_TYPES)
+
+
+def _clean(loc: tuple) -> tuple:
+    return tuple(part for part in loc if not _union_member(part))
+
+
+_CONSTRAINTS = ("greater_than", "less_than", "too_short", "too_long", "multiple_of", "finite_number")
+
+
+def _best(errors: list[dict]) -> tuple[dict, list[dict], int]:
+    """The error to show, the union alternatives tried at its place, and how many other problems.
+
+    A field typed as a union (``'auto'`` or a duration) gets one error per alternative. The one to
+    show is the most specific: the deepest location (a list item rather than the list), then a
+    broken constraint (the value parsed but is out of range) over a value that did not parse.
+    """
+    first = _clean(tuple(errors[0]["loc"]))
+    same = [e for e in errors if _clean(tuple(e["loc"]))[: len(first)] == first]
+    others = len({_clean(tuple(e["loc"])) for e in errors if e not in same})
+
+    def rank(err: dict) -> tuple:
+        return (len(_clean(tuple(err["loc"]))), err["type"].startswith(_CONSTRAINTS), err["type"] != "literal_error")
+
+    best = max(same, key=rank)
+    return best, [e for e in same if _clean(tuple(e["loc"])) == _clean(tuple(best["loc"]))], others
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -170,11 +233,11 @@ def _models(tp: Any) -> list[type[BaseModel]]:
     return []
 
 
-def describe(err: dict, data: Any, file: str) -> str:
-    """One line for one pydantic error."""
+def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> str:
+    """One line for one pydantic error (``alternatives``: every error of the union it belongs to)."""
     ctx = err.get("ctx") or {}
     # a cross-field check (sim.scenario.LocatedError) says where below its model the problem is
-    loc = tuple(err["loc"]) + tuple(getattr(ctx.get("error"), "loc", ()))
+    loc = _clean(tuple(err["loc"])) + tuple(getattr(ctx.get("error"), "loc", ()))
     path, line = _locate(data, loc)
     where = f"{file}: {path}" + (f" (line {line})" if line else "")
     kind, msg = err["type"], err["msg"]
@@ -190,6 +253,10 @@ def describe(err: dict, data: Any, file: str) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    literals = [str(e["ctx"]["expected"]) for e in alternatives if e["type"] == "literal_error" and e.get("ctx")]
+    if literals and kind == "value_error" and msg.startswith("expected "):
+        # neither alternative parsed: say both ("expected 'auto' or a duration like '30s'")
+        msg = f"expected {' or '.join(literals)} or {msg.removeprefix('expected ')}"
     if "input" in err and kind != "value_error" and not isinstance(err["input"], (dict, list)):
         msg = f"{msg} ({err['input']!r})" if " got " in msg else f"{msg}, got {err['input']!r}"
     return f"{where}: {msg}"
@@ -199,9 +266,9 @@ def validate(data: Any, file: str) -> Scenario:
     try:
         scenario = Scenario.model_validate(_plain(data))
     except ValidationError as err:
-        errors = err.errors(include_url=False)
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ScenarioError(describe(errors[0], data, file) + more) from None
+        best, alternatives, others = _best(err.errors(include_url=False))
+        more = f" (and {others} more)" if others else ""
+        raise ScenarioError(describe(best, data, file, alternatives) + more) from None
     scenario = _absolute_trace_paths(scenario, Path(file).parent)
     check_targets(scenario, data, file)
     return scenario

@@ -21,8 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
-from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
 
 from .input_limits import MAX_FILE_BYTES, InputLimitError, check_document, check_text
 from .scenario import Scenario
@@ -311,13 +311,31 @@ def check_targets(scenario: Scenario, data: Any, file: str) -> None:
             raise ScenarioError(str(err)) from None
 
 
-def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
-    """Read, override and validate a scenario file; every failure is a one-line ScenarioError."""
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = True) -> Scenario:
+    """Read, override and validate a scenario file; every failure is a one-line ScenarioError.
+
+    Without ``allow_large`` a scenario whose estimated cost passes the ceiling (:mod:`sim.cost`) is
+    refused too, as the CLI does unless ``--allow-large`` is given.
+    """
     path = Path(path)
     data = read_yaml(path)
     for assignment in overrides:
         apply_override(data, assignment, f"{path}: --set")
-    return validate(data, str(path))
+    scenario = validate(data, str(path))
+    if not allow_large:
+        check_cost([(scenario, scenario.replications)], data, str(path))
+    return scenario
+
+
+def check_cost(plans: list[tuple[Scenario, int]], data: Any, file: str, replications_loc: tuple = ("replications",)) -> None:
+    """Refuse scenarios (each with its number of replications) whose estimated cost passes the ceiling."""
+    from .cost import CostError, check, estimate
+
+    try:
+        check([(estimate(scenario), n) for scenario, n in plans], replications_loc)
+    except CostError as err:
+        path, line = _locate(data, err.loc)
+        raise ScenarioError(f"{file}: {path}" + (f" (line {line})" if line else "") + f": {err}") from None
 
 
 def scenario_yaml(scenario: Scenario) -> str:

@@ -94,6 +94,10 @@ class SyncerSpec(Model):
     region: str | None = Field(None, description="region hosting the synchronizer (default: the first)")
 
 
+MAX_ISLANDS = 100_000
+"""Islands (learners) one topology may expand to: each is an object, names are checked one by one."""
+
+
 class Topology(Model):
     regions: list[RegionSpec] = Field(min_length=1)
     default_link: LinkSpec = LinkSpec(bandwidth=2e9, latency=0.03)
@@ -106,6 +110,9 @@ class Topology(Model):
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> Topology:
+        islands = sum(i.count for r in self.regions for i in r.islands)
+        if islands > MAX_ISLANDS:
+            raise LocatedError(f"{islands:,} islands (counts included), more than the limit of {MAX_ISLANDS:,}", ("regions",))
         regions = [r.name for r in self.regions]
         if len(set(regions)) != len(regions):
             raise LocatedError(f"region names must be unique, got {regions}", ("regions",))

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from . import distributions as dist
-from .schema import Bandwidth, Model, PositiveSeconds, Seconds, _schema_also
+from .schema import Bandwidth, LocatedError, Model, PositiveSeconds, Seconds, _schema_also
 
 
 class BlastRadius(str, Enum):
@@ -167,6 +167,13 @@ class LinkDegradation(FaultBase):
     duration: RepairSpec = RepairSpec(value=1800.0)
     bandwidth: Bandwidth | None = Field(None, description="bandwidth during the fault")
     latency: Seconds | None = Field(None, description="latency during the fault")
+
+    @model_validator(mode="after")
+    def _degrades_not_cuts(self) -> LinkDegradation:
+        if self.bandwidth == 0:
+            raise LocatedError("a degraded link keeps a bandwidth > 0; a link that carries nothing is kind: link_partition",
+                               ("bandwidth",))
+        return self
 
 
 class LinkPartition(FaultBase):

@@ -81,9 +81,19 @@ class RegionSpec(Model):
     islands: list[IslandSpec] = Field(min_length=1)
 
 
+NO_BANDWIDTH = "a link needs a bandwidth > 0 (for a link that carries nothing, inject a link_partition fault)"
+
+
 class LinkSpec(Model):
     bandwidth: Bandwidth
     latency: Seconds = 0.0
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _carries_something(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError(f"{NO_BANDWIDTH}, got 0")
+        return value
 
 
 class LinkOverride(LinkSpec):
@@ -231,6 +241,11 @@ class Training(Model):
     def _fragments_fit(self) -> Training:
         if self.policy is Policy.SYNC_DP and self.on_failure is OnFailure.ELASTIC:
             raise ValueError("sync_dp restarts on failure: use policy elastic_dp for elastic lockstep training")
+        if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.overlap > self.inner_steps:
+            raise LocatedError(
+                f"overlap ({self.overlap}) must not exceed inner_steps ({self.inner_steps}): a fragment's sync "
+                "would still be overlapped when its next one starts", ("overlap",),
+            )
         if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.inner_steps % self.fragments:
             raise ValueError(
                 f"inner_steps ({self.inner_steps}) must be a multiple of fragments ({self.fragments}): "
@@ -327,6 +342,7 @@ class Scenario(Model):
                         f"island {island.name!r}: unknown chip {island.chip!r} (known: {sorted(chips)})",
                         ("topology", "regions", r, "islands", k, "chip"),
                     )
+        self._steps_fit(chips)
         names = [f.name for f in self.faults]
         if len(set(names)) != len(names):
             raise LocatedError(f"fault names must be unique, got {names}", ("faults",))
@@ -342,3 +358,23 @@ class Scenario(Model):
                 raise LocatedError(f"{fault.kind} faults cannot select {wrong}: {SELECTORS_HELP[fault.kind]}",
                                    ("faults", k, "target", wrong))
         return self
+
+    def _steps_fit(self, chips: dict) -> None:
+        """A step longer than the whole run trains nothing: a typo in params, chips or step_time."""
+        from .hardware import derived_step_time_s
+        from .units import format_duration
+
+        workload = self.workload
+        for region in self.topology.regions:
+            for island in region.islands:
+                if workload.step_time == "auto":
+                    step = derived_step_time_s(workload.params, workload.tokens_per_step,
+                                               island.chips * chips[island.chip].peak_flops, workload.mfu)
+                    loc = ("workload", "params")
+                else:
+                    step, loc = workload.step_time, ("workload", "step_time")
+                if step > self.duration:
+                    raise LocatedError(
+                        f"one step of island {island.name!r} takes {format_duration(step)}, longer than the whole run "
+                        f"({format_duration(self.duration)}): nothing would be trained", loc,
+                    )

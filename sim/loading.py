@@ -269,15 +269,30 @@ def validate(data: Any, file: str) -> Scenario:
         best, alternatives, others = _best(err.errors(include_url=False))
         more = f" (and {others} more)" if others else ""
         raise ScenarioError(describe(best, data, file, alternatives) + more) from None
-    scenario = _absolute_trace_paths(scenario, Path(file).parent)
+    scenario = _absolute_trace_paths(scenario, file)
     check_targets(scenario, data, file)
     return scenario
 
 
-def _absolute_trace_paths(scenario: Scenario, folder: Path) -> Scenario:
+def _absolute_trace_paths(scenario: Scenario, file: str) -> Scenario:
     """Trace files are named relative to their scenario file; keep them absolute from here on, so the
-    resolved scenario in a results folder, and a sweep's workers, find the same file."""
+    resolved scenario in a results folder, and a sweep's workers, find the same file.
+
+    A relative path must stay inside the scenario's folder (after symbolic links): a scenario from
+    elsewhere cannot reach ``../../etc/shadow`` by accident. An absolute path is the writer's explicit
+    choice (resolved scenarios in results folders hold them).
+    """
     from .scenario import TraceReplay
+
+    folder = Path(file).parent
+    root = folder.resolve()
+    for index, fault in enumerate(scenario.faults):
+        relative = isinstance(fault, TraceReplay) and not Path(fault.file).is_absolute()
+        if relative and not (folder / fault.file).resolve().is_relative_to(root):
+            raise ScenarioError(
+                f"{file}: faults[{index}].file: trace {fault.file!r} leads outside the scenario's folder {root}; "
+                "keep traces beside the scenario or give an absolute path"
+            )
 
     faults = [
         f.model_copy(update={"file": str((folder / f.file).resolve())})

@@ -63,6 +63,11 @@ app = typer.Typer(
 )
 
 
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 def fail(message: str) -> None:
     """Print a one-line error and exit with the bad-input code."""
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -70,14 +75,14 @@ def fail(message: str) -> None:
 
 
 def load(file: Path, overrides: list[str], seed: int | None = None, replications: int | None = None,
-         allow_large: bool = True) -> Scenario:
+         allow_large: bool = True, warnings: list[str] | None = None) -> Scenario:
     extra = list(overrides)
     if seed is not None:
         extra.append(f"seed={seed}")
     if replications is not None:
         extra.append(f"replications={replications}")
     try:
-        return load_scenario(file, extra, allow_large=allow_large)
+        return load_scenario(file, extra, allow_large=allow_large, warnings=warnings)
     except ScenarioError as problem:
         fail(str(problem))
 
@@ -165,7 +170,8 @@ def run(
     allow_large: AllowLarge = False,
 ) -> None:
     """Run a scenario: print goodput, downtime, failures and tokens; write a results folder."""
-    scenario = load(file, set_ or [], seed, replications, allow_large)  # before the heavy imports: bad input fails fast
+    warnings: list[str] = []
+    scenario = load(file, set_ or [], seed, replications, allow_large, warnings)  # before the heavy imports: bad input fails fast
     from .outputs import FolderLock, check_writable, claim_run_folder
     folder = output or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summaries: list[dict] = []
@@ -176,6 +182,7 @@ def run(
         fail(str(problem))
     try:
         claim_run_folder(folder)
+        warn(warnings)  # every check has passed: what is printed now is advice, not a refusal
         (folder / "scenario.yaml").write_text(scenario_yaml(scenario))
         run_all(scenario, file, folder, summaries, show=not quiet and not as_json and err.is_terminal)
     except ScenarioError as problem:  # e.g. a trace file that changed since it was loaded
@@ -224,8 +231,10 @@ def validate(
     bad = False
     for file in files:
         try:
-            load_scenario(file, set_ or [], allow_large=allow_large)
-            out.print(f"{file}: ok", highlight=False)
+            warnings: list[str] = []
+            load_scenario(file, set_ or [], allow_large=allow_large, warnings=warnings)
+            out.print(f"{file}: ok" + (f" ({len(warnings)} warning(s))" if warnings else ""), highlight=False)
+            warn(warnings)
         except ScenarioError as problem:
             err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
             bad = True

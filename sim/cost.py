@@ -86,7 +86,7 @@ class CostError(ValueError):
         self.loc = loc
 
 
-def _islands(scenario: Scenario) -> list[tuple[str, str, int]]:
+def island_list(scenario: Scenario) -> list[tuple[str, str, int]]:
     """(region, spec name and copy name, chips) of every island, without building the topology."""
     out = []
     for region in scenario.topology.regions:
@@ -96,7 +96,7 @@ def _islands(scenario: Scenario) -> list[tuple[str, str, int]]:
     return out
 
 
-def _targets(fault, islands: list) -> list:
+def matching_islands(fault, islands: list) -> list:
     """The islands (region, names, chips) a fault's selector matches, before its mode."""
     target = fault.target
     picked = islands
@@ -118,7 +118,7 @@ def _hit(mode: SelectMode, value: float | None, pool: float) -> float:
     return math.floor(pool * (value or 0) / 100.0)
 
 
-def _injections(fault, duration_s: float) -> float:
+def injections_within(fault, duration_s: float) -> float:
     sched = fault.arrivals()
     if sched is None:
         return 0.0
@@ -139,7 +139,7 @@ def _trace_rows(fault: TraceReplay) -> float:
 
 def _fault_terms(scenario: Scenario) -> tuple[list[Term], float, float, tuple]:
     """Fault terms, the job failure rate they imply (1/s), and the Weibull memory and its location."""
-    islands, duration = _islands(scenario), scenario.duration
+    islands, duration = island_list(scenario), scenario.duration
     regions = [r.name for r in scenario.topology.regions]
     links = len(regions) * (len(regions) - 1) / 2 + len(regions)
     terms, rate, memory, memory_loc = [], 0.0, 0.0, ()
@@ -156,9 +156,9 @@ def _fault_terms(scenario: Scenario) -> tuple[list[Term], float, float, tuple]:
         elif isinstance(fault, SyncerOutage):
             pool = 1.0
         else:
-            pool = float(len(_targets(fault, islands)))
+            pool = float(len(matching_islands(fault, islands)))
         mode, value = fault.target.mode, fault.target.value
-        injections = _injections(fault, duration)
+        injections = injections_within(fault, duration)
         if injections:
             hits = injections * max(_hit(mode, value, pool), 1.0 if isinstance(fault, ChipFailure) else 0.0)
             terms.append(Term(f"{label}: scheduled injections", loc + ("every" if fault.every else "schedule",),
@@ -169,7 +169,7 @@ def _fault_terms(scenario: Scenario) -> tuple[list[Term], float, float, tuple]:
             continue
         if isinstance(fault, ChipFailure):
             # the mode picks islands; every chip of the picked islands fails at 1/mtbf
-            chips = sorted((i[2] for i in _targets(fault, islands)), reverse=True)
+            chips = sorted((i[2] for i in matching_islands(fault, islands)), reverse=True)
             chips_hit = float(sum(chips[: int(_hit(mode, value, len(chips)))]))
             arrivals = chips_hit * duration / fault.mtbf
             terms.append(Term(f"{label}: chip failures ({chips_hit:.3g} chips)", loc + ("mtbf",), EVENTS_PER_FAILURE * arrivals))
@@ -188,7 +188,7 @@ def _step_times(scenario: Scenario) -> list[float]:
     """Step time of each learner (island) at full strength, from the scenario's own fields."""
     workload, chips = scenario.workload, catalog(scenario.chips)
     if workload.step_time != "auto":
-        return [workload.step_time] * len(_islands(scenario))
+        return [workload.step_time] * len(island_list(scenario))
     times = []
     for region in scenario.topology.regions:
         for spec in region.islands:
@@ -212,7 +212,7 @@ def estimate(scenario: Scenario) -> Cost:
         fragments = 1 if training.policy is Policy.DILOCO else training.fragments
         rounds = math.fsum(duration / step * fragments / training.inner_steps for step in _step_times(scenario))
         terms.append(Term("outer rounds", ("training", "inner_steps"), rounds))
-        groups = len(_islands(scenario))
+        groups = len(island_list(scenario))
     surrogate = scenario.surrogate
     if surrogate.model != "off":
         terms.append(Term("surrogate steps", ("surrogate", "max_steps_per_learner"),

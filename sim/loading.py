@@ -326,11 +326,15 @@ def check_targets(scenario: Scenario, data: Any, file: str) -> None:
             raise ScenarioError(str(err)) from None
 
 
-def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = True) -> Scenario:
+def load_scenario(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = True,
+    warnings: list[str] | None = None,
+) -> Scenario:
     """Read, override and validate a scenario file; every failure is a one-line ScenarioError.
 
     Without ``allow_large`` a scenario whose estimated cost passes the ceiling (:mod:`sim.cost`) is
-    refused too, as the CLI does unless ``--allow-large`` is given.
+    refused too, as the CLI does unless ``--allow-large`` is given. ``warnings``, when given, receives
+    one line per likely mistake (:mod:`sim.lint`).
     """
     path = Path(path)
     data = read_yaml(path)
@@ -339,6 +343,12 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     scenario = validate(data, str(path))
     if not allow_large:
         check_cost([(scenario, scenario.replications)], data, str(path))
+    if warnings is not None:
+        from .lint import likely_mistakes
+
+        for loc, message in likely_mistakes(scenario, data):
+            where, line = _locate(data, loc)
+            warnings.append(f"{path}: {where}" + (f" (line {line})" if line else "") + f": {message}")
     return scenario
 
 

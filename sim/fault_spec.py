@@ -54,6 +54,16 @@ class Target(Model):
         return data
 
     @model_validator(mode="after")
+    def _names_listed_once(self) -> Target:
+        for key in ("islands", "regions", "links"):
+            names = getattr(self, key)
+            if names is not None and not names:
+                raise LocatedError(f"an empty {key} list selects nothing; leave it out to select all", (key,))
+            if names is not None and len(set(names)) != len(names):
+                raise LocatedError(f"{key} names must be listed once, got {names}", (key,))
+        return self
+
+    @model_validator(mode="after")
     def _value_fits_mode(self) -> Target:
         if self.mode in (SelectMode.FIXED, SelectMode.FIXED_PERCENT) and self.value is None:
             raise ValueError(f"mode {self.mode.value} needs a value")

@@ -218,3 +218,155 @@ def test_a_fractional_chip_count_names_the_value_once():
     """pydantic's own 'got ...' wording is kept and the value is shown once, not a second 'got'."""
     message = load_error("topology.regions.0.islands.0.chips=1.5")
     assert message.count(" got ") == 1 and "(1.5)" in message
+
+
+# --------------------------------------------------------------------------------------------- corpus
+#
+# A generated corpus of malformed scenarios, built from the shipped ones the way a fuzzer would: every
+# leaf set to a wrong type, a boolean, a negative, a zero (where only positive values mean anything), a
+# huge value (where size is cost) and a bad unit; every list that must not be empty emptied, every list
+# of named things duplicated; every reference renamed. Each case must be refused by the loader with one
+# line naming the file and the YAML path. The loader is called in-process (a case takes milliseconds);
+# test_corpus_through_the_command runs a sample through the installed executable.
+
+import copy  # noqa: E402
+import itertools  # noqa: E402
+import re  # noqa: E402
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "scenarios").rglob("*.yaml"))
+
+# keys whose value must be > 0 (zero is a mistake); everywhere else zero is a legitimate setting
+# (latency 0, spares 0, jitter 0, a bound max 0, ...)
+POSITIVE = {
+    "chips", "count", "mtbf", "every", "bandwidth", "params", "tokens_per_step", "step_time", "mfu",
+    "peak_flops", "inner_steps", "fragments", "quorum", "replications", "bytes_per_value", "lr", "inner_lr",
+    "round_timeout", "median", "mean", "dim", "hidden", "batch", "resolution", "max_steps_per_learner", "bits",
+    "interval", "classes", "factor", "ema_alpha", "sigma", "shape",
+}
+# keys where a huge value is a huge cost: the loader must refuse it (the ceiling), not run it
+HUGE = {
+    "chips": 10**15, "count": 10**6, "replications": 10**9, "every": "1ns", "mtbf": "1ns",
+    "max_steps_per_learner": 10**12, "eval_every": "1ns",
+}
+TOP_HUGE = {"duration": "1000000y"}
+# bounds may be any real number: negatives there are legitimate
+FREE_NUMBERS = {"min", "max"}
+NAMED_LISTS = {"regions", "islands", "faults"}  # duplicating one repeats its names
+NON_EMPTY_LISTS = {"regions", "islands"}
+UNIT = re.compile(r"^\d[\d.]*(e\d+)?\s*[A-Za-zµ/]+$")
+
+
+def path_text(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def leaves(node, path=()):
+    """(path, value) of every scalar leaf and every list, outside the sweep section."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not path and key == "sweep":
+                continue
+            yield from leaves(value, (*path, key))
+    elif isinstance(node, list):
+        yield path, node
+        for index, value in enumerate(node):
+            yield from leaves(value, (*path, index))
+    else:
+        yield path, node
+
+
+def mutations(data):
+    """(kind, path, new value) for one shipped scenario."""
+    for path, value in leaves(data):
+        key = next((p for p in reversed(path) if isinstance(p, str)), "")
+        if isinstance(value, list):
+            if key in NON_EMPTY_LISTS:
+                yield "emptied", path, []
+            if key in NAMED_LISTS and value:
+                yield "duplicated", path, [copy.deepcopy(value[0]), *value]
+            continue
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        unit = isinstance(value, str) and bool(UNIT.match(value))
+        yield "wrong type", path, {"bogus": 1}
+        yield "boolean", path, True
+        if (numeric or unit) and key not in FREE_NUMBERS and str(value).strip("0.") != "":
+            yield "negative", path, -value if numeric else f"-{value}"
+        if (numeric or unit) and key in POSITIVE and (key != "duration" or len(path) == 1):
+            yield "zero", path, 0
+        if numeric or unit:
+            yield "bad unit", path, f"{value}parsec"
+        huge = TOP_HUGE.get(key) if len(path) == 1 else HUGE.get(key)
+        if huge is not None:
+            yield "huge", path, huge
+        if key == "chip" or "target" in path or key == "between" or path[-2:] == ("syncer", "region"):
+            if isinstance(value, str) and value != "all" and key not in ("mode",):
+                yield "renamed", path, f"{value}-renamed"
+        if key == "file":
+            yield "renamed", path, f"{value}.renamed"
+
+
+def pattern(path: tuple) -> tuple:
+    return tuple("*" if isinstance(p, int) else p for p in path)
+
+
+def build_corpus() -> list[tuple[str, Path, str, tuple, object]]:
+    """Every distinct (leaf pattern, kind) across the shipped scenarios, first occurrence kept."""
+    from sim.loading import read_yaml
+
+    seen, cases = set(), []
+    for file in SHIPPED:
+        data = read_yaml(file)
+        for kind, path, value in mutations(data):
+            if (pattern(path), kind) in seen:
+                continue
+            seen.add((pattern(path), kind))
+            cases.append((f"{file.name}:{path_text(path)}:{kind}", file, kind, path, value))
+    return cases
+
+
+CORPUS = build_corpus()
+
+
+def mutated(file: Path, path: tuple, value):
+    from sim.loading import read_yaml
+
+    data = read_yaml(file)
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = copy.deepcopy(value)
+    return data
+
+
+def test_the_corpus_is_large_and_covers_every_class():
+    """At least 150 cases, every mutation kind present, most shipped scenarios contributing."""
+    kinds = {case[2] for case in CORPUS}
+    assert len(CORPUS) >= 150, len(CORPUS)
+    assert kinds == {"wrong type", "boolean", "negative", "zero", "bad unit", "huge", "emptied", "duplicated", "renamed"}
+    assert len({case[1] for case in CORPUS}) >= len(SHIPPED) // 2  # leaves first met in many files
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c[0] for c in CORPUS])
+def test_corpus_case_is_refused_in_one_line(case):
+    """A malformed scenario is one ScenarioError line naming the file and the YAML path (or, for a huge
+    cost, the term that makes it huge and how to lift the ceiling)."""
+    from sim.loading import ScenarioError, check_cost, validate
+
+    _, file, kind, path, value = case
+    data = mutated(file, path, value)
+    with pytest.raises(ScenarioError) as info:
+        scenario = validate(data, str(file))
+        check_cost([(scenario, scenario.replications)], data, str(file))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{file}: ")
+    assert "Traceback" not in message and "function-after" not in message and "literal[" not in message
+    if kind == "huge":
+        assert "--allow-large" in message or "limit" in message, message
+        return
+    # the message names the mutated place, or its list item or parent (a renamed island is an error
+    # of the fault's target, a duplicated region one of the region list)
+    named = [path_text(path[:k]) for k in range(len(path), max(len(path) - 3, 0), -1)]
+    assert any(re.search(re.escape(p) + r"(?=[ .\[:(]|$)", message) for p in named), (named, message)

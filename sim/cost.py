@@ -210,8 +210,12 @@ def estimate(scenario: Scenario) -> Cost:
         groups = 1
     else:
         fragments = 1 if training.policy is Policy.DILOCO else training.fragments
-        rounds = math.fsum(duration / step * fragments / training.inner_steps for step in _step_times(scenario))
-        terms.append(Term("outer rounds", ("training", "inner_steps"), rounds))
+        steps = _step_times(scenario)
+        rounds = math.fsum(duration / step * fragments / training.inner_steps for step in steps)
+        # the step time (given, or from params, tokens, chips and mfu) is what usually makes rounds many
+        loc = ("workload", "step_time") if scenario.workload.step_time != "auto" else ("workload",)
+        terms.append(Term(f"outer rounds (duration / step time {min(steps):.3g} s x fragments {fragments} / "
+                          f"inner_steps {training.inner_steps}, over {len(steps)} learners)", loc, rounds))
         groups = len(island_list(scenario))
     surrogate = scenario.surrogate
     if surrogate.model != "off":

@@ -259,10 +259,16 @@ def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> 
         msg = f"expected {' or '.join(literals)} or {msg.removeprefix('expected ')}"
     if "input" in err and kind != "value_error" and not isinstance(err["input"], (dict, list)):
         msg = f"{msg} ({err['input']!r})" if " got " in msg else f"{msg}, got {err['input']!r}"
+    elif isinstance(err.get("input"), (dict, list)) and kind.endswith("_type") and " got " not in msg:
+        msg = f"{msg}, got a {'mapping' if isinstance(err['input'], dict) else 'list'}"
     return f"{where}: {msg}"
 
 
 def validate(data: Any, file: str) -> Scenario:
+    try:
+        check_document(data)  # again after --set and sweep factors, which can bring aliases and long strings too
+    except InputLimitError as err:
+        raise ScenarioError(f"{file}: {err}") from None
     try:
         scenario = Scenario.model_validate(_plain(data))
     except ValidationError as err:

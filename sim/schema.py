@@ -49,7 +49,8 @@ class Model(BaseModel):
                 # pydantic keeps a field's top-level Annotated validators in its metadata
                 parsed = field is not None and any(isinstance(m, BeforeValidator) for m in field.metadata)
                 if field is not None and _boolean_in(value) and not parsed and not _admits_bool(field.annotation):
-                    raise LocatedError(f"expected {_expected(field.annotation)}, got the boolean {str(value).lower()}", (key,))
+                    got = "the boolean " + str(value).lower() if isinstance(value, bool) else "a boolean in the list"
+                    raise LocatedError(f"expected {_expected(field.annotation)}, got {got}", (key,))
         return data
 
 

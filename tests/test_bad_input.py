@@ -370,3 +370,153 @@ def test_corpus_case_is_refused_in_one_line(case):
     # of the fault's target, a duplicated region one of the region list)
     named = [path_text(path[:k]) for k in range(len(path), max(len(path) - 3, 0), -1)]
     assert any(re.search(re.escape(p) + r"(?=[ .\[:(]|$)", message) for p in named), (named, message)
+
+
+# --------------------------------------------------------------------------------------------- hang classes
+#
+# Inputs that would hang the loader or exhaust memory. Each runs in a forked child that is killed after
+# 2 s: a regression fails the test instead of hanging the suite.
+
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+
+HANG_TIMEOUT_S = 2.0
+
+
+def refused_within(seconds: float, fn, *args) -> str:
+    """The one-line ScenarioError that ``fn(*args)`` raises, which must come within ``seconds``."""
+    from sim.loading import ScenarioError
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child():
+        try:
+            fn(*args)
+            send.send(("accepted", ""))
+        except ScenarioError as err:
+            send.send(("refused", str(err)))
+        except BaseException as err:  # noqa: BLE001 - reported to the parent as a failure
+            send.send(("crashed", f"{type(err).__name__}: {str(err)[:200]}"))
+
+    process = context.Process(target=child)
+    process.start()
+    try:
+        if not receive.poll(seconds):
+            pytest.fail(f"not refused within {seconds} s")
+        status, message = receive.recv()
+    finally:
+        process.kill()
+        process.join()
+    assert status == "refused", (status, message)
+    assert "\n" not in message
+    return message
+
+
+def bomb(levels: int = 9) -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for k in range(1, levels):
+        lines.append(f"l{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "name, text, phrase",
+    [
+        ("billion-laughs.yaml", bomb(), "expands to"),
+        ("fan-out.yaml", "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nb: &b [" + ", ".join(["*a"] * 1_000) + "]\n"
+                         "c: [" + ", ".join(["*b"] * 900) + "]\n", "expands to"),
+        ("many-items.yaml", "at: [" + ", ".join(["1h"] * 10_000) + "]\n", "list items"),
+        ("deep-flow.yaml", "name: " + "[" * 20_000 + "]" * 20_000 + "\n", "nesting deeper"),
+        ("deep-block.yaml", "".join(" " * (2 * k) + f"k{k}:\n" for k in range(300)) + " " * 600 + "x: 1\n", "nesting deeper"),
+        ("deep-dashes.yaml", "name:\n" + "- " * 20_000 + "x\n", "nesting deeper"),
+        ("long-value.yaml", "name: x\ndescription: " + "a" * 90_000 + "\n", "characters"),
+        ("python-tag.yaml", "name: !!python/object/apply:os.system ['true']\n", "!!python/object/apply:os.system"),
+        ("custom-tag.yaml", "seed: !secret 3\n", "the YAML tag !secret"),
+        ("binary.yaml", "name: !!binary aGVsbG8=\n", "!!binary"),
+    ],
+)
+def test_hostile_yaml_is_refused_fast(tmp_path, name, text, phrase):
+    """Alias bombs, deep nesting, huge values and YAML tags: one line naming the file, within 2 s."""
+    from sim.loading import load_scenario
+
+    path = tmp_path / name
+    path.write_text(text)
+    message = refused_within(HANG_TIMEOUT_S, load_scenario, path)
+    assert message.startswith(f"{path}") and phrase in message, message
+
+
+def test_a_50_mb_file_is_refused_by_its_size(tmp_path):
+    """A 50 MB scenario file is refused before it is read."""
+    from sim.loading import load_scenario
+
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(50_000_000)
+    assert "larger than the limit" in refused_within(HANG_TIMEOUT_S, load_scenario, path)
+
+
+def test_tags_are_refused_not_executed(tmp_path):
+    """A !!python tag that would run a command if constructed is refused, and the command never runs."""
+    from sim.loading import load_scenario
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    refused_within(HANG_TIMEOUT_S, load_scenario, path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "sets, phrase",
+    [
+        (["topology.regions.0.islands.0.chips=1e15"], "--allow-large"),
+        (["duration=1000000y"], "--allow-large"),
+        (["faults.1.every=1ns"], "faults[1]"),
+        (["replications=1e9"], "replications"),
+        (["topology.regions.0.islands.0.count=1e9"], "islands"),
+        (["faults.0.lifetime=weibull", "faults.0.shape=2", "topology.regions.0.islands.0.chips=1e9"], "memory"),
+    ],
+)
+def test_absurd_cost_is_refused_fast_with_the_estimate(sets, phrase):
+    """10^15 chips, a million years, every 1ns, 10^9 replications: refused within 2 s, the estimate named."""
+    from sim.loading import load_scenario
+
+    message = refused_within(HANG_TIMEOUT_S, load_scenario, SMALL, sets, False)
+    assert "small.yaml" in message and phrase in message, message
+
+
+def test_allow_large_lifts_the_ceiling():
+    """The same scenario loads with allow_large (the run would then be the user's explicit choice)."""
+    from sim.loading import load_scenario
+
+    assert load_scenario(SMALL, ["replications=1e9"], allow_large=True).replications == 10**9
+
+
+def test_a_billion_seeds_and_a_million_points_are_refused_fast():
+    """--seeds 0-999999999 is counted before it is expanded; a grid of 3.2M points is refused before validation."""
+    from sim.sweep import parse_factors, plan_sweep
+
+    assert "1,000,000,000 seeds" in refused_within(HANG_TIMEOUT_S, _sweep_seeds, "0-999999999")
+    grid = parse_factors([f"training.checkpoint.write_time={','.join(f'{k}s' for k in range(1, 21))}"] +
+                         [f"faults.{f}.duration={','.join(f'{k}m' for k in range(1, 21))}" for f in (1,)] +
+                         [f"training.recovery.{key}={','.join(f'{k}s' for k in range(1, 21))}" for key in ("detect", "reschedule", "reload")],
+                         "--grid")
+    assert "3,200,000 points" in refused_within(HANG_TIMEOUT_S, plan_sweep, SMALL, (), grid, None, None, False)
+
+
+def _sweep_seeds(text: str):
+    from sim.sweep import parse_seeds
+
+    return parse_seeds(text)
+
+
+def test_the_command_refuses_cost_and_names_allow_large(tmp_path):
+    """Through the installed command: one line, exit 2, nothing written, and --allow-large is named."""
+    out = tmp_path / "out"
+    line = assert_one_line_error(executable("run", str(SMALL), "--set", "duration=1000000y", "-q", "-o", str(out)),
+                                 "small.yaml", "--allow-large", "estimated work")
+    assert "ceiling" in line and not out.exists()
+    result = executable("sweep", str(SMALL), "--seeds", "0-999999999", "-q", "-o", str(out))
+    assert_one_line_error(result, "--seeds", "seeds")
+    assert not out.exists()

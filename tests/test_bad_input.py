@@ -7,6 +7,10 @@ subprocess for a sample of them.
 
 from __future__ import annotations
 
+import copy
+import multiprocessing
+import re
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -227,11 +231,8 @@ def test_a_fractional_chip_count_names_the_value_once():
 # huge value (where size is cost) and a bad unit; every list that must not be empty emptied, every list
 # of named things duplicated; every reference renamed. Each case must be refused by the loader with one
 # line naming the file and the YAML path. The loader is called in-process (a case takes milliseconds);
-# test_corpus_through_the_command runs a sample through the installed executable.
+# test_corpus_through_the_command runs a sample through the command.
 
-import copy  # noqa: E402
-import itertools  # noqa: E402
-import re  # noqa: E402
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "scenarios").rglob("*.yaml"))
 
@@ -301,9 +302,9 @@ def mutations(data):
         huge = TOP_HUGE.get(key) if len(path) == 1 else HUGE.get(key)
         if huge is not None:
             yield "huge", path, huge
-        if key == "chip" or "target" in path or key == "between" or path[-2:] == ("syncer", "region"):
-            if isinstance(value, str) and value != "all" and key not in ("mode",):
-                yield "renamed", path, f"{value}-renamed"
+        reference = key == "chip" or "target" in path or key == "between" or path[-2:] == ("syncer", "region")
+        if reference and isinstance(value, str) and value != "all" and key != "mode":
+            yield "renamed", path, f"{value}-renamed"
         if key == "file":
             yield "renamed", path, f"{value}.renamed"
 
@@ -377,8 +378,6 @@ def test_corpus_case_is_refused_in_one_line(case):
 # Inputs that would hang the loader or exhaust memory. Each runs in a forked child that is killed after
 # 2 s: a regression fails the test instead of hanging the suite.
 
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
 
 HANG_TIMEOUT_S = 2.0
 
@@ -520,3 +519,29 @@ def test_the_command_refuses_cost_and_names_allow_large(tmp_path):
     result = executable("sweep", str(SMALL), "--seeds", "0-999999999", "-q", "-o", str(out))
     assert_one_line_error(result, "--seeds", "seeds")
     assert not out.exists()
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its size, mtime and bytes."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CORPUS[7::len(CORPUS) // 4][:4], ids=lambda c: c[0])
+def test_corpus_through_the_command(case, tmp_path):
+    """A sample of the corpus through the installed ``chaossim run``: exit 2, one line naming the file and
+    path, no traceback, and the output folder (holding an earlier run) unchanged."""
+    from ruamel.yaml import YAML
+
+    _, file, _, path, value = case
+    folder = tmp_path / "scenarios"
+    shutil.copytree(file.parent, folder)  # trace files sit beside their scenario
+    bad = folder / file.name
+    with bad.open("w") as handle:
+        YAML(typ="rt").dump(mutated(file, path, value), handle)
+    out = tmp_path / "earlier-run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    before = snapshot(out)
+    line = assert_one_line_error(executable("run", str(bad), "-q", "-o", str(out)), str(bad))
+    assert path_text(path[:2]) in line, line
+    assert snapshot(out) == before

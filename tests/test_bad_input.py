@@ -545,3 +545,54 @@ def test_corpus_through_the_command(case, tmp_path):
     line = assert_one_line_error(executable("run", str(bad), "-q", "-o", str(out)), str(bad))
     assert path_text(path[:2]) in line, line
     assert snapshot(out) == before
+
+
+# --------------------------------------------------------------------------------------------- classes
+
+
+@pytest.mark.parametrize(
+    "sets, phrases",
+    [
+        (["topology.regions.0.islands.0.chips=true"], ["chips", "got the boolean true"]),
+        (["seed=true"], ["seed", "boolean"]),
+        (["replications=true"], ["replications", "boolean"]),
+        (["workload.mfu=true"], ["workload.mfu", "boolean"]),
+        (["training.policy=decoupled_diloco", "training.quorum=true"], ["training.quorum", "boolean"]),
+        (["topology.default_link.bandwidth=0Gbps"], ["default_link.bandwidth", "link_partition"]),
+        (["topology.intra_region.bandwidth=0"], ["intra_region.bandwidth", "bandwidth > 0"]),
+        (["faults=[{name: d, kind: link_degradation, at: 1h, bandwidth: 0}]"], ["faults[0].bandwidth", "link_partition"]),
+        (["training.policy=streaming_diloco", "training.fragments=1", "training.overlap=30"],
+         ["training.overlap", "must not exceed inner_steps (24)"]),
+        (["workload.params=1e20"], ["workload.params", "longer than the whole run"]),
+        (["workload.step_time=0s"], ["workload.step_time", "greater than 0"]),
+        (["training.checkpoint.interval=often"], ["training.checkpoint.interval", "'young' or 'daly' or a duration"]),
+    ],
+)
+def test_wrong_types_and_meaningless_values(sets, phrases):
+    """Booleans are not numbers, a link carries something, overlap fits in H, a step fits in the run;
+    a union field's message names the field and the alternatives, never pydantic's member labels."""
+    message = load_error(*sets)
+    assert all(p in message for p in phrases), message
+    assert "function-after" not in message and "literal[" not in message and "Input should be 'auto'" not in message
+
+
+@pytest.mark.parametrize(
+    "args, phrases",
+    [
+        (["run", "--seed", "abc", "x.yaml"], ["run: Invalid value for '--seed'"]),
+        (["frobnicate"], ["No such command 'frobnicate'"]),
+        (["run", str(SMALL), "--bogus"], ["No such option: --bogus"]),
+        (["sweep", str(SMALL), "--workers", "0"], ["--workers", "greater than or equal to 1"]),
+        (["bandwidth", "--params", "twelve"], ["--params", "expected a count"]),
+        (["bandwidth", "--target", "1.5"], ["--target", "(0, 1]"]),
+        (["bandwidth", "--target", "0"], ["--target", "(0, 1]"]),
+    ],
+)
+def test_usage_errors_are_one_line(args, phrases):
+    """Typer's multi-line usage panels become one ``error:`` line, exit 2, naming the option."""
+    assert_one_line_error(chaossim(*args), *phrases)
+
+
+def test_usage_errors_are_one_line_from_the_executable():
+    """The installed command prints the same single line (no rich panel, no traceback)."""
+    assert_one_line_error(executable("run", "--seed", "abc", str(SMALL)), "--seed")

@@ -134,7 +134,7 @@ def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signu
     before = load_sweep(folder)
     assert len(before) < 16 and (before["status"] == "ok").all()
     parquet_files_readable_or_marked(folder)
-    resumed = subprocess.run([str(CHAOSSIM), *args, "--resume"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([str(CHAOSSIM), *args, "--resume"], check=False, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{16 - len(before)} run, {len(before)} already done, 0 failed of 16" in resumed.stdout
     after = load_sweep(folder)
@@ -166,7 +166,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
     try:
         wait_for(lambda: (folder / LOCK_NAME).exists() and (folder / "sweep.json").exists(), sweep)
         for command in (["sweep", str(scenario), "--seeds", "1-8", "--resume"], ["run", str(SMALL)]):
-            refused = subprocess.run([str(CHAOSSIM), *command, "-q", "-o", str(folder)], capture_output=True, text=True, timeout=60)
+            refused = subprocess.run([str(CHAOSSIM), *command, "-q", "-o", str(folder)], check=False, capture_output=True, text=True, timeout=60)
             assert refused.returncode == 2 and f"pid {sweep.pid}" in refused.stderr, refused.stderr
             assert len(refused.stderr.strip().splitlines()) == 1
     finally:

@@ -29,6 +29,7 @@ know what happened to this job", never "the replication crashed".
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import shutil
@@ -238,8 +239,10 @@ class DaskExecutor:
             if self.address is None:
                 # one thread per worker process: a replication is single-threaded Python, so more
                 # threads would only contend for the GIL
+                # silence_logs=ERROR: a stopped sweep cancels tasks, which workers would log as warnings
                 cluster = LocalCluster(
-                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True, dashboard_address=None
+                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True, dashboard_address=None,
+                    silence_logs=logging.ERROR,
                 )
                 client = Client(cluster)
             else:

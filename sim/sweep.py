@@ -496,12 +496,12 @@ def command(
         raise SweepError(str(problem)) from None
     except KeyboardInterrupt:
         kept = len(list((Path(folder) / "rows").glob("part-*.parquet")))
-        err.print(f"interrupted: {kept} row(s) kept in {folder}; add --resume to finish the sweep", highlight=False)
+        err.print(f"interrupted: {kept} row(s) kept in {folder}; add --resume to finish the sweep", markup=False, highlight=False, soft_wrap=True)
         raise
     frame = load_sweep(outcome.folder)
     out.print(best_table(frame, plan))
     for row in frame[frame["status"] != "ok"].head(5).itertuples():
-        err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False)
+        err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"{outcome.ran} run, {outcome.skipped} already done, {outcome.errors} failed of {outcome.total}; "
         f"rows: {outcome.folder / 'rows'}", highlight=False,

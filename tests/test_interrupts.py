@@ -119,8 +119,10 @@ def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signu
         wait_for(lambda: len(list((folder / "rows").glob("part-*.parquet"))) >= 2, sweep)
         helpers = sweep_processes(sweep.pid)
         assert len(helpers) >= 3  # two workers and the process that forks them, at least
+        signalled = time.monotonic()
         os.kill(sweep.pid, signum)
         _, stderr = sweep.communicate(timeout=30)
+        stopped_s = time.monotonic() - signalled
         gone_by = time.monotonic() + ORPHAN_GRACE_S
         while alive(helpers) and time.monotonic() < gone_by:
             time.sleep(0.05)
@@ -131,6 +133,7 @@ def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signu
             os.killpg(sweep.pid, signal.SIGKILL)
     if signum == signal.SIGTERM:
         assert sweep.returncode == 130 and "Traceback" not in stderr and "add --resume" in stderr
+        assert stopped_s < ORPHAN_GRACE_S, stopped_s  # a stop request ends a local sweep within 2 s
     before = load_sweep(folder)
     assert len(before) < 16 and (before["status"] == "ok").all()
     parquet_files_readable_or_marked(folder)
@@ -139,6 +142,22 @@ def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signu
     assert f"{16 - len(before)} run, {len(before)} already done, 0 failed of 16" in resumed.stdout
     after = load_sweep(folder)
     assert list(after["index"]) == list(range(16)) and (after["status"] == "ok").all()
+
+
+def test_a_dask_sweep_stops_without_tracebacks(tmp_path):
+    """SIGTERM to a sweep on its own local Dask cluster: exit 130, and stderr is the one line saying what was kept."""
+    scenario = write_scenario(tmp_path / "in", duration="60d")
+    folder = tmp_path / "out"
+    sweep = start("sweep", str(scenario), "--seeds", "1-8", "--workers", "2", "--executor", "dask", "-q", "-o", str(folder))
+    try:
+        wait_for(lambda: len(list((folder / "rows").glob("part-*.parquet"))) >= 1, sweep, timeout_s=120)
+        os.kill(sweep.pid, signal.SIGTERM)
+        _, stderr = sweep.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 130
+    assert stderr.strip().splitlines() == [next(line for line in stderr.splitlines() if line.startswith("interrupted: "))]
 
 
 def test_two_sweeps_on_one_folder_exactly_one_runs(tmp_path):

@@ -75,6 +75,7 @@ from .loading import (
     ScenarioError,
     apply_override,
     check_cost,
+    load_scenario,
     parse_value,
     read_yaml,
     scenario_yaml,
@@ -506,4 +507,8 @@ def command(
         f"{outcome.ran} run, {outcome.skipped} already done, {outcome.errors} failed of {outcome.total}; "
         f"rows: {outcome.folder / 'rows'}", highlight=False,
     )
+    warnings: list[str] = []
+    load_scenario(file, overrides, warnings=warnings)  # the base scenario's likely mistakes, as run prints them
+    for line in warnings:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     return 1 if outcome.errors else 0

@@ -1,8 +1,11 @@
 """Bad scenario input: one line on stderr naming the file, YAML path and line; exit code 2; no traceback.
 
-Most cases run the ``chaossim`` command in-process (typer's CliRunner, separate stdout and stderr) to
-keep the suite fast; ``test_installed_command_end_to_end`` runs the installed executable as a
-subprocess for a sample of them.
+Three parts: the hand-written files of ``tests/data/bad`` (through the CLI in-process, typer's
+CliRunner, separate stdout and stderr); a generated corpus of a few hundred malformed scenarios built
+from the shipped ones (through the loader in-process, a sample through the installed executable);
+and the hang classes (alias bombs, deep nesting, huge files and values, tags, absurd costs), each in
+a forked child killed after 2 s. ``test_installed_command_end_to_end`` runs the installed executable
+as a subprocess for a sample of the files.
 """
 
 from __future__ import annotations

@@ -75,20 +75,23 @@ def fail(message: str) -> None:
 
 
 def load(file: Path, overrides: list[str], seed: int | None = None, replications: int | None = None,
-         allow_large: bool = True, warnings: list[str] | None = None) -> Scenario:
+         allow_large: bool = True, warnings: list[str] | None = None, trace_dirs: list[Path] | None = None) -> Scenario:
     extra = list(overrides)
     if seed is not None:
         extra.append(f"seed={seed}")
     if replications is not None:
         extra.append(f"replications={replications}")
     try:
-        return load_scenario(file, extra, allow_large=allow_large, warnings=warnings)
+        return load_scenario(file, extra, allow_large=allow_large, warnings=warnings, trace_dirs=trace_dirs or [])
     except ScenarioError as problem:
         fail(str(problem))
 
 
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override any field: dotted.key=value (repeatable)")
+]
+TraceDirs = Annotated[
+    list[Path] | None, typer.Option("--trace-dir", help="a folder trace files may come from, besides the scenario's (repeatable)")
 ]
 AllowLarge = Annotated[
     bool, typer.Option("--allow-large", help="run even when the estimated cost passes the ceiling (README: limits)")
@@ -168,10 +171,11 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     allow_large: AllowLarge = False,
+    trace_dir: TraceDirs = None,
 ) -> None:
     """Run a scenario: print goodput, downtime, failures and tokens; write a results folder."""
     warnings: list[str] = []
-    scenario = load(file, set_ or [], seed, replications, allow_large, warnings)  # before the heavy imports: bad input fails fast
+    scenario = load(file, set_ or [], seed, replications, allow_large, warnings, trace_dir)  # before the heavy imports: bad input fails fast
     from .outputs import FolderLock, check_writable, claim_run_folder
     folder = output or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summaries: list[dict] = []
@@ -226,13 +230,14 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="scenario YAML files")],
     set_: SetOption = None,
     allow_large: AllowLarge = False,
+    trace_dir: TraceDirs = None,
 ) -> None:
     """Check scenario files; print one line per problem, exit 2 if any is bad."""
     bad = False
     for file in files:
         try:
             warnings: list[str] = []
-            load_scenario(file, set_ or [], allow_large=allow_large, warnings=warnings)
+            load_scenario(file, set_ or [], allow_large=allow_large, warnings=warnings, trace_dirs=trace_dir or [])
             out.print(f"{file}: ok" + (f" ({len(warnings)} warning(s))" if warnings else ""), highlight=False)
             warn(warnings)
         except ScenarioError as problem:
@@ -265,13 +270,14 @@ def sweep(
     resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     allow_large: AllowLarge = False,
+    trace_dir: TraceDirs = None,
 ) -> None:
     """Sweep factors x seeds on every core or a Dask cluster: one Parquet row per replication, resumable."""
     from .sweep import command
 
     try:
         code = command(file, grid or [], zip_ or [], seeds, set_ or [], output, executor, workers, address, resume,
-                       quiet, out, err, allow_large)
+                       quiet, out, err, allow_large, trace_dir or [])
     except ScenarioError as problem:
         fail(str(problem))
     raise typer.Exit(code)

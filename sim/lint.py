@@ -11,8 +11,6 @@ printed (``warning: ...``, one line each, naming the file and YAML path) by ``ch
 
 from __future__ import annotations
 
-from typing import Any
-
 from .cost import injections_within, island_list, matching_islands
 from .fault_spec import SelectMode
 from .scenario import (
@@ -24,14 +22,15 @@ from .scenario import (
     Scenario,
     SyncerOutage,
     TraceReplay,
+    Training,
 )
 
 
-def likely_mistakes(scenario: Scenario, data: Any) -> list[tuple[tuple, str]]:
+def likely_mistakes(scenario: Scenario) -> list[tuple[tuple, str]]:
     """(YAML location, message) of every likely mistake, in scenario order."""
     found: list[tuple[tuple, str]] = []
     found += _links(scenario)
-    found += _training(scenario, data)
+    found += _training(scenario)
     found += _faults(scenario)
     for section in ("hypotheses", "halt"):
         for k, bound in enumerate(getattr(scenario, section)):
@@ -53,7 +52,7 @@ def _links(scenario: Scenario) -> list[tuple[tuple, str]]:
     return found
 
 
-def _training(scenario: Scenario, data: Any) -> list[tuple[tuple, str]]:
+def _training(scenario: Scenario) -> list[tuple[tuple, str]]:
     training, duration = scenario.training, scenario.duration
     found = []
     if training.checkpoint.write_time > duration:
@@ -66,8 +65,8 @@ def _training(scenario: Scenario, data: Any) -> list[tuple[tuple, str]]:
             if island.spares and not uses_spares:
                 found.append((("topology", "regions", r, "islands", k, "spares"),
                               f"spares are ignored under policy {training.policy.value} with on_failure {training.on_failure.value}"))
-    given = data.get("training") if isinstance(data, dict) else None
-    if isinstance(given, dict) and "quorum" in given and training.policy is not Policy.DECOUPLED_DILOCO:
+    # the default quorum (1) is written out in every resolved scenario: only a chosen one is a mistake
+    if training.quorum != Training.model_fields["quorum"].default and training.policy is not Policy.DECOUPLED_DILOCO:
         found.append((("training", "quorum"), f"quorum applies to decoupled_diloco's synchronizer; policy {training.policy.value} has none"))
     if training.grace.fixed > training.grace.max:
         found.append((("training", "grace", "fixed"), f"a fixed grace of {training.grace.fixed:g} s is above grace.max {training.grace.max:g} s, which caps it"))

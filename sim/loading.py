@@ -264,7 +264,12 @@ def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> 
     return f"{where}: {msg}"
 
 
-def validate(data: Any, file: str) -> Scenario:
+def validate(data: Any, file: str, trace_dirs: tuple[Path, ...] | None = None) -> Scenario:
+    """Validate raw YAML data read from ``file``; every failure is a one-line ScenarioError.
+
+    With ``trace_dirs`` (a file-based load: ``load_scenario``, sweeps) trace files must lie in the
+    scenario's folder or one of those folders; without, as for scenarios built in memory, anywhere.
+    """
     try:
         check_document(data)  # again after --set and sweep factors, which can bring aliases and long strings too
     except InputLimitError as err:
@@ -276,6 +281,8 @@ def validate(data: Any, file: str) -> Scenario:
         more = f" (and {others} more)" if others else ""
         raise ScenarioError(describe(best, data, file, alternatives) + more) from None
     scenario = _absolute_trace_paths(scenario, file)
+    if trace_dirs is not None:
+        check_trace_roots(scenario, file, trace_dirs)
     check_targets(scenario, data, file)
     return scenario
 
@@ -285,8 +292,8 @@ def _absolute_trace_paths(scenario: Scenario, file: str) -> Scenario:
     resolved scenario in a results folder, and a sweep's workers, find the same file.
 
     A relative path must stay inside the scenario's folder (after symbolic links): a scenario from
-    elsewhere cannot reach ``../../etc/shadow`` by accident. An absolute path is the writer's explicit
-    choice (resolved scenarios in results folders hold them).
+    elsewhere cannot reach ``../../etc/shadow`` by accident. Absolute paths are checked by
+    :func:`check_trace_roots` when a file is loaded (programs building scenarios in memory may use any).
     """
     from .scenario import TraceReplay
 
@@ -297,7 +304,7 @@ def _absolute_trace_paths(scenario: Scenario, file: str) -> Scenario:
         if relative and not (folder / fault.file).resolve().is_relative_to(root):
             raise ScenarioError(
                 f"{file}: faults[{index}].file: trace {fault.file!r} leads outside the scenario's folder {root}; "
-                "keep traces beside the scenario or give an absolute path"
+                "keep traces beside the scenario (or in a folder given with --trace-dir)"
             )
 
     faults = [
@@ -334,28 +341,43 @@ def check_targets(scenario: Scenario, data: Any, file: str) -> None:
 
 def load_scenario(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = True,
-    warnings: list[str] | None = None,
+    warnings: list[str] | None = None, trace_dirs: tuple[Path, ...] | list[Path] = (),
 ) -> Scenario:
     """Read, override and validate a scenario file; every failure is a one-line ScenarioError.
 
     Without ``allow_large`` a scenario whose estimated cost passes the ceiling (:mod:`sim.cost`) is
     refused too, as the CLI does unless ``--allow-large`` is given. ``warnings``, when given, receives
-    one line per likely mistake (:mod:`sim.lint`).
+    one line per likely mistake (:mod:`sim.lint`). Trace files must lie in the scenario's folder or
+    in one of ``trace_dirs`` (``--trace-dir``).
     """
     path = Path(path)
     data = read_yaml(path)
     for assignment in overrides:
         apply_override(data, assignment, f"{path}: --set")
-    scenario = validate(data, str(path))
+    scenario = validate(data, str(path), tuple(trace_dirs))
     if not allow_large:
         check_cost([(scenario, scenario.replications)], data, str(path))
     if warnings is not None:
         from .lint import likely_mistakes
 
-        for loc, message in likely_mistakes(scenario, data):
+        for loc, message in likely_mistakes(scenario):
             where, line = _locate(data, loc)
             warnings.append(f"{path}: {where}" + (f" (line {line})" if line else "") + f": {message}")
     return scenario
+
+
+def check_trace_roots(scenario: Scenario, file: str, trace_dirs: tuple[Path, ...] | list[Path] = ()) -> None:
+    """Every trace file (resolved, links followed) lies in the scenario's folder or a folder the user
+    allowed: a scenario from elsewhere cannot make the simulator read, and report on, any file."""
+    from .scenario import TraceReplay
+
+    roots = [Path(file).parent.resolve(), *(Path(d).resolve() for d in trace_dirs)]
+    for index, fault in enumerate(scenario.faults):
+        if isinstance(fault, TraceReplay) and not any(Path(fault.file).resolve().is_relative_to(r) for r in roots):
+            raise ScenarioError(
+                f"{file}: faults[{index}].file: trace {fault.file!r} is outside the scenario's folder "
+                f"{roots[0]}; move it there or pass --trace-dir {Path(fault.file).parent}"
+            )
 
 
 def check_cost(plans: list[tuple[Scenario, int]], data: Any, file: str, replications_loc: tuple = ("replications",)) -> None:

@@ -250,6 +250,7 @@ def plan_sweep(
     zipped: Mapping[str, list] | None = None,
     seeds: Sequence[int] | None = None,
     allow_large: bool = True,
+    trace_dirs: Sequence[Path] = (),
 ) -> SweepPlan:
     """Expand the scenario's sweep (merged with the given factors and seeds) and validate every point.
 
@@ -260,7 +261,7 @@ def plan_sweep(
     data = read_yaml(file)
     for assignment in overrides:
         apply_override(data, assignment)
-    base = validate(data, str(file))
+    base = validate(data, str(file), tuple(trace_dirs))
     spec = base.sweep or SweepSpec()
     factors = _factors(file, {**spec.grid, **(grid or {})}, {**spec.zip, **(zipped or {})})
     seed_list = list(seeds) if seeds is not None else list(spec.seeds) or [base.seed + r for r in range(base.replications)]
@@ -279,7 +280,7 @@ def plan_sweep(
         point.pop("sweep", None)  # a point is one scenario: it does not sweep again
         for key, value in setting.items():
             set_path(point, key, copy.deepcopy(value), source=f"{file}: sweep factor")
-        scenario = validate(point, f"{file} [sweep point {label}]")
+        scenario = validate(point, f"{file} [sweep point {label}]", tuple(trace_dirs))
         # ship strict JSON, and prove it loads back to the same scenario before any worker sees it
         shipped = _strict_json(scenario.model_dump(mode="json"))
         if Scenario.model_validate(shipped) != scenario:
@@ -461,7 +462,7 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
 def command(
     file: Path, grid: Sequence[str], zipped: Sequence[str], seeds: str | None, overrides: Sequence[str],
     output: Path | None, executor: str, workers: int | None, address: str | None, resume: bool, quiet: bool,
-    out, err, allow_large: bool = False,
+    out, err, allow_large: bool = False, trace_dirs: Sequence[Path] = (),
 ) -> int:
     """``chaossim sweep``: plan, run with a progress bar, print the best settings; the exit code."""
     from rich.progress import (
@@ -477,7 +478,7 @@ def command(
 
     plan = plan_sweep(
         file, overrides, parse_factors(grid, "--grid"), parse_factors(zipped, "--zip"),
-        parse_seeds(seeds) if seeds is not None else None, allow_large,
+        parse_seeds(seeds) if seeds is not None else None, allow_large, trace_dirs,
     )
     folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable(folder)
@@ -508,7 +509,7 @@ def command(
         f"rows: {outcome.folder / 'rows'}", highlight=False,
     )
     warnings: list[str] = []
-    load_scenario(file, overrides, warnings=warnings)  # the base scenario's likely mistakes, as run prints them
+    load_scenario(file, overrides, warnings=warnings, trace_dirs=trace_dirs)  # the base scenario's likely mistakes, as run prints them
     for line in warnings:
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     return 1 if outcome.errors else 0

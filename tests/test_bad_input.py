@@ -599,3 +599,37 @@ def test_usage_errors_are_one_line(args, phrases):
 def test_usage_errors_are_one_line_from_the_executable():
     """The installed command prints the same single line (no rich panel, no traceback)."""
     assert_one_line_error(executable("run", "--seed", "abc", str(SMALL)), "--seed")
+
+
+def _scenario_with_trace(folder: Path, file: str) -> Path:
+    scenario = folder / "s.yaml"
+    scenario.write_text(SMALL.read_text().split("faults:")[0] + f"faults:\n  - {{name: tr, kind: trace, file: '{file}'}}\n")
+    return scenario
+
+
+def test_trace_paths_stay_in_the_scenario_folder_unless_allowed(tmp_path):
+    """A trace outside the scenario's folder (by ../ or an absolute path) is refused before it is read;
+    --trace-dir allows a folder."""
+    from sim.loading import ScenarioError, load_scenario
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "t.csv").write_text("time,target\n1h,isl-0\n")
+    folder = tmp_path / "scenario"
+    folder.mkdir()
+    for name in ("../elsewhere/t.csv", str(elsewhere / "t.csv")):
+        with pytest.raises(ScenarioError, match="outside the scenario's folder") as info:
+            load_scenario(_scenario_with_trace(folder, name))
+        assert "faults[0].file" in str(info.value)
+    assert load_scenario(_scenario_with_trace(folder, str(elsewhere / "t.csv")), trace_dirs=[elsewhere]).faults
+    line = assert_one_line_error(chaossim("validate", str(_scenario_with_trace(folder, "../elsewhere/t.csv"))),
+                                 "s.yaml", "faults[0].file")
+    assert "--trace-dir" in line
+
+
+@pytest.mark.parametrize("content", [b"time,target\n\xff\xfe\x00\x01secret", b"time,target\n1h,secret\x00data\n"])
+def test_binary_traces_are_one_line_without_their_content(tmp_path, content):
+    """A trace that is not UTF-8 text, or holds NUL bytes: one line naming the file, never its bytes."""
+    (tmp_path / "t.csv").write_bytes(content)
+    line = assert_one_line_error(chaossim("validate", str(_scenario_with_trace(tmp_path, "t.csv"))), "t.csv")
+    assert "secret" not in line

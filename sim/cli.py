@@ -181,15 +181,12 @@ def run(
     summaries: list[dict] = []
     try:
         check_writable(folder)
-        lock = FolderLock(folder).__enter__()
-    except ScenarioError as problem:
-        fail(str(problem))
-    try:
-        claim_run_folder(folder)
-        warn(warnings)  # every check has passed: what is printed now is advice, not a refusal
-        (folder / "scenario.yaml").write_text(scenario_yaml(scenario))
-        run_all(scenario, file, folder, summaries, show=not quiet and not as_json and err.is_terminal)
-    except ScenarioError as problem:  # e.g. a trace file that changed since it was loaded
+        with FolderLock(folder):  # a second run or sweep on this folder is refused while this one writes
+            claim_run_folder(folder)
+            warn(warnings)  # every check has passed: what is printed now is advice, not a refusal
+            (folder / "scenario.yaml").write_text(scenario_yaml(scenario))
+            run_all(scenario, file, folder, summaries, show=not quiet and not as_json and err.is_terminal)
+    except ScenarioError as problem:  # a folder that cannot be used, or a trace file that changed since loading
         fail(str(problem))
     except KeyboardInterrupt:
         done = len(summaries)
@@ -199,8 +196,6 @@ def run(
                if done < scenario.replications else ""), markup=False, highlight=False, soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        lock.__exit__(None, None, None)
     result = aggregate(summaries)
     if as_json:
         print(json.dumps(result, default=str))

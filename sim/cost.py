@@ -141,7 +141,7 @@ def _fault_terms(scenario: Scenario) -> tuple[list[Term], float, float, tuple]:
     """Fault terms, the job failure rate they imply (1/s), and the Weibull memory and its location."""
     islands, duration = island_list(scenario), scenario.duration
     regions = [r.name for r in scenario.topology.regions]
-    links = len(regions) * (len(regions) - 1) / 2 + len(regions)
+    links = len(regions) * (len(regions) - 1) / 2  # the WAN links a link fault can select
     terms, rate, memory, memory_loc = [], 0.0, 0.0, ()
     for k, fault in enumerate(scenario.faults):
         loc = ("faults", k)

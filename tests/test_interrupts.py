@@ -107,18 +107,21 @@ def sweep_processes(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signum):
-    """Signal the sweep's main process only: its workers, forkserver and resource tracker are gone
-    within 2 s; every row left reads; --resume runs exactly the missing replications."""
+@pytest.mark.parametrize(
+    "signum, executor", [(signal.SIGKILL, "local"), (signal.SIGTERM, "local"), (signal.SIGKILL, "dask")],
+    ids=["SIGKILL-local", "SIGTERM-local", "SIGKILL-dask"],
+)
+def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signum, executor):
+    """Signal the sweep's main process only: its workers (and forkserver and resource tracker, or Dask
+    nannies) are gone within 2 s; every row left reads; --resume runs exactly the missing replications."""
     scenario = write_scenario(tmp_path / "in", duration="60d")
     folder = tmp_path / "out"
     args = ["sweep", str(scenario), "--seeds", "1-8", "--workers", "2", "-q", "-o", str(folder)]
-    sweep = start(*args)
+    sweep = start(*args, "--executor", executor)
     try:
-        wait_for(lambda: len(list((folder / "rows").glob("part-*.parquet"))) >= 2, sweep)
+        wait_for(lambda: len(list((folder / "rows").glob("part-*.parquet"))) >= 2, sweep, timeout_s=120)
         helpers = sweep_processes(sweep.pid)
-        assert len(helpers) >= 3  # two workers and the process that forks them, at least
+        assert len(helpers) >= 2  # the two workers, at least
         signalled = time.monotonic()
         os.kill(sweep.pid, signum)
         _, stderr = sweep.communicate(timeout=30)

@@ -269,12 +269,15 @@ def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> 
     return f"{where}: {msg}"
 
 
-def validate(data: Any, file: str, trace_dirs: tuple[Path, ...] | None = None) -> Scenario:
+def validate(data: Any, file: str, trace_dirs: tuple[Path, ...] | None = None, folder: Path | None = None) -> Scenario:
     """Validate raw YAML data read from ``file``; every failure is a one-line ScenarioError.
 
-    With ``trace_dirs`` (a file-based load: ``load_scenario``, sweeps) trace files must lie in the
-    scenario's folder or one of those folders; without, as for scenarios built in memory, anywhere.
+    ``folder`` is where relative trace paths start (default: the file's folder; a sweep passes it
+    because its ``file`` is a label naming the point). With ``trace_dirs`` (a file-based load:
+    ``load_scenario``, sweeps) trace files must lie in that folder or one of those; without, as for
+    scenarios built in memory, anywhere.
     """
+    folder = Path(file).parent if folder is None else folder
     try:
         check_document(data)  # again after --set and sweep factors, which can bring aliases and long strings too
     except InputLimitError as err:
@@ -285,21 +288,20 @@ def validate(data: Any, file: str, trace_dirs: tuple[Path, ...] | None = None) -
         best, alternatives, others = _best(err.errors(include_url=False))
         more = f" (and {others} more)" if others else ""
         raise ScenarioError(describe(best, data, file, alternatives) + more) from None
-    scenario = _absolute_trace_paths(scenario, file)
+    scenario = _absolute_trace_paths(scenario, folder)
     if trace_dirs is not None:
-        check_trace_roots(scenario, file, trace_dirs)
+        check_trace_roots(scenario, file, (folder, *trace_dirs))
     check_targets(scenario, data, file)
     return scenario
 
 
-def _absolute_trace_paths(scenario: Scenario, file: str) -> Scenario:
+def _absolute_trace_paths(scenario: Scenario, folder: Path) -> Scenario:
     """Trace files are named relative to their scenario file; keep them absolute from here on, so the
     resolved scenario in a results folder, and a sweep's workers, find the same file.
     Where they may lie is :func:`check_trace_roots`'s concern.
     """
     from .scenario import TraceReplay
 
-    folder = Path(file).parent
 
     faults = [
         f.model_copy(update={"file": str((folder / f.file).resolve())})
@@ -356,12 +358,13 @@ def load_scenario(
     return scenario
 
 
-def check_trace_roots(scenario: Scenario, file: str, trace_dirs: tuple[Path, ...] | list[Path] = ()) -> None:
-    """Every trace file (resolved, links followed) lies in the scenario's folder or a folder the user
-    allowed: a scenario from elsewhere cannot make the simulator read, and report on, any file."""
+def check_trace_roots(scenario: Scenario, file: str, roots: tuple[Path, ...]) -> None:
+    """Every trace file (resolved, links followed) lies in one of ``roots``, the scenario's folder
+    first, then those the user allowed: a scenario from elsewhere cannot make the simulator read, and
+    report on, any file."""
     from .scenario import TraceReplay
 
-    roots = [Path(file).parent.resolve(), *(Path(d).resolve() for d in trace_dirs)]
+    roots = [Path(d).resolve() for d in roots]
     for index, fault in enumerate(scenario.faults):
         if isinstance(fault, TraceReplay) and not any(Path(fault.file).resolve().is_relative_to(r) for r in roots):
             raise ScenarioError(

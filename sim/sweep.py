@@ -280,7 +280,7 @@ def plan_sweep(
         point.pop("sweep", None)  # a point is one scenario: it does not sweep again
         for key, value in setting.items():
             set_path(point, key, copy.deepcopy(value), source=f"{file}: sweep factor")
-        scenario = validate(point, f"{file} [sweep point {label}]", tuple(trace_dirs))
+        scenario = validate(point, f"{file} [sweep point {label}]", tuple(trace_dirs), file.parent)
         # ship strict JSON, and prove it loads back to the same scenario before any worker sees it
         shipped = _strict_json(scenario.model_dump(mode="json"))
         if Scenario.model_validate(shipped) != scenario:

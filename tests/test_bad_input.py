@@ -633,3 +633,18 @@ def test_binary_traces_are_one_line_without_their_content(tmp_path, content):
     (tmp_path / "t.csv").write_bytes(content)
     line = assert_one_line_error(chaossim("validate", str(_scenario_with_trace(tmp_path, "t.csv"))), "t.csv")
     assert "secret" not in line
+
+
+def test_a_sweep_over_trace_files_resolves_them_from_the_scenario_folder(tmp_path):
+    """A factor naming traces in a subfolder plans (the point's label holds a '/'); one leading outside is refused."""
+    from sim.loading import ScenarioError
+    from sim.sweep import plan_sweep
+
+    (tmp_path / "traces").mkdir()
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / "traces" / name).write_text("time,target\n1h,isl-0\n")
+    scenario = _scenario_with_trace(tmp_path, "traces/a.csv")
+    plan = plan_sweep(scenario, grid={"faults.0.file": ["traces/a.csv", "traces/b.csv"]}, seeds=[1])
+    assert [p["faults"][0]["file"] for p in plan.scenarios] == [str(tmp_path / "traces" / n) for n in ("a.csv", "b.csv")]
+    with pytest.raises(ScenarioError, match="outside the scenario's folder"):
+        plan_sweep(scenario, grid={"faults.0.file": ["traces/a.csv", "../../etc/passwd"]}, seeds=[1])

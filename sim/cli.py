@@ -1,32 +1,73 @@
 """The ``chaossim`` command: run | validate | schema (and the commands other modules add).
 
 Exit codes: 0 success; 1 a scenario hypothesis failed (or a sweep replication crashed); 2 bad input
-(the message is one line naming the file, YAML path and what was expected; no traceback).
+(the message is one line naming the file, YAML path and what was expected; no traceback), a usage
+error, a cost past the ceiling, or an output folder that cannot be used; 130 interrupted (Ctrl-C or
+SIGTERM, after saying what was kept).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer._click.exceptions import (  # typer's own copy of click raises these
+    ClickException,
+    NoArgsIsHelpError,
+)
+from typer.core import TyperGroup
 
 from .loading import ScenarioError, load_scenario, scenario_yaml
 from .scenario import Scenario
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chaos-test distributed LLM training.")
 out = Console()
 err = Console(stderr=True)
 
 EXIT_HYPOTHESIS = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (``--seed abc``, an unknown command or option) as one ``error:`` line, exit 2,
+    instead of click's multi-line usage panel; ``--help`` still prints the full help."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as problem:
+            out.print(problem.ctx.get_help(), markup=False, highlight=False)
+            code = EXIT_BAD_INPUT
+        except ClickException as problem:
+            where = getattr(getattr(problem, "ctx", None), "command_path", "chaossim")
+            message = " ".join(problem.format_message().split())
+            err.print(f"error: {where}: {message}", markup=False, highlight=False, soft_wrap=True)
+            code = problem.exit_code
+        except typer.Abort:
+            code = EXIT_INTERRUPTED
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Chaos-test distributed LLM training.", cls=OneLineErrors,
+)
+
+
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str) -> None:
@@ -35,20 +76,27 @@ def fail(message: str) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def load(file: Path, overrides: list[str], seed: int | None = None, replications: int | None = None) -> Scenario:
+def load(file: Path, overrides: list[str], seed: int | None = None, replications: int | None = None,
+         allow_large: bool = True, warnings: list[str] | None = None, trace_dirs: list[Path] | None = None) -> Scenario:
     extra = list(overrides)
     if seed is not None:
         extra.append(f"seed={seed}")
     if replications is not None:
         extra.append(f"replications={replications}")
     try:
-        return load_scenario(file, extra)
+        return load_scenario(file, extra, allow_large=allow_large, warnings=warnings, trace_dirs=trace_dirs or [])
     except ScenarioError as problem:
         fail(str(problem))
 
 
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override any field: dotted.key=value (repeatable)")
+]
+TraceDirs = Annotated[
+    list[Path] | None, typer.Option("--trace-dir", help="a folder trace files may come from, besides the scenario's (repeatable)")
+]
+AllowLarge = Annotated[
+    bool, typer.Option("--allow-large", help="run even when the estimated cost passes the ceiling (README: limits)")
 ]
 
 
@@ -100,6 +148,21 @@ def summary_table(result: dict) -> Table:
     return table
 
 
+def run_all(scenario: Scenario, file: Path, folder: Path, summaries: list[dict], show: bool) -> None:
+    """Run every replication into ``folder``, appending each summary (and rewriting summary.json) as it ends."""
+    from .runner import run_replication
+
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
+        for r in range(scenario.replications):
+            task = bar.add_task(f"replication {r + 1}/{scenario.replications}", total=1.0)
+            rep = run_replication(
+                scenario, r, folder / f"rep-{r}", file.parent, progress=lambda f, t=task: bar.update(t, completed=f)
+            )
+            summaries.append(rep.summary)
+            (folder / "summary.json").write_text(json.dumps(aggregate(summaries), indent=2, default=str))
+
+
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="scenario YAML file")],
@@ -109,27 +172,32 @@ def run(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="results folder")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    allow_large: AllowLarge = False,
+    trace_dir: TraceDirs = None,
 ) -> None:
     """Run a scenario: print goodput, downtime, failures and tokens; write a results folder."""
-    scenario = load(file, set_ or [], seed, replications)  # before the heavy imports: bad input fails fast
-    from .runner import run_replication
+    warnings: list[str] = []
+    scenario = load(file, set_ or [], seed, replications, allow_large, warnings, trace_dir)  # before the heavy imports: bad input fails fast
+    from .outputs import FolderLock, check_writable, claim_run_folder
     folder = output or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scenario.yaml").write_text(scenario_yaml(scenario))
-    summaries = []
-    show = not quiet and not as_json and err.is_terminal
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
-        for r in range(scenario.replications):
-            task = bar.add_task(f"replication {r + 1}/{scenario.replications}", total=1.0)
-            try:
-                rep = run_replication(
-                    scenario, r, folder / f"rep-{r}", file.parent, progress=lambda f, t=task: bar.update(t, completed=f)
-                )
-            except ScenarioError as problem:  # e.g. a trace file that changed since it was loaded
-                fail(str(problem))
-            summaries.append(rep.summary)
-            (folder / "summary.json").write_text(json.dumps(aggregate(summaries), indent=2, default=str))
+    summaries: list[dict] = []
+    try:
+        check_writable(folder)
+        with FolderLock(folder):  # a second run or sweep on this folder is refused while this one writes
+            claim_run_folder(folder)
+            warn(warnings)  # every check has passed: what is printed now is advice, not a refusal
+            (folder / "scenario.yaml").write_text(scenario_yaml(scenario))
+            run_all(scenario, file, folder, summaries, show=not quiet and not as_json and err.is_terminal)
+    except ScenarioError as problem:  # a folder that cannot be used, or a trace file that changed since loading
+        fail(str(problem))
+    except KeyboardInterrupt:
+        done = len(summaries)
+        err.print(
+            f"interrupted: {done} of {scenario.replications} replication(s) kept in {folder}"
+            + (f"; rep-{done} is incomplete (no summary.json, its tables left as *.partial) and every reader skips it"
+               if done < scenario.replications else ""), markup=False, highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     result = aggregate(summaries)
     if as_json:
         print(json.dumps(result, default=str))
@@ -158,13 +226,17 @@ def run(
 def validate(
     files: Annotated[list[Path], typer.Argument(help="scenario YAML files")],
     set_: SetOption = None,
+    allow_large: AllowLarge = False,
+    trace_dir: TraceDirs = None,
 ) -> None:
     """Check scenario files; print one line per problem, exit 2 if any is bad."""
     bad = False
     for file in files:
         try:
-            load_scenario(file, set_ or [])
-            out.print(f"{file}: ok", highlight=False)
+            warnings: list[str] = []
+            load_scenario(file, set_ or [], allow_large=allow_large, warnings=warnings, trace_dirs=trace_dir or [])
+            out.print(f"{file}: ok" + (f" ({len(warnings)} warning(s))" if warnings else ""), highlight=False)
+            warn(warnings)
         except ScenarioError as problem:
             err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
             bad = True
@@ -190,16 +262,19 @@ def sweep(
     set_: SetOption = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="sweep folder (rows/, runs/)")] = None,
     executor: Annotated[str, typer.Option(help="local (a process per core) | dask | serial (in this process)")] = "local",
-    workers: Annotated[int | None, typer.Option(help="worker processes (default: every core)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="worker processes (default: every core)")] = None,
     address: Annotated[str | None, typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")] = None,
     resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    allow_large: AllowLarge = False,
+    trace_dir: TraceDirs = None,
 ) -> None:
     """Sweep factors x seeds on every core or a Dask cluster: one Parquet row per replication, resumable."""
     from .sweep import command
 
     try:
-        code = command(file, grid or [], zip_ or [], seeds, set_ or [], output, executor, workers, address, resume, quiet, out, err)
+        code = command(file, grid or [], zip_ or [], seeds, set_ or [], output, executor, workers, address, resume,
+                       quiet, out, err, allow_large, trace_dir or [])
     except ScenarioError as problem:
         fail(str(problem))
     raise typer.Exit(code)
@@ -238,9 +313,18 @@ def bandwidth(
     from .bandwidth import bandwidth_table
     from .units import parse_bandwidth, parse_count, parse_duration
 
+    values = {}
+    for option, parser, text in (("--params", parse_count, params), ("--step-time", parse_duration, step_time),
+                                 ("--bandwidth", parse_bandwidth, link)):
+        try:
+            values[option] = parser(text)
+        except ValueError as problem:
+            fail(f"chaossim bandwidth {option}: {problem}")
+    if not 0 < target <= 1:
+        fail(f"chaossim bandwidth --target: expected a utilisation in (0, 1], got {target}")
     try:
         rows = bandwidth_table(
-            params=parse_count(params), step_time_s=parse_duration(step_time), bandwidth_bps=parse_bandwidth(link),
+            params=values["--params"], step_time_s=values["--step-time"], bandwidth_bps=values["--bandwidth"],
             sites=sites, target_cu=target, inner_steps=inner_steps, fragments=fragments, overlap=overlap,
         )
     except ValueError as problem:
@@ -260,11 +344,14 @@ def bandwidth(
 
 
 def main() -> None:
+    # SIGTERM (a scheduler, `kill`, a CI timeout) stops a command the way Ctrl-C does: what was
+    # written so far is closed and kept, and the command says so
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
     try:
         app()
     except KeyboardInterrupt:
         err.print("interrupted: results written so far are kept")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ know what happened to this job", never "the replication crashed".
 * :class:`LocalExecutor` - a ``concurrent.futures.ProcessPoolExecutor`` over every core. Its
   multiprocessing context is created and passed explicitly (``forkserver`` where the platform has it,
   else ``spawn``): workers start clean, import the installed package and share no state with the
-  parent, and the global start method is never touched.
+  parent, and the global start method is never touched. Workers ignore Ctrl-C (the parent decides:
+  on an interrupt it terminates them and drops the queued jobs), and each watches the parent's pid:
+  when the parent is gone (killed, even with SIGKILL) a worker exits within
+  :data:`PARENT_POLL_S`, so no worker outlives its sweep or writes after it.
 * :class:`DaskExecutor` - a ``distributed.Client`` on an existing cluster (``address``), or on a
   ``LocalCluster`` of single-threaded worker processes that it starts and stops itself.
 * :class:`SerialExecutor` - a plain loop in this process: for debugging (breakpoints work), profiling,
@@ -26,9 +29,12 @@ know what happened to this job", never "the replication crashed".
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -129,6 +135,35 @@ class SerialExecutor:
             yield job, fn(job)
 
 
+PARENT_POLL_S = 0.2
+"""How often a local worker checks that the process that started the sweep is still there."""
+
+
+def _parent_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # a parent that was killed but not yet reaped is a zombie: gone all the same
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return False
+
+
+def _watch_parent(pid: int) -> None:
+    while not _parent_gone(pid):
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # at once: no cleanup that could write into the sweep folder
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Runs first in every local worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
+
+
 class LocalExecutor:
     """A pool of ``workers`` processes on this machine (default: one per core)."""
 
@@ -146,7 +181,10 @@ class LocalExecutor:
     def imap_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         if not jobs:
             return
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)), mp_context=self.context)
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(jobs)), mp_context=self.context,
+            initializer=_init_worker, initargs=(os.getpid(),),
+        )
         finished = False
         try:
             futures = {pool.submit(fn, job): job for job in jobs}
@@ -158,9 +196,25 @@ class LocalExecutor:
                 yield futures[future], outcome
             finished = True
         finally:
-            # On Ctrl-C (or when the caller stops early) drop the queued jobs instead of running them;
-            # the jobs in flight end with their workers, which received the same SIGINT.
+            if not finished:
+                # Ctrl-C, SIGTERM or a caller that stopped early: end the jobs in flight now (their
+                # rows are not written, so --resume runs them again) and drop the queued ones
+                _terminate_workers(pool)
             pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        return
+    processes = list((pool._processes or {}).values())  # the pool's own worker processes
+    for process in processes:
+        with contextlib.suppress(OSError, AttributeError):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(OSError, AttributeError, AssertionError):
+            process.join(timeout=2.0)
 
 
 class DaskExecutor:
@@ -185,8 +239,10 @@ class DaskExecutor:
             if self.address is None:
                 # one thread per worker process: a replication is single-threaded Python, so more
                 # threads would only contend for the GIL
+                # silence_logs=ERROR: a stopped sweep cancels tasks, which workers would log as warnings
                 cluster = LocalCluster(
-                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True, dashboard_address=None
+                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True, dashboard_address=None,
+                    silence_logs=logging.ERROR,
                 )
                 client = Client(cluster)
             else:

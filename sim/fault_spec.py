@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from . import distributions as dist
-from .schema import Bandwidth, Model, PositiveSeconds, Seconds, _schema_also
+from .schema import Bandwidth, LocatedError, Model, PositiveSeconds, Seconds, _schema_also
 
 
 class BlastRadius(str, Enum):
@@ -52,6 +52,16 @@ class Target(Model):
         if isinstance(data, str):
             raise ValueError(f"expected 'all' or a mapping with islands/regions/links and mode, got {data!r}")
         return data
+
+    @model_validator(mode="after")
+    def _names_listed_once(self) -> Target:
+        for key in ("islands", "regions", "links"):
+            names = getattr(self, key)
+            if names is not None and not names:
+                raise LocatedError(f"an empty {key} list selects nothing; leave it out to select all", (key,))
+            if names is not None and len(set(names)) != len(names):
+                raise LocatedError(f"{key} names must be listed once, got {names}", (key,))
+        return self
 
     @model_validator(mode="after")
     def _value_fits_mode(self) -> Target:
@@ -167,6 +177,13 @@ class LinkDegradation(FaultBase):
     duration: RepairSpec = RepairSpec(value=1800.0)
     bandwidth: Bandwidth | None = Field(None, description="bandwidth during the fault")
     latency: Seconds | None = Field(None, description="latency during the fault")
+
+    @model_validator(mode="after")
+    def _degrades_not_cuts(self) -> LinkDegradation:
+        if self.bandwidth == 0:
+            raise LocatedError("a degraded link keeps a bandwidth > 0; a link that carries nothing is kind: link_partition",
+                               ("bandwidth",))
+        return self
 
 
 class LinkPartition(FaultBase):

@@ -321,6 +321,10 @@ class FaultProcesses:
         self.effects.outage([island], False, "island_outage", fault.name)
 
 
+MAX_TRACE_BYTES = 16_000_000
+"""Largest trace CSV read (about half a million rows)."""
+
+
 def read_trace(
     fault: TraceReplay, topology: Topology, scenario_dir: Path | None, where: str
 ) -> list[tuple[float, Island, float, str]]:
@@ -328,7 +332,8 @@ def read_trace(
 
     ``time`` and ``duration`` are unit strings or seconds (duration defaults to 1 h), ``target`` an
     island name, ``kind`` ``chip_failure`` (default) or ``island_outage``. Read at load (``validate``)
-    and again when the run starts.
+    and again when the run starts. A message names the file, the line and the column, never the
+    content it could not parse: a trace may be any file, and its bytes are not echoed.
     """
     from .loading import ScenarioError
     from .units import parse_duration
@@ -338,27 +343,43 @@ def read_trace(
         path = scenario_dir / path
     if not path.is_file():
         raise ScenarioError(f"{where}.file: trace file {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_TRACE_BYTES:
+        raise ScenarioError(f"{where}.file: {path}: larger than the limit of {MAX_TRACE_BYTES:,} bytes for a trace")
     by_name = {i.name: i for i in topology.islands}
     rows = []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"time", "target"} <= set(reader.fieldnames):
-            raise ScenarioError(f"{where}: {path}: expected a CSV header with columns time,target[,duration][,kind]")
-        for line, row in enumerate(reader, start=2):
-            try:
-                time_s = parse_duration(row["time"])
-                duration_s = parse_duration(row.get("duration") or "1h")
-            except ValueError as err:
-                raise ScenarioError(f"{where}: {path}:{line}: {err}") from None
-            if row["target"] not in by_name:
-                raise ScenarioError(f"{where}: {path}:{line}: unknown island {row['target']!r} (known: {sorted(by_name)})")
-            kind = row.get("kind") or "chip_failure"
-            if kind not in ("chip_failure", "island_outage"):
-                raise ScenarioError(f"{where}: {path}:{line}: kind must be chip_failure or island_outage, got {kind!r}")
-            if time_s < 0 or duration_s < 0:
-                raise ScenarioError(f"{where}: {path}:{line}: time and duration must be >= 0")
-            rows.append((time_s, by_name[row["target"]], duration_s, kind))
+    line = 1
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"time", "target"} <= set(reader.fieldnames):
+                raise ScenarioError(f"{where}: {path}: expected a CSV header with columns time,target[,duration][,kind]")
+            for line, row in enumerate(reader, start=2):
+                rows.append(_trace_row(row, by_name, parse_duration, f"{where}: {path}:{line}"))
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{where}: {path}: not a UTF-8 text file (a CSV of time,target[,duration][,kind] is expected)") from None
+    except csv.Error:
+        raise ScenarioError(f"{where}: {path}:{line + 1}: not a readable CSV line (binary data?)") from None
     return sorted(rows, key=lambda r: r[0])
+
+
+def _trace_row(row: dict, by_name: dict[str, Island], parse_duration, where: str) -> tuple[float, Island, float, str]:
+    from .loading import ScenarioError
+
+    for column, default in (("time", None), ("duration", "1h")):
+        try:
+            value = parse_duration(row.get(column) or default)
+        except (ValueError, TypeError):
+            raise ScenarioError(f"{where}: column {column}: expected a duration like '30s' or '2h' or seconds") from None
+        if value < 0:
+            raise ScenarioError(f"{where}: column {column}: must be >= 0")
+        if column == "time":
+            time_s = value
+    if row.get("target") not in by_name:
+        raise ScenarioError(f"{where}: column target: not an island of the topology (known: {sorted(by_name)})")
+    kind = row.get("kind") or "chip_failure"
+    if kind not in ("chip_failure", "island_outage"):
+        raise ScenarioError(f"{where}: column kind: expected chip_failure or island_outage")
+    return time_s, by_name[row["target"]], value, kind
 
 
 class _Uniform:

@@ -20,9 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
 
+from .input_limits import MAX_FILE_BYTES, InputLimitError, check_document, check_text
 from .scenario import Scenario
 
 
@@ -43,11 +45,22 @@ def read_yaml(path: Path) -> Any:
     if path.is_dir():
         raise ScenarioError(f"{path}: is a folder, expected a YAML scenario file")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ScenarioError(f"{path}: cannot read: {err}") from None
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ScenarioError(f"{path}: {size:,} bytes, larger than the limit of {MAX_FILE_BYTES:,} for a scenario file")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ScenarioError(f"{path}: cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ScenarioError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
     try:
+        check_text(text)
         data = _yaml().load(text)
+        check_document(data)
+    except InputLimitError as err:
+        raise ScenarioError(f"{path}: {err}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: nesting too deep to read") from None
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -104,10 +117,24 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
 
 
 def _plain(data: Any) -> Any:
+    """Plain Python values: ruamel's round-trip scalars (a boolean that is an int, a float with
+    formatting, a ``!!str``-tagged scalar) would otherwise reach validation and error messages."""
     if isinstance(data, dict):
         return {str(k): _plain(v) for k, v in data.items()}
     if isinstance(data, list):
         return [_plain(v) for v in data]
+    if isinstance(data, ScalarBoolean):
+        return bool(data)
+    if isinstance(data, TaggedScalar):
+        return str(data.value)
+    if isinstance(data, bool):
+        return data
+    if isinstance(data, float):
+        return float(data)
+    if isinstance(data, int):
+        return int(data)
+    if isinstance(data, str):
+        return str(data)
     return data
 
 
@@ -126,10 +153,52 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
             node, path = node[part], f"{path}.{part}" if path else part
         elif isinstance(node, dict) and isinstance(part, str) and node.get("kind") == part:
             continue  # the tag of a discriminated union (faults[i] is a chip_failure ...)
+        elif _union_member(part):
+            continue  # pydantic names the union member it tried; the user's file has no such key
         else:
             path = f"{path}.{part}" if path and isinstance(part, str) else (f"{path}[{part}]" if path else str(part))
             node = None
     return path or "(top level)", line
+
+
+def _where(data: Any, loc: tuple, file: str) -> str:
+    """``file: yaml.path (line N)`` for a location, the start of every message about it."""
+    path, line = _locate(data, loc)
+    return f"{file}: {path}" + (f" (line {line})" if line else "")
+
+
+_PYDANTIC_TYPES = {"int", "float", "str", "bool", "bytes", "none", "list", "dict", "tuple", "set", "is-instance"}
+
+
+def _union_member(part: Any) -> bool:
+    """True for the labels pydantic gives union members in a location (``literal['auto']``,
+    ``function-after[...]``, ``int``): internals that must never reach a message."""
+    return isinstance(part, str) and ("[" in part or "(" in part or part in _PYDANTIC_TYPES)
+
+
+def _clean(loc: tuple) -> tuple:
+    return tuple(part for part in loc if not _union_member(part))
+
+
+_CONSTRAINTS = ("greater_than", "less_than", "too_short", "too_long", "multiple_of", "finite_number")
+
+
+def _best(errors: list[dict]) -> tuple[dict, list[dict], int]:
+    """The error to show, the union alternatives tried at its place, and how many other problems.
+
+    A field typed as a union (``'auto'`` or a duration) gets one error per alternative. The one to
+    show is the most specific: the deepest location (a list item rather than the list), then a
+    broken constraint (the value parsed but is out of range) over a value that did not parse.
+    """
+    first = _clean(tuple(errors[0]["loc"]))
+    same = [e for e in errors if _clean(tuple(e["loc"]))[: len(first)] == first]
+    others = len({_clean(tuple(e["loc"])) for e in errors if e not in same})
+
+    def rank(err: dict) -> tuple:
+        return (len(_clean(tuple(err["loc"]))), err["type"].startswith(_CONSTRAINTS), err["type"] != "literal_error")
+
+    best = max(same, key=rank)
+    return best, [e for e in same if _clean(tuple(e["loc"])) == _clean(tuple(best["loc"]))], others
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -170,13 +239,12 @@ def _models(tp: Any) -> list[type[BaseModel]]:
     return []
 
 
-def describe(err: dict, data: Any, file: str) -> str:
-    """One line for one pydantic error."""
+def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> str:
+    """One line for one pydantic error (``alternatives``: every error of the union it belongs to)."""
     ctx = err.get("ctx") or {}
     # a cross-field check (sim.scenario.LocatedError) says where below its model the problem is
-    loc = tuple(err["loc"]) + tuple(getattr(ctx.get("error"), "loc", ()))
-    path, line = _locate(data, loc)
-    where = f"{file}: {path}" + (f" (line {line})" if line else "")
+    loc = _clean(tuple(err["loc"])) + tuple(getattr(ctx.get("error"), "loc", ()))
+    where = _where(data, loc, file)
     kind, msg = err["type"], err["msg"]
     tag = str(ctx.get("discriminator", "kind")).strip("'")
     if kind == "union_tag_invalid":
@@ -190,27 +258,50 @@ def describe(err: dict, data: Any, file: str) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    literals = [str(e["ctx"]["expected"]) for e in alternatives if e["type"] == "literal_error" and e.get("ctx")]
+    if literals and kind == "value_error" and msg.startswith("expected "):
+        # neither alternative parsed: say both ("expected 'auto' or a duration like '30s'")
+        msg = f"expected {' or '.join(literals)} or {msg.removeprefix('expected ')}"
     if "input" in err and kind != "value_error" and not isinstance(err["input"], (dict, list)):
         msg = f"{msg} ({err['input']!r})" if " got " in msg else f"{msg}, got {err['input']!r}"
+    elif isinstance(err.get("input"), (dict, list)) and kind.endswith("_type") and " got " not in msg:
+        msg = f"{msg}, got a {'mapping' if isinstance(err['input'], dict) else 'list'}"
     return f"{where}: {msg}"
 
 
-def validate(data: Any, file: str) -> Scenario:
+def validate(data: Any, file: str, trace_dirs: tuple[Path, ...] | None = None, folder: Path | None = None) -> Scenario:
+    """Validate raw YAML data read from ``file``; every failure is a one-line ScenarioError.
+
+    ``folder`` is where relative trace paths start (default: the file's folder; a sweep passes it
+    because its ``file`` is a label naming the point). With ``trace_dirs`` (a file-based load:
+    ``load_scenario``, sweeps) trace files must lie in that folder or one of those; without, as for
+    scenarios built in memory, anywhere.
+    """
+    folder = Path(file).parent if folder is None else folder
+    try:
+        check_document(data)  # again after --set and sweep factors, which can bring aliases and long strings too
+    except InputLimitError as err:
+        raise ScenarioError(f"{file}: {err}") from None
     try:
         scenario = Scenario.model_validate(_plain(data))
     except ValidationError as err:
-        errors = err.errors(include_url=False)
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ScenarioError(describe(errors[0], data, file) + more) from None
-    scenario = _absolute_trace_paths(scenario, Path(file).parent)
+        best, alternatives, others = _best(err.errors(include_url=False))
+        more = f" (and {others} more)" if others else ""
+        raise ScenarioError(describe(best, data, file, alternatives) + more) from None
+    scenario = _absolute_trace_paths(scenario, folder)
+    if trace_dirs is not None:
+        check_trace_roots(scenario, file, (folder, *trace_dirs))
     check_targets(scenario, data, file)
     return scenario
 
 
 def _absolute_trace_paths(scenario: Scenario, folder: Path) -> Scenario:
     """Trace files are named relative to their scenario file; keep them absolute from here on, so the
-    resolved scenario in a results folder, and a sweep's workers, find the same file."""
+    resolved scenario in a results folder, and a sweep's workers, find the same file.
+    Where they may lie is :func:`check_trace_roots`'s concern.
+    """
     from .scenario import TraceReplay
+
 
     faults = [
         f.model_copy(update={"file": str((folder / f.file).resolve())})
@@ -229,12 +320,10 @@ def check_targets(scenario: Scenario, data: Any, file: str) -> None:
     topology = build_topology(scenario)
     for index, fault in enumerate(scenario.faults):
         if isinstance(fault, TraceReplay):
-            path, line = _locate(data, ("faults", index))
-            where = f"{file}: {path}" + (f" (line {line})" if line else "")
+            where = _where(data, ("faults", index), file)
             read_trace(fault, topology, Path(file).parent, where)
             continue
-        path, line = _locate(data, ("faults", index, "target"))
-        where = f"{file}: {path}" + (f" (line {line})" if line else "")
+        where = _where(data, ("faults", index, "target"), file)
         try:
             if isinstance(fault, (LinkDegradation, LinkPartition)):
                 matching_links(fault.target, topology, where)
@@ -244,13 +333,54 @@ def check_targets(scenario: Scenario, data: Any, file: str) -> None:
             raise ScenarioError(str(err)) from None
 
 
-def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
-    """Read, override and validate a scenario file; every failure is a one-line ScenarioError."""
+def load_scenario(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = True,
+    warnings: list[str] | None = None, trace_dirs: tuple[Path, ...] | list[Path] = (),
+) -> Scenario:
+    """Read, override and validate a scenario file; every failure is a one-line ScenarioError.
+
+    Without ``allow_large`` a scenario whose estimated cost passes the ceiling (:mod:`sim.cost`) is
+    refused too, as the CLI does unless ``--allow-large`` is given. ``warnings``, when given, receives
+    one line per likely mistake (:mod:`sim.lint`). Trace files must lie in the scenario's folder or
+    in one of ``trace_dirs`` (``--trace-dir``).
+    """
     path = Path(path)
     data = read_yaml(path)
     for assignment in overrides:
         apply_override(data, assignment, f"{path}: --set")
-    return validate(data, str(path))
+    scenario = validate(data, str(path), tuple(trace_dirs))
+    if not allow_large:
+        check_cost([(scenario, scenario.replications)], data, str(path))
+    if warnings is not None:
+        from .lint import likely_mistakes
+
+        warnings.extend(f"{_where(data, loc, str(path))}: {message}" for loc, message in likely_mistakes(scenario))
+    return scenario
+
+
+def check_trace_roots(scenario: Scenario, file: str, roots: tuple[Path, ...]) -> None:
+    """Every trace file (resolved, links followed) lies in one of ``roots``, the scenario's folder
+    first, then those the user allowed: a scenario from elsewhere cannot make the simulator read, and
+    report on, any file."""
+    from .scenario import TraceReplay
+
+    roots = [Path(d).resolve() for d in roots]
+    for index, fault in enumerate(scenario.faults):
+        if isinstance(fault, TraceReplay) and not any(Path(fault.file).resolve().is_relative_to(r) for r in roots):
+            raise ScenarioError(
+                f"{file}: faults[{index}].file: trace {fault.file!r} is outside the scenario's folder "
+                f"{roots[0]}; move it there or pass --trace-dir {Path(fault.file).parent}"
+            )
+
+
+def check_cost(plans: list[tuple[Scenario, int]], data: Any, file: str, replications_loc: tuple = ("replications",)) -> None:
+    """Refuse scenarios (each with its number of replications) whose estimated cost passes the ceiling."""
+    from .cost import CostError, check, estimate
+
+    try:
+        check([(estimate(scenario), n) for scenario, n in plans], replications_loc)
+    except CostError as err:
+        raise ScenarioError(f"{_where(data, err.loc, file)}: {err}") from None
 
 
 def scenario_yaml(scenario: Scenario) -> str:

@@ -9,12 +9,16 @@ A :class:`Recorder` collects two kinds of typed rows:
 * **rounds**: one row per outer round played by the DiLoCo family (``fragment, opened_s, closed_s,
   merged_s, members, weights, reason``; members and weights comma-separated, sorted by learner id).
 
-Rows are buffered and flushed to Parquet in row groups, so a long run that is interrupted keeps what
-it wrote; without an output folder the rows stay in memory (tests, sweeps that only need summaries).
+Rows are buffered and flushed to Parquet in row groups as the run goes, into ``<table>.parquet.partial``;
+:meth:`Recorder.close` finishes the file and renames it to ``<table>.parquet``. A replication that is
+killed therefore never leaves a ``.parquet`` file without its footer: what it leaves is clearly marked
+``.partial`` (and its folder has no ``summary.json``), and every reader skips it. Without an output
+folder the rows stay in memory (tests, sweeps that only need summaries).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -87,17 +91,23 @@ class _Table:
             self.kept.append(table)
             return
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, self.schema)
+            self._writer = pq.ParquetWriter(self.partial, self.schema)
         self._writer.write_table(table)
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
 
     def close(self) -> pa.Table | None:
         self.flush()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            os.replace(self.partial, self.path)  # complete, footer and all: now readers may see it
             return None
         if self.path is not None:  # nothing was ever written: still leave a valid empty file
-            pq.write_table(self.schema.empty_table(), self.path)
+            pq.write_table(self.schema.empty_table(), self.partial)
+            os.replace(self.partial, self.path)
             return None
         return pa.concat_tables(self.kept) if self.kept else self.schema.empty_table()
 

@@ -55,6 +55,13 @@ __all__ = [
 # --------------------------------------------------------------------------------------------- hardware
 
 
+def _carries_something(value: float | None) -> float | None:
+    """Bandwidth 0 would stall every transfer silently; a link that is down is a link_partition fault."""
+    if value == 0:
+        raise ValueError("a link needs a bandwidth > 0 (for a link that carries nothing, inject a link_partition fault), got 0")
+    return value
+
+
 class ChipSpec(Model):
     """A chip type; the built-in catalog (:mod:`sim.hardware`) can be extended or overridden."""
 
@@ -63,6 +70,8 @@ class ChipSpec(Model):
     chips_per_host: int = Field(4, gt=0)
     chips_per_cube: int = Field(64, gt=0)
     dcn_bandwidth: Bandwidth | None = Field(None, description="per-chip data-centre network bandwidth")
+
+    _positive_bandwidth = field_validator("dcn_bandwidth")(_carries_something)
 
 
 # --------------------------------------------------------------------------------------------- topology
@@ -85,6 +94,8 @@ class LinkSpec(Model):
     bandwidth: Bandwidth
     latency: Seconds = 0.0
 
+    _positive_bandwidth = field_validator("bandwidth")(_carries_something)
+
 
 class LinkOverride(LinkSpec):
     between: tuple[str, str]
@@ -92,6 +103,10 @@ class LinkOverride(LinkSpec):
 
 class SyncerSpec(Model):
     region: str | None = Field(None, description="region hosting the synchronizer (default: the first)")
+
+
+MAX_ISLANDS = 100_000
+"""Islands (learners) one topology may expand to: each is an object, names are checked one by one."""
 
 
 class Topology(Model):
@@ -106,6 +121,9 @@ class Topology(Model):
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> Topology:
+        islands = sum(i.count for r in self.regions for i in r.islands)
+        if islands > MAX_ISLANDS:
+            raise LocatedError(f"{islands:,} islands (counts included), more than the limit of {MAX_ISLANDS:,}", ("regions",))
         regions = [r.name for r in self.regions]
         if len(set(regions)) != len(regions):
             raise LocatedError(f"region names must be unique, got {regions}", ("regions",))
@@ -247,6 +265,11 @@ class Training(Model):
     def _fragments_fit(self) -> Training:
         if self.policy is Policy.SYNC_DP and self.on_failure is OnFailure.ELASTIC:
             raise ValueError("sync_dp restarts on failure: use policy elastic_dp for elastic lockstep training")
+        if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.overlap > self.inner_steps:
+            raise LocatedError(
+                f"overlap ({self.overlap}) must not exceed inner_steps ({self.inner_steps}): a fragment's sync "
+                "would still be overlapped when its next one starts", ("overlap",),
+            )
         if self.policy in (Policy.STREAMING_DILOCO, Policy.DECOUPLED_DILOCO) and self.fragments > self.inner_steps:
             raise ValueError(
                 f"fragments ({self.fragments}) must not exceed inner_steps ({self.inner_steps}): "
@@ -346,6 +369,7 @@ class Scenario(Model):
                         f"island {island.name!r}: unknown chip {island.chip!r} (known: {sorted(chips)})",
                         ("topology", "regions", r, "islands", k, "chip"),
                     )
+        self._steps_fit(chips)
         names = [f.name for f in self.faults]
         if len(set(names)) != len(names):
             raise LocatedError(f"fault names must be unique, got {names}", ("faults",))
@@ -361,3 +385,23 @@ class Scenario(Model):
                 raise LocatedError(f"{fault.kind} faults cannot select {wrong}: {SELECTORS_HELP[fault.kind]}",
                                    ("faults", k, "target", wrong))
         return self
+
+    def _steps_fit(self, chips: dict) -> None:
+        """A step longer than the whole run trains nothing: a typo in params, chips or step_time."""
+        from .hardware import derived_step_time_s
+        from .units import format_duration
+
+        workload = self.workload
+        for region in self.topology.regions:
+            for island in region.islands:
+                if workload.step_time == "auto":
+                    step = derived_step_time_s(workload.params, workload.tokens_per_step,
+                                               island.chips * chips[island.chip].peak_flops, workload.mfu)
+                    loc = ("workload", "params")
+                else:
+                    step, loc = workload.step_time, ("workload", "step_time")
+                if step > self.duration:
+                    raise LocatedError(
+                        f"one step of island {island.name!r} takes {format_duration(step)}, longer than the whole run "
+                        f"({format_duration(self.duration)}): nothing would be trained", loc,
+                    )

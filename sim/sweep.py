@@ -74,12 +74,15 @@ from .executors import Job, run_job
 from .loading import (
     ScenarioError,
     apply_override,
+    check_cost,
+    load_scenario,
     parse_value,
     read_yaml,
     scenario_yaml,
     set_path,
     validate,
 )
+from .outputs import FolderLock, check_writable, describe_contents
 from .scenario import Scenario, SweepSpec
 
 WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s", "surrogate_wall_s")
@@ -89,6 +92,11 @@ BEST = (("goodput", "max"), ("global_downtime_s", "min"), ("final_loss", "min"))
 """Metrics of the end-of-sweep table and whether more or less is better."""
 
 _RESERVED = ("seed", "replications", "sweep")
+
+MAX_SEEDS = 1_000_000
+"""Seeds one sweep may list, --allow-large or not (each is a job held in memory)."""
+MAX_POINTS = 10_000
+"""Points (factor combinations) a sweep may expand to without --allow-large: each is validated up front."""
 
 
 class SweepError(ScenarioError):
@@ -154,15 +162,18 @@ def parse_factors(args: Sequence[str], option: str) -> dict[str, list]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"1-5"``, ``"1,2,7"`` or ``"1-3,10"`` -> a list of seeds."""
-    seeds: list[int] = []
+    """``"1-5"``, ``"1,2,7"`` or ``"1-3,10"`` -> a list of seeds (counted before any list is built)."""
+    ranges = []
     for part in text.split(","):
         low, dash, high = part.strip().partition("-")
         try:
-            seeds.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+            ranges.append(range(int(low), int(high) + 1) if dash else range(int(low), int(low) + 1))
         except ValueError:
             raise ScenarioError(f"--seeds {text!r}: expected seeds like 1-5 or 1,2,7") from None
-    return seeds
+    count = sum(len(r) for r in ranges)
+    if count > MAX_SEEDS:
+        raise ScenarioError(f"--seeds {text!r}: {count:,} seeds, more than the limit of {MAX_SEEDS:,} per sweep")
+    return [seed for r in ranges for seed in r]
 
 
 def _plain(value: Any) -> Any:
@@ -238,20 +249,30 @@ def plan_sweep(
     grid: Mapping[str, list] | None = None,
     zipped: Mapping[str, list] | None = None,
     seeds: Sequence[int] | None = None,
+    allow_large: bool = True,
+    trace_dirs: Sequence[Path] = (),
 ) -> SweepPlan:
-    """Expand the scenario's sweep (merged with the given factors and seeds) and validate every point."""
+    """Expand the scenario's sweep (merged with the given factors and seeds) and validate every point.
+
+    Without ``allow_large`` a sweep of more than :data:`MAX_POINTS` points, or whose estimated cost
+    (:mod:`sim.cost`, over every point and seed) passes the ceiling, is refused before it runs.
+    """
     file = Path(file)
     data = read_yaml(file)
     for assignment in overrides:
         apply_override(data, assignment)
-    base = validate(data, str(file))
+    base = validate(data, str(file), tuple(trace_dirs))
     spec = base.sweep or SweepSpec()
     factors = _factors(file, {**spec.grid, **(grid or {})}, {**spec.zip, **(zipped or {})})
     seed_list = list(seeds) if seeds is not None else list(spec.seeds) or [base.seed + r for r in range(base.replications)]
     if not seed_list or any(s < 0 for s in seed_list) or len(set(seed_list)) != len(seed_list):
-        raise ScenarioError(f"{file}: sweep seeds must be distinct integers >= 0, got {seed_list}")
+        raise ScenarioError(f"{file}: sweep seeds must be distinct integers >= 0, got {seed_list[:10]}")
+    points = math.prod(len(f.levels) for f in factors)
+    if points > MAX_POINTS and not allow_large:
+        raise ScenarioError(f"{file}: sweep: {points:,} points (factor levels multiplied), more than the limit of "
+                            f"{MAX_POINTS:,} without --allow-large")
 
-    settings, scenarios, resolved = [], [], []
+    settings, scenarios, resolved, validated = [], [], [], []
     for levels in itertools.product(*[f.levels for f in factors]):
         setting = {k: v for f, level in zip(factors, levels) for k, v in zip(f.keys, level)}
         label = ", ".join(f"{k}={json.dumps(v)}" for k, v in setting.items()) or "without factors"
@@ -259,14 +280,17 @@ def plan_sweep(
         point.pop("sweep", None)  # a point is one scenario: it does not sweep again
         for key, value in setting.items():
             set_path(point, key, copy.deepcopy(value), source=f"{file}: sweep factor")
-        scenario = validate(point, f"{file} [sweep point {label}]")
+        scenario = validate(point, f"{file} [sweep point {label}]", tuple(trace_dirs), file.parent)
         # ship strict JSON, and prove it loads back to the same scenario before any worker sees it
         shipped = _strict_json(scenario.model_dump(mode="json"))
         if Scenario.model_validate(shipped) != scenario:
             raise ScenarioError(f"{file} [sweep point {label}]: the resolved scenario does not load back unchanged")
         settings.append(setting)
+        validated.append(scenario)
         scenarios.append(shipped)
         resolved.append({key: _resolved(scenario, key, value) for key, value in setting.items()})
+    if not allow_large:
+        check_cost([(scenario, len(seed_list)) for scenario in validated], data, str(file), ("sweep", "seeds"))
     keys = [k for f in factors for k in f.keys]
     typed = {key: _one_type([r[key] for r in resolved]) for key in keys}
     columns = tuple({key: typed[key][p] for key in keys} for p in range(len(resolved)))
@@ -303,35 +327,49 @@ def _write_row(rows: Path, index: int, row: dict) -> None:
 
 
 def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
-    """Make ``folder`` this sweep's folder; refuse to mix the rows of two different sweeps."""
+    """Make ``folder`` this sweep's folder (its lock held); refuse a folder holding anything else.
+
+    A folder with no ``sweep.json`` must be empty (a run, another tool's files and stray rows are never
+    written over); one with a manifest must hold this very sweep. Files of a new sweep are written
+    only here, after every check has passed; a resumed sweep's manifest is left as it is.
+    """
     manifest, rows = folder / "sweep.json", folder / "rows"
-    existing = list(rows.glob("part-*.parquet"))
     if manifest.exists():
-        if json.loads(manifest.read_text()).get("fingerprint") != plan.fingerprint:
+        try:
+            fingerprint = json.loads(manifest.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            raise SweepError(f"{manifest}: unreadable sweep manifest; this folder cannot be resumed, choose another -o folder") from None
+        if fingerprint != plan.fingerprint:
             raise SweepError(f"{folder}: holds a different sweep (scenario, factors or seeds differ); choose another -o folder")
+        existing = list(rows.glob("part-*.parquet"))
         if existing and not resume:
             raise SweepError(f"{folder}: already holds {len(existing)} row(s) of this sweep; pass --resume to finish it, or choose another -o folder")
-    elif existing:
-        raise SweepError(f"{folder}: holds sweep rows but no sweep.json; choose another -o folder")
-    rows.mkdir(parents=True, exist_ok=True)
-    for stale in rows.glob(".part-*.tmp"):  # left by a killed sweep mid-write
-        stale.unlink()
+        for stale in rows.glob(".part-*.tmp"):  # left by a killed sweep mid-write
+            stale.unlink()
+        return
+    held = describe_contents(folder)
+    if held is not None:
+        raise SweepError(f"{folder}: already holds {held} and no sweep.json; a sweep writes only into a new or empty folder, choose another -o folder")
+    rows.mkdir(parents=True)
     document = {
         "scenario": plan.name, "file": str(plan.file), "fingerprint": plan.fingerprint, "total": plan.total,
         "factors": [{"kind": f.kind, "keys": list(f.keys), "levels": [list(level) for level in f.levels]} for f in plan.factors],
         "seeds": list(plan.seeds),
         "points": [{"point": p, "setting": s, "columns": c} for p, (s, c) in enumerate(zip(plan.settings, plan.columns))],
     }
+    (folder / "scenario.yaml").write_text(scenario_yaml(plan.base))
     partial = folder / ".sweep.json.tmp"
     partial.write_text(json.dumps(_strict_json(document), indent=2))
-    os.replace(partial, manifest)
-    (folder / "scenario.yaml").write_text(scenario_yaml(plan.base))
+    os.replace(partial, manifest)  # last: a folder with a manifest is a complete claim
 
 
 def _ok_indices(folder: Path) -> set[int]:
     done = set()
     for path in (folder / "rows").glob("part-*.parquet"):
-        row = pq.read_table(path, columns=["index", "status"]).to_pylist()[0]
+        try:
+            row = pq.read_table(path, columns=["index", "status"]).to_pylist()[0]
+        except (OSError, pa.ArrowException, IndexError, KeyError):
+            raise SweepError(f"{path}: unreadable row file; delete it and run --resume again to redo that replication") from None
         if row["status"] == "ok":
             done.add(row["index"])
     return done
@@ -350,20 +388,22 @@ def run_sweep(
     again. ``progress(done, total, errors)`` is called before the first and after every row.
     """
     folder = Path(folder).resolve()
-    _claim(folder, plan, resume)
-    done = _ok_indices(folder) if resume else set()
-    jobs = [job for job in plan.jobs(folder) if job.index not in done]
-    ran = errors = 0
-    if progress:
-        progress(len(done), plan.total, 0)
-    for job, outcome in executor.imap_unordered(run_job, jobs):
-        if isinstance(outcome, BaseException):  # the worker itself was lost: we know only that
-            outcome = {"status": "error", "error": f"{type(outcome).__name__}: {outcome}"}
-        _write_row(folder / "rows", job.index, {**plan.head(job), **outcome})
-        ran += 1
-        errors += outcome["status"] != "ok"
+    check_writable(folder)
+    with FolderLock(folder):  # a second sweep (or run) on this folder is refused while this one runs
+        _claim(folder, plan, resume)
+        done = _ok_indices(folder) if resume else set()
+        jobs = [job for job in plan.jobs(folder) if job.index not in done]
+        ran = errors = 0
         if progress:
-            progress(len(done) + ran, plan.total, errors)
+            progress(len(done), plan.total, 0)
+        for job, outcome in executor.imap_unordered(run_job, jobs):
+            if isinstance(outcome, BaseException):  # the worker itself was lost: we know only that
+                outcome = {"status": "error", "error": f"{type(outcome).__name__}: {outcome}"}
+            _write_row(folder / "rows", job.index, {**plan.head(job), **outcome})
+            ran += 1
+            errors += outcome["status"] != "ok"
+            if progress:
+                progress(len(done) + ran, plan.total, errors)
     return SweepOutcome(folder, plan.total, ran, len(done), errors)
 
 
@@ -422,7 +462,7 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
 def command(
     file: Path, grid: Sequence[str], zipped: Sequence[str], seeds: str | None, overrides: Sequence[str],
     output: Path | None, executor: str, workers: int | None, address: str | None, resume: bool, quiet: bool,
-    out, err,
+    out, err, allow_large: bool = False, trace_dirs: Sequence[Path] = (),
 ) -> int:
     """``chaossim sweep``: plan, run with a progress bar, print the best settings; the exit code."""
     from rich.progress import (
@@ -438,9 +478,10 @@ def command(
 
     plan = plan_sweep(
         file, overrides, parse_factors(grid, "--grid"), parse_factors(zipped, "--zip"),
-        parse_seeds(seeds) if seeds is not None else None,
+        parse_seeds(seeds) if seeds is not None else None, allow_large, trace_dirs,
     )
     folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_writable(folder)
     columns = [
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -457,14 +498,18 @@ def command(
         raise SweepError(str(problem)) from None
     except KeyboardInterrupt:
         kept = len(list((Path(folder) / "rows").glob("part-*.parquet")))
-        err.print(f"interrupted: {kept} row(s) kept in {folder}; add --resume to finish the sweep", highlight=False)
+        err.print(f"interrupted: {kept} row(s) kept in {folder}; add --resume to finish the sweep", markup=False, highlight=False, soft_wrap=True)
         raise
     frame = load_sweep(outcome.folder)
     out.print(best_table(frame, plan))
     for row in frame[frame["status"] != "ok"].head(5).itertuples():
-        err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False)
+        err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"{outcome.ran} run, {outcome.skipped} already done, {outcome.errors} failed of {outcome.total}; "
         f"rows: {outcome.folder / 'rows'}", highlight=False,
     )
+    warnings: list[str] = []
+    load_scenario(file, overrides, warnings=warnings, trace_dirs=trace_dirs)  # the base scenario's likely mistakes, as run prints them
+    for line in warnings:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     return 1 if outcome.errors else 0

@@ -1,0 +1,248 @@
+"""What a run will cost, estimated from the scenario before anything runs, and the ceiling on it.
+
+A scenario can be valid and still absurd: 10^15 chips fail every microsecond, a million-year run
+writes a checkpoint every hour, ``every: 1ns`` injects 10^14 faults a day, ``replications: 1e9``.
+Each would run until killed. :func:`estimate` adds up, per replication, the work a run does:
+
+* **fault events**: per fault, the expected arrivals within the duration (stochastic: targets x
+  duration / mtbf, with a chip failure's targets its chips; scheduled: ``at`` times plus
+  (until - start) / every, times the targets each injection hits; trace: its rows), each a few
+  simulation events (the failure, its repair, the recovery phases);
+* **checkpoints** (lockstep policies): duration / interval, the interval fixed or Young's
+  ``sqrt(2 C M)`` from the job MTBF implied by the fault terms;
+* **outer rounds** (DiLoCo family): per learner duration / step time x fragments / inner_steps,
+  from the scenario's fields (step time given, or ``6 params tokens / (chips peak mfu)``);
+* **surrogate steps and evaluations**: per learner group at most ``max_steps_per_learner``, and
+  one evaluation per ``eval_every``;
+
+and the memory that grows with chips (Weibull lifetimes keep one float per chip). ``chaossim run``
+and ``sweep`` refuse a plan whose total over replications (and sweep points) passes
+:data:`WORK_CEILING` or :data:`MEMORY_CEILING_BYTES`, unless ``--allow-large`` is given; the message
+names the largest term and its YAML path. The estimate is an expectation, accurate to a small factor
+(the tests hold it to the event counts of the shipped scenarios); it is a guard against orders of
+magnitude, not a schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .checkpointing import young_interval_s
+from .fault_spec import SelectMode
+from .hardware import catalog, derived_step_time_s
+from .scenario import (
+    ChipFailure,
+    LinkDegradation,
+    LinkPartition,
+    Policy,
+    RegionOutage,
+    Scenario,
+    SyncerOutage,
+    TraceReplay,
+)
+
+WORK_CEILING = 2e8
+"""Events, rounds and surrogate steps one command may run without ``--allow-large``: about an hour
+at the simulator's typical 50,000 per second on one core."""
+MEMORY_CEILING_BYTES = 2e9
+"""Memory one replication may need for per-chip state without ``--allow-large``."""
+
+EVENTS_PER_FAILURE = 3  # the failure, its repair, and the recovery phase it starts
+EVENTS_PER_INJECTION = 2  # a fault's start and its end
+BYTES_PER_WEIBULL_CHIP = 24  # next-failure time, age and a scratch draw per chip
+LOCKSTEP = (Policy.SYNC_DP, Policy.ELASTIC_DP)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of the work of a replication, and where in the scenario it comes from."""
+
+    what: str
+    loc: tuple  # YAML location (keys and indices) of the field that sets it
+    work: float
+
+
+@dataclass(frozen=True)
+class Cost:
+    terms: tuple[Term, ...]
+    memory_bytes: float
+    memory_loc: tuple
+
+    @property
+    def work(self) -> float:
+        """Work of one replication."""
+        return math.fsum(t.work for t in self.terms)
+
+    def largest(self) -> Term:
+        return max(self.terms, key=lambda t: t.work, default=Term("nothing", (), 0.0))
+
+
+class CostError(ValueError):
+    """A plan past the ceiling; ``loc`` is the YAML location to name."""
+
+    def __init__(self, message: str, loc: tuple):
+        super().__init__(message)
+        self.loc = loc
+
+
+def island_list(scenario: Scenario) -> list[tuple[str, str, int]]:
+    """(region, spec name and copy name, chips) of every island, without building the topology."""
+    out = []
+    for region in scenario.topology.regions:
+        for spec in region.islands:
+            names = [spec.name] if spec.count == 1 else [f"{spec.name}-{k}" for k in range(spec.count)]
+            out.extend((region.name, (spec.name, name), spec.chips) for name in names)
+    return out
+
+
+def matching_islands(fault, islands: list) -> list:
+    """The islands (region, names, chips) a fault's selector matches, before its mode."""
+    target = fault.target
+    picked = islands
+    if target.regions is not None:
+        picked = [i for i in picked if i[0] in target.regions]
+    if target.islands is not None:
+        picked = [i for i in picked if set(i[1]) & set(target.islands)]
+    return picked
+
+
+def _hit(mode: SelectMode, value: float | None, pool: float) -> float:
+    """How many of ``pool`` targets one injection hits under a selector mode."""
+    if mode is SelectMode.ALL:
+        return pool
+    if mode is SelectMode.ONE:
+        return min(1.0, pool)
+    if mode is SelectMode.FIXED:
+        return min(float(value or 0), pool)
+    return math.floor(pool * (value or 0) / 100.0)
+
+
+def injections_within(fault, duration_s: float) -> float:
+    sched = fault.arrivals()
+    if sched is None:
+        return 0.0
+    count = float(sum(1 for t in sched.at if t < duration_s))
+    if sched.every is not None:
+        first = sched.start if sched.start > 0 else sched.every
+        count += max(0.0, math.ceil((min(duration_s, sched.until) - first) / sched.every))
+    return count
+
+
+def _trace_rows(fault: TraceReplay) -> float:
+    try:
+        with open(fault.file, "rb") as handle:
+            return float(sum(1 for _ in handle))
+    except OSError:
+        return 0.0  # the loader reports a missing trace; it costs nothing
+
+
+def _fault_terms(scenario: Scenario) -> tuple[list[Term], float, float, tuple]:
+    """Fault terms, the job failure rate they imply (1/s), and the Weibull memory and its location."""
+    islands, duration = island_list(scenario), scenario.duration
+    regions = [r.name for r in scenario.topology.regions]
+    links = len(regions) * (len(regions) - 1) / 2  # the WAN links a link fault can select
+    terms, rate, memory, memory_loc = [], 0.0, 0.0, ()
+    for k, fault in enumerate(scenario.faults):
+        loc = ("faults", k)
+        label = f"faults[{k}] ({fault.name})"
+        if isinstance(fault, TraceReplay):
+            terms.append(Term(f"{label}: trace rows", loc + ("file",), EVENTS_PER_FAILURE * _trace_rows(fault)))
+            continue
+        if isinstance(fault, (LinkDegradation, LinkPartition)):
+            pool = float(len(fault.target.links) if fault.target.links is not None else links)
+        elif isinstance(fault, RegionOutage):
+            pool = float(len(fault.target.regions) if fault.target.regions is not None else len(regions))
+        elif isinstance(fault, SyncerOutage):
+            pool = 1.0
+        else:
+            pool = float(len(matching_islands(fault, islands)))
+        mode, value = fault.target.mode, fault.target.value
+        injections = injections_within(fault, duration)
+        if injections:
+            hits = injections * max(_hit(mode, value, pool), 1.0 if isinstance(fault, ChipFailure) else 0.0)
+            terms.append(Term(f"{label}: scheduled injections", loc + ("every" if fault.every else "schedule",),
+                              EVENTS_PER_INJECTION * hits))
+            if isinstance(fault, (ChipFailure,)) or fault.kind in ("island_outage", "region_outage"):
+                rate += hits / duration
+        if fault.mtbf is None:
+            continue
+        if isinstance(fault, ChipFailure):
+            # the mode picks islands; every chip of the picked islands fails at 1/mtbf
+            chips = sorted((i[2] for i in matching_islands(fault, islands)), reverse=True)
+            chips_hit = float(sum(chips[: int(_hit(mode, value, len(chips)))]))
+            arrivals = chips_hit * duration / fault.mtbf
+            terms.append(Term(f"{label}: chip failures ({chips_hit:.3g} chips)", loc + ("mtbf",), EVENTS_PER_FAILURE * arrivals))
+            rate += chips_hit / fault.mtbf
+            if fault.lifetime == "weibull" and fault.shape != 1.0 and chips_hit * BYTES_PER_WEIBULL_CHIP > memory:
+                memory, memory_loc = chips_hit * BYTES_PER_WEIBULL_CHIP, loc + ("lifetime",)
+        else:
+            arrivals = pool * duration / fault.mtbf
+            terms.append(Term(f"{label}: arrivals", loc + ("mtbf",), EVENTS_PER_INJECTION * arrivals))
+            if fault.kind in ("island_outage", "region_outage"):
+                rate += pool / fault.mtbf
+    return terms, rate, memory, memory_loc
+
+
+def _step_times(scenario: Scenario) -> list[float]:
+    """Step time of each learner (island) at full strength, from the scenario's own fields."""
+    workload, chips = scenario.workload, catalog(scenario.chips)
+    if workload.step_time != "auto":
+        return [workload.step_time] * len(island_list(scenario))
+    times = []
+    for region in scenario.topology.regions:
+        for spec in region.islands:
+            peak = spec.chips * chips[spec.chip].peak_flops
+            times.extend([derived_step_time_s(workload.params, workload.tokens_per_step, peak, workload.mfu)] * spec.count)
+    return times
+
+
+def estimate(scenario: Scenario) -> Cost:
+    """The work and memory of one replication of a validated scenario (see the module docstring)."""
+    terms, failure_rate, memory, memory_loc = _fault_terms(scenario)
+    training, duration = scenario.training, scenario.duration
+    if training.policy in LOCKSTEP:
+        interval = training.checkpoint.interval
+        if isinstance(interval, str):  # young / daly: both near sqrt(2 C M)
+            write = training.checkpoint.write_time
+            interval = young_interval_s(write, 1.0 / failure_rate) if failure_rate > 0 and write > 0 else math.inf
+        terms.append(Term("checkpoints", ("training", "checkpoint", "interval"), duration / max(interval, 1e-300)))
+        groups = 1
+    else:
+        fragments = 1 if training.policy is Policy.DILOCO else training.fragments
+        steps = _step_times(scenario)
+        rounds = math.fsum(duration / step * fragments / training.inner_steps for step in steps)
+        # the step time (given, or from params, tokens, chips and mfu) is what usually makes rounds many
+        loc = ("workload", "step_time") if scenario.workload.step_time != "auto" else ("workload",)
+        terms.append(Term(f"outer rounds (duration / step time {min(steps):.3g} s x fragments {fragments} / "
+                          f"inner_steps {training.inner_steps}, over {len(steps)} learners)", loc, rounds))
+        groups = len(island_list(scenario))
+    surrogate = scenario.surrogate
+    if surrogate.model != "off":
+        terms.append(Term("surrogate steps", ("surrogate", "max_steps_per_learner"),
+                          float(groups) * surrogate.max_steps_per_learner))
+        evals = duration / surrogate.eval_every if surrogate.eval_every > 0 else 200.0
+        terms.append(Term("surrogate evaluations", ("surrogate", "eval_every"), evals))
+    return Cost(tuple(terms), memory, memory_loc)
+
+
+def check(costs: list[tuple[Cost, int]], replications_loc: tuple, what: str = "replication") -> None:
+    """Raise :class:`CostError` when ``costs`` (each a per-replication cost and its replications) pass
+    a ceiling. ``replications_loc`` is named when no single term is too large by itself."""
+    total = math.fsum(cost.work * n for cost, n in costs)
+    count = sum(n for _, n in costs)
+    worst = max((cost for cost, _ in costs), key=lambda c: c.largest().work)
+    if total > WORK_CEILING:
+        term = worst.largest()
+        loc = term.loc if term.work > WORK_CEILING / 10 else replications_loc
+        raise CostError(
+            f"estimated work {total:.3g} (events, rounds and surrogate steps; the largest part {term.what}: "
+            f"{term.work:.3g} per {what}, x {count:,} {what}(s)) is past the ceiling of {WORK_CEILING:.0e}; "
+            "pass --allow-large to run it anyway", loc,
+        )
+    memory = max(cost.memory_bytes for cost, _ in costs)
+    if memory > MEMORY_CEILING_BYTES:
+        raise CostError(
+            f"estimated memory {memory / 1e9:.3g} GB for per-chip Weibull lifetimes is past the ceiling of "
+            f"{MEMORY_CEILING_BYTES / 1e9:.0f} GB; pass --allow-large to run it anyway", worst.memory_loc,
+        )

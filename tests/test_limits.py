@@ -1,0 +1,132 @@
+"""The cost estimate (sim/cost.py) against what runs actually do, and the likely-mistake warnings (sim/lint.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from typer.testing import CliRunner
+
+from sim.cli import app
+from sim.cost import EVENTS_PER_FAILURE, WORK_CEILING, estimate
+from sim.loading import load_scenario
+from sim.runner import run_replication
+
+SCENARIOS = ROOT / "scenarios"
+LOCKSTEP = ["quickstart.yaml", "million-chips-sync.yaml", "llama3-like-sync.yaml"]
+
+
+def term(cost, start: str) -> float:
+    return math.fsum(t.work for t in cost.terms if t.what.startswith(start) or start in t.what)
+
+
+@pytest.mark.parametrize("name", LOCKSTEP)
+def test_estimated_chip_failures_match_the_run(name):
+    """Expected chip failures (chips x duration / mtbf) against the failures the run counted: within
+    four Poisson standard deviations."""
+    scenario = load_scenario(SCENARIOS / name)
+    expected = term(estimate(scenario), "chip failures") / EVENTS_PER_FAILURE
+    counted = run_replication(scenario, 0, scenario_dir=SCENARIOS).summary["failures"]["chip_failure"]
+    assert abs(counted - expected) <= 4 * math.sqrt(expected), (counted, expected)
+
+
+@pytest.mark.parametrize("name", LOCKSTEP)
+def test_estimated_checkpoints_and_events_are_the_right_size(name):
+    """Checkpoints: at least those written, and within a factor 2 of them when most time is useful
+    (duration / interval counts every second as running); the whole estimate within a factor 3 of the
+    SimPy events the run took: a guard against orders of magnitude."""
+    scenario = load_scenario(SCENARIOS / name)
+    cost = estimate(scenario)
+    rep = run_replication(scenario, 0, scenario_dir=SCENARIOS)
+    written = int((rep.tables["events"]["kind"].to_pandas() == "checkpoint").sum())
+    assert written <= term(cost, "checkpoints")
+    if rep.summary["goodput"] > 0.5:
+        assert term(cost, "checkpoints") <= 2 * written, (term(cost, "checkpoints"), written)
+    assert 1 / 3 <= cost.work / rep.summary["events"] <= 3, (cost.work, rep.summary["events"])
+
+
+def test_estimated_rounds_match_the_rounds_played():
+    """DiLoCo family: duration / step time x fragments / inner_steps per learner, against the learners
+    times the outer rounds the run merged (the region outage costs a few rounds)."""
+    scenario = load_scenario(SCENARIOS / "region-outage.yaml", ["duration=12h"])
+    learners = sum(i.count for r in scenario.topology.regions for i in r.islands)
+    played = run_replication(scenario, 0).summary["outer_rounds"] * learners
+    assert 0.8 <= term(estimate(scenario), "outer rounds") / played <= 1.25
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_scenarios_are_far_below_the_ceiling(path):
+    """Every shipped scenario, with its replications, costs under a tenth of the ceiling."""
+    scenario = load_scenario(path, allow_large=False)
+    assert estimate(scenario).work * scenario.replications < WORK_CEILING / 10
+
+
+MISTAKES = """\
+version: 1
+name: lint
+seed: 1
+duration: 1d
+topology:
+  regions:
+    - name: a
+      islands: [{name: isl, chip: v5p, chips: 1024, count: 2, spares: 2}]
+    - name: b
+      islands: [{name: j, chip: v5p, chips: 1024}]
+  links:
+    - {between: [a, a], bandwidth: 1Gbps}
+    - {between: [a, b], bandwidth: 1Gbps}
+    - {between: [b, a], bandwidth: 2Gbps}
+workload: {params: 1B, tokens_per_step: 1M, step_time: 1s}
+training:
+  policy: sync_dp
+  quorum: 2
+  checkpoint: {interval: 1h, write_time: 2d}
+  recovery: {reload: 3d}
+  grace: {fixed: 1m, max: 10s}
+faults:
+  - {name: late, kind: island_outage, at: 2d}
+  - {name: backwards, kind: island_outage, schedule: {every: 1h, start: 5h, until: 2h}}
+  - {name: many, kind: island_outage, at: 1h, target: {mode: fixed, value: 7}}
+  - {name: half, kind: island_outage, at: 1h, target: {mode: fixed, value: 1.5}}
+  - {name: tr, kind: trace, file: lint.csv}
+hypotheses: [{metric: goodput, min: 0.9, max: 0.5}]
+"""
+EXPECTED = [
+    ("topology.links[0].between (line 12)", "itself"),
+    ("topology.links[2] (line 14)", "given twice"),
+    ("training.checkpoint.write_time (line 19)", "longer than the whole run"),
+    ("training.recovery.reload (line 20)", "longer than the whole run"),
+    ("topology.regions[0].islands[0].spares (line 8)", "spares are ignored"),
+    ("training.quorum (line 18)", "has none"),
+    ("training.grace.fixed (line 21)", "above grace.max"),
+    ("faults[0] (line 23)", "never fires"),
+    ("faults[1].schedule (line 24)", "ends (until) before it starts"),
+    ("faults[2].target.value (line 25)", "more targets than the 3"),
+    ("faults[3].target.value (line 26)", "whole targets"),
+    ("faults[4].file (line 27)", "1 trace row(s) at or after the end"),
+    ("hypotheses[0] (line 28)", "can never pass"),
+]
+
+
+def test_likely_mistakes_are_warned_by_validate_and_run(tmp_path: Path):
+    """Each likely mistake is one ``warning:`` line naming the file and YAML path; exit code 0."""
+    (tmp_path / "lint.csv").write_text("time,target\n1h,isl-0\n2d,isl-1\n")
+    path = tmp_path / "lint.yaml"
+    path.write_text(MISTAKES)
+    for command in (["validate", str(path)], ["run", str(path), "-q", "-o", str(tmp_path / "out"), "--json"]):
+        result = CliRunner().invoke(app, command)
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+        assert result.exit_code in (0, 1), result.output  # 1: the bound that can never pass fails, as warned
+        for where, phrase in EXPECTED:
+            assert any(f"{path}: {where}" in w and phrase in w for w in warnings), (where, warnings)
+        assert len(warnings) >= len(EXPECTED)
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_scenarios_have_no_warnings(path):
+    """The shipped scenarios are the examples users copy: none of them holds a likely mistake."""
+    warnings: list[str] = []
+    load_scenario(path, warnings=warnings)
+    assert warnings == []

@@ -145,6 +145,12 @@ class Results:
     summaries: pd.DataFrame
     raw: list[dict] = field(default_factory=list, repr=False)  # the replications' summary.json
     factors: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)  # version, command, seeds and date of the run or sweep
+
+    def relabel(self, label: str) -> None:
+        """Name this input ``label`` in every table (before any table is read)."""
+        self.label = label
+        self.summaries["run"] = label
 
     @property
     def key(self) -> str:
@@ -270,7 +276,8 @@ def _load_run(folder: Path, label: str) -> Results:
     summaries = pd.DataFrame([flatten(s) for s in raw])
     summaries.insert(0, "run", label)
     text = (folder / "scenario.yaml").read_text() if (folder / "scenario.yaml").exists() else ""
-    return Results(folder, label, "run", text, summaries, raw)
+    top = _read_json(folder / "summary.json") if (folder / "summary.json").exists() else {}
+    return Results(folder, label, "run", text, summaries, raw, provenance=top.get("provenance") or {})
 
 
 def _load_sweep(folder: Path, label: str) -> Results:
@@ -286,7 +293,8 @@ def _load_sweep(folder: Path, label: str) -> Results:
         if (folder / name).exists():
             text = (folder / name).read_text()
             break
-    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder))
+    plan = _read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
+    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {})
     # the per-replication summaries carry what a row cannot: hypothesis verdicts, learner names
     raw.extend({"index": number, **_read_json(rep / "summary.json")} for number, rep in results._folders())
     return results
@@ -307,19 +315,76 @@ def load_results(path: str | Path, label: str | None = None) -> Results:
     raise ResultsError(f"{folder}: not a results folder (expected summary.json and rep-*/ or a sweep's rows/)")
 
 
+def _inputs(folder: Path) -> list[tuple[Path, str | None]]:
+    """A compare run (``compare.json``) stands for its variants' folders, labelled by their values."""
+    plan = folder / "compare.json"
+    if folder.is_dir() and plan.exists():
+        variants = _read_json(plan).get("variants", [])
+        return [(folder / v["folder"], v["label"]) for v in variants]
+    return [(folder, None)]
+
+
+def _leaves(data, prefix: str = "") -> dict:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    if isinstance(data, list):
+        return {k: v for i, value in enumerate(data) for k, v in _leaves(value, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: data}
+
+
+def scenario_differences(texts: list[str]) -> list[str]:
+    """Dotted keys whose resolved value differs between scenarios (``training.policy``), in file order."""
+    from ruamel.yaml import YAML
+
+    parsed = []
+    for text in texts:
+        with contextlib.suppress(Exception):  # an unreadable scenario.yaml differs in nothing we can name
+            parsed.append(_leaves(YAML(typ="safe", pure=True).load(text) or {}))
+    if len(parsed) < 2:
+        return []
+    keys = list(dict.fromkeys(k for leaves in parsed for k in leaves))
+    return [k for k in keys if len({repr(leaves.get(k)) for leaves in parsed}) > 1 and k not in ("description",)]
+
+
+def _difference_label(text: str, keys: list[str]) -> str:
+    from ruamel.yaml import YAML
+
+    leaves = _leaves(YAML(typ="safe", pure=True).load(text) or {})
+    return ", ".join(f"{short_key(k)}={leaves.get(k, '-')}" for k in keys)
+
+
+def short_key(key: str) -> str:
+    """``training.policy`` -> ``policy``; a key through a list item stays whole (``hypotheses.0.min``)."""
+    parts = key.split(".")
+    return key if any(p.isdigit() for p in parts) else parts[-1]
+
+
 def load_many(paths) -> list[Results]:
-    """Load several inputs with distinct labels (folder names, made unique with their parents)."""
-    folders = [Path(p) for p in paths]
-    if not folders:
+    """Load several inputs, each labelled by what differs between them.
+
+    A compare run stands for its variants (labelled by their compared values). Other runs are
+    labelled by the scenario keys whose values differ (``policy=elastic_dp, on_failure=elastic``);
+    inputs that differ in none are labelled by folder name, made unique with their parents.
+    """
+    if not paths:
         raise ResultsError("no results folder given")
+    inputs = [item for p in paths for item in _inputs(Path(p))]
+    folders = [f for f, _ in inputs]
     names = [f.resolve().name for f in folders]
     labels = []
-    for folder, name in zip(folders, names):
-        label = name if names.count(name) == 1 else f"{folder.resolve().parent.name}/{name}"
+    for (folder, given), name in zip(inputs, names):
+        label = given or (name if names.count(name) == 1 else f"{folder.resolve().parent.name}/{name}")
         while label in labels:
             label += "'"
         labels.append(label)
-    return [load_results(f, label) for f, label in zip(folders, labels)]
+    results = [load_results(f, label) for f, label in zip(folders, labels)]
+    runs = [r for r, (_, given) in zip(results, inputs) if r.kind == "run" and not given]
+    keys = scenario_differences([r.scenario_text for r in runs])
+    if keys and len(runs) > 1:
+        for r in runs:
+            with contextlib.suppress(Exception):
+                r.relabel(_difference_label(r.scenario_text, keys))
+    return results
 
 
 def concat(results: list[Results], table: str) -> pd.DataFrame:

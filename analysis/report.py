@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import figures as fig
 from .labels import factor_axis, format_metric, metric_quantity
-from .load import Results, ResultsError, chip_time_long, concat, load_many
+from .load import Results, ResultsError, chip_time_long, concat, load_many, scenario_differences
 
 # Rows of the summary table, in order; metrics a run does not have are left out.
 TABLE_METRICS = [
@@ -41,7 +41,7 @@ TABLE_METRICS = [
     "chip_time_fraction.checkpoint", "chip_time_fraction.waiting", "chip_time_fraction.down",
     "chip_time_fraction.spare", "duration_s", "wall_time_s", "events",
 ]
-MAX_TIMELINES = 6
+MAX_TIMELINES = 12  # beyond this the page says which runs' timelines it left out
 MAX_LEDGER_BARS = 24
 MAX_VERDICT_ROWS = 20
 
@@ -299,6 +299,19 @@ def _series_plots(results: list[Results]) -> list[Plot]:
     return plots
 
 
+def provenance_html(results: list[Results]) -> str:
+    """Where each input came from: chaossim version, command line, seeds and date."""
+    rows = [
+        f"<tr><td>{_esc(r.label)}</td><td>{_esc(p.get('chaossim', '?'))}</td><td><code>{_esc(p.get('command', '?'))}</code></td>"
+        f"<td>{_esc(', '.join(map(str, p.get('seeds', []))))}</td><td>{_esc(p.get('date', '?'))}</td></tr>"
+        for r in results if (p := r.provenance)
+    ]
+    if not rows:
+        return "<p class='note'>No provenance recorded (results written before chaossim recorded it).</p>"
+    head = "<tr><th>input</th><th>chaossim</th><th>command</th><th>seeds</th><th>date (UTC)</th></tr>"
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "-" for c in str(text)).strip("-") or "run"
 
@@ -345,14 +358,25 @@ def write_report(results_paths, out_dir) -> Path:
         f"{len(r.summaries)} replication(s), <code>{_esc(r.path)}</code></li>"
         for r in results
     )
+    differ = scenario_differences([r.scenario_text for r in runs])
+    differences = (
+        f"<p>The runs differ in: {', '.join(f'<code>{_esc(k)}</code>' for k in differ)}; everything else "
+        "in their resolved scenarios is the same.</p>" if len(runs) > 1 and differ else
+        "<p>The runs have the same resolved scenario.</p>" if len(runs) > 1 else ""
+    )
     sections = [
-        f"<h1>chaossim report</h1><ul>{inputs}</ul>",
+        f"<h1>chaossim report</h1><ul>{inputs}</ul>{differences}{provenance_html(results)}",
         "<h2>Summary metrics</h2><p class='note'>Mean over finished replications (min to max in brackets).</p>",
         metrics_table(results),
         *[f"<h2>Sweep points: {_esc(s.label)}</h2>{sweep_tables(s)}" for s in sweeps],
         "<h2>Hypotheses</h2>",
         hypotheses_section(results),
         "<h2>Figures</h2>",
+        *(
+            [(f"<p class='fail'>Timelines of {len(runs) - MAX_TIMELINES} run(s) are left out to keep the page readable: "
+             f"{_esc(', '.join(r.label for r in runs[MAX_TIMELINES:]))}; report them on their own to see them.</p>")]
+            if len(runs) > MAX_TIMELINES else []
+        ),
         *figures_html,
         "<h2>Scenario</h2>",
         *[

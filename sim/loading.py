@@ -12,6 +12,7 @@ The CLI prints that line and exits with code 2; nothing else is printed.
 
 from __future__ import annotations
 
+import copy
 import io
 import types
 import typing
@@ -101,6 +102,20 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
                 node = node[part]
         else:
             raise ScenarioError(f"{source} {key}: {'.'.join(parts[:depth])} is a value, not a section")
+
+
+def variant(data: Any, setting: dict, where: str, source: str) -> Scenario:
+    """The scenario ``data`` with each dotted key of ``setting`` set to its value, validated.
+
+    A sweep point and a compared variant are built this way; neither sweeps nor compares again.
+    ``where`` names the variant in errors, ``source`` the origin of a bad key.
+    """
+    point = copy.deepcopy(data)
+    point.pop("sweep", None)
+    point.pop("compare", None)
+    for key, value in setting.items():
+        set_path(point, key, copy.deepcopy(value), source)
+    return validate(point, where)
 
 
 def _plain(data: Any) -> Any:

@@ -285,6 +285,9 @@ class SweepSpec(Model):
 
 
 class Scenario(Model):
+    """A scenario file. ``compare`` lists variants that ``chaossim run`` plays side by side on the same
+    failures (the same seeds): each dotted key takes its i-th value in variant i (:mod:`sim.compare`)."""
+
     version: Literal[1] = 1
     name: str = Field(min_length=1)
     description: str = ""
@@ -300,6 +303,25 @@ class Scenario(Model):
     hypotheses: list[Bound] = []
     halt: list[Bound] = []
     sweep: SweepSpec | None = None
+    compare: dict[str, list[Any]] = Field(
+        {},
+        description="variants that `chaossim run` plays side by side on the same failures: dotted keys, "
+        "each with one value per variant (equal lengths), e.g. {training.policy: [sync_dp, elastic_dp]}",
+    )
+
+    @field_validator("compare")
+    @classmethod
+    def _compare_is_a_zip(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        lengths = {key: len(values) for key, values in value.items()}
+        if any(n == 0 for n in lengths.values()) or len(set(lengths.values())) > 1:
+            raise ValueError(f"compare: expected one non-empty list of values per key, all of one length, got {lengths}")
+        reserved = [k for k in value if k.split(".")[0] in ("seed", "replications", "sweep", "compare", "duration")]
+        if reserved:
+            raise ValueError(
+                f"compare: {reserved[0]} cannot vary between variants (they share seeds and duration "
+                "so that they see the same failures)"
+            )
+        return value
 
     @field_validator("duration")
     @classmethod

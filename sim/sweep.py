@@ -52,7 +52,6 @@ Without ``--address``, ``--executor dask`` starts a LocalCluster of ``--workers`
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -77,8 +76,8 @@ from .loading import (
     parse_value,
     read_yaml,
     scenario_yaml,
-    set_path,
     validate,
+    variant,
 )
 from .scenario import Scenario, SweepSpec
 
@@ -255,11 +254,7 @@ def plan_sweep(
     for levels in itertools.product(*[f.levels for f in factors]):
         setting = {k: v for f, level in zip(factors, levels) for k, v in zip(f.keys, level)}
         label = ", ".join(f"{k}={json.dumps(v)}" for k, v in setting.items()) or "without factors"
-        point = copy.deepcopy(data)
-        point.pop("sweep", None)  # a point is one scenario: it does not sweep again
-        for key, value in setting.items():
-            set_path(point, key, copy.deepcopy(value), source=f"{file}: sweep factor")
-        scenario = validate(point, f"{file} [sweep point {label}]")
+        scenario = variant(data, setting, f"{file} [sweep point {label}]", f"{file}: sweep factor")
         # ship strict JSON, and prove it loads back to the same scenario before any worker sees it
         shipped = _strict_json(scenario.model_dump(mode="json"))
         if Scenario.model_validate(shipped) != scenario:

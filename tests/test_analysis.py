@@ -29,7 +29,7 @@ from sim.recorder import SERIES_SCHEMA
 from sim.sweep import plan_sweep, run_sweep
 
 QUICKSTART = str(ROOT / "scenarios" / "quickstart.yaml")
-DAY = ["--set", "duration=1d"]
+DAY = ["--set", "duration=1d", "--set", "compare={}", "--no-report"]
 
 
 def cli_run(folder, *args) -> int:
@@ -210,7 +210,9 @@ def test_chip_time_bars_stack_every_bucket_to_100(results):
         tops[round(patch.get_x(), 6)] = max(tops.get(round(patch.get_x(), 6), 0), patch.get_y() + patch.get_height())
     assert np.allclose(list(tops.values()), 100.0)
     assert ax.get_ylabel() == "share of provisioned chip-time (%)"
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["quick", "elastic"]
+    # runs are labelled by what differs between their scenarios, not by folder name
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "replications=2, policy=sync_dp, on_failure=restart", "replications=1, policy=elastic_dp, on_failure=elastic"]
 
 
 def test_metric_bars_show_mean_and_replications(results):
@@ -285,10 +287,23 @@ def test_report_of_several_runs_side_by_side(tmp_path, results):
     page_path = write_report([results["quick"], results["elastic"], results["strict"]], tmp_path / "report")
     page = page_of(page_path)
     check_self_contained(page, tmp_path / "report")
-    assert "<th>metric</th><th>quick</th><th>elastic</th><th>strict</th>" in page
+    # one column per run, labelled by what differs between them, and the page names those keys
+    labels = [r.label for r in load_many([results["quick"], results["elastic"], results["strict"]])]
+    assert labels == [
+        "replications=2, policy=sync_dp, on_failure=restart, hypotheses.0.min=0.75",
+        "replications=1, policy=elastic_dp, on_failure=elastic, hypotheses.0.min=0.75",
+        "replications=1, policy=sync_dp, on_failure=restart, hypotheses.0.min=0.99",
+    ]
+    assert "<th>metric</th>" + "".join(f"<th>{label}</th>" for label in labels) in page
+    assert ("The runs differ in: <code>replications</code>, <code>training.policy</code>, "
+            "<code>training.on_failure</code>, <code>hypotheses.0.min</code>") in page
     assert '<span class="fail">FAIL</span>' in page and "&ge; 0.99" in page
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"compare-goodput.png", "compare-global_downtime_s.png", "compare-ledger.png", "strict-timeline.png"} <= names
+    assert {"compare-goodput.png", "compare-global_downtime_s.png", "compare-ledger.png"} <= names
+    # every run has its timeline, captioned with its label
+    assert len([n for n in names if n.endswith("-timeline.png")]) == 3
+    for label in labels:
+        assert f"<figcaption>{label}: what each learner group did" in page
 
 
 def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):

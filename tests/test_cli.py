@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from sim.checkpointing import daly_interval_s, expected_goodput
 from sim.cli import app
+from sim.compare import Variant
 from sim.loading import load_scenario
 from sim.runner import run_replication
 
@@ -35,28 +36,55 @@ def cli(*args: str):
 
 
 def test_run_quickstart_json(tmp_path):
-    """``chaossim run scenarios/quickstart.yaml -o DIR --json -q``: exit 0, one JSON object, a results folder."""
+    """``chaossim run scenarios/quickstart.yaml --json``: three policies on the same failures, one JSON object,
+    a folder per variant and a report."""
     out = tmp_path / "qs"
     result = subprocess.run(
         [str(CHAOSSIM), "run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(out), "--json", "-q"],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert DESIGN_METRICS <= set(summary)
-    assert 0 < summary["goodput"] <= summary["uptime"] <= 1
-    assert summary["replications"] == len(summary["runs"]) == 2
-    assert summary["chip_time"].keys() == {"useful", "lost", "recovery", "checkpoint", "waiting", "down", "spare"}
-    assert summary["tokens"] > 0 and summary["failures"]["chip_failure"] > 0
-    assert sorted(p.name for p in out.iterdir()) == ["rep-0", "rep-1", "scenario.yaml", "summary.json"]
-    assert json.loads((out / "summary.json").read_text())["goodput"] == summary["goodput"]
+    document = json.loads(result.stdout)
+    assert document["compared"] == ["training.policy", "training.on_failure"]
+    variants = document["variants"]
+    assert [(v["policy"], v["on_failure"]) for v in variants] == [
+        ("sync_dp", "restart"), ("elastic_dp", "elastic"), ("decoupled_diloco", "restart")]
+    for summary in variants:
+        assert DESIGN_METRICS <= set(summary)
+        assert 0 < summary["goodput"] <= summary["uptime"] <= 1
+        assert summary["replications"] == len(summary["runs"]) == 2
+        assert summary["chip_time"].keys() == {"useful", "lost", "recovery", "checkpoint", "waiting", "down", "spare"}
+        assert summary["tokens"] > 0 and summary["failures"]["chip_failure"] > 0
+    # the same seeds inject the same failures into every variant; the strategies make the difference
+    assert len({json.dumps(v["failures"]) for v in variants}) == 1
+    assert variants[0]["goodput"] < variants[1]["goodput"] < variants[2]["goodput"]
+    names = ["compare.json", "decoupled_diloco-restart", "elastic_dp-elastic", "report", "scenario.yaml", "sync_dp-restart"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert (out / "report" / "report.html").exists()
+    folder = out / "sync_dp-restart"
+    assert json.loads((folder / "summary.json").read_text())["goodput"] == variants[0]["goodput"]
     for rep in ("rep-0", "rep-1"):
-        assert {"timeline.parquet", "events.parquet", "summary.json"} <= {p.name for p in (out / rep).iterdir()}
-        timeline = pq.read_table(out / rep / "timeline.parquet")
+        assert {"timeline.parquet", "events.parquet", "summary.json"} <= {p.name for p in (folder / rep).iterdir()}
+        timeline = pq.read_table(folder / rep / "timeline.parquet")
         assert timeline.num_rows > 0 and {"group", "phase", "start_s", "end_s"} <= set(timeline.column_names)
-        assert pq.read_table(out / rep / "events.parquet").num_rows > 0
-    # the resolved scenario loads back to the same model
+        assert pq.read_table(folder / rep / "events.parquet").num_rows > 0
+    # the resolved scenarios load back to the same models
     assert load_scenario(out / "scenario.yaml") == load_scenario(SCENARIO_DIR / "quickstart.yaml")
+    policy = ["training.policy=sync_dp", "training.on_failure=restart", "compare={}"]
+    assert load_scenario(folder / "scenario.yaml") == load_scenario(SCENARIO_DIR / "quickstart.yaml", policy)
+
+
+def test_run_without_compare(tmp_path):
+    """``--set compare={}`` (or a --set on a compared key) plays one setting: the summary at the top level."""
+    for extra in (["--set", "compare={}"], ["--set", "training.policy=elastic_dp", "--set", "training.on_failure=elastic"]):
+        out = tmp_path / str(len(extra))
+        result = cli("run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(out), "--json", "--no-report",
+                     "--replications", "1", "--set", "duration=1d", *extra)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert DESIGN_METRICS <= set(summary) and summary["replications"] == 1
+        assert sorted(p.name for p in out.iterdir()) == ["rep-0", "scenario.yaml", "summary.json"]
+    assert summary["policy"] == "elastic_dp"
 
 
 def test_run_table_output(tmp_path):
@@ -88,13 +116,16 @@ def test_every_scenario_runs(path, tmp_path):
     """Each scenarios/*.yaml runs (cut to 6 h, one replication) with a balanced chip-time ledger."""
     duration = min(load_scenario(path).duration, SHORT_S)
     result = cli("run", str(path), "-o", str(tmp_path / "o"), "--json", "-q", "--replications", "1",
-                 "--set", f"duration={duration}")
-    summary = json.loads(result.stdout)
+                 "--set", f"duration={duration}", "--no-report")
+    document = json.loads(result.stdout)
     # exit 1 only for a hypothesis that a shortened run does not meet, never for a crash
-    assert result.exit_code == 0 or (result.exit_code == 1 and not summary["hypotheses_passed"]), result.stderr
-    total = math.fsum(summary["chip_time"].values())
-    assert total == pytest.approx(summary["chips"] * duration, rel=1e-9)
-    assert (tmp_path / "o" / "rep-0" / "timeline.parquet").exists()
+    assert result.exit_code == 0 or (result.exit_code == 1 and not document["hypotheses_passed"]), result.stderr
+    compared = "variants" in document
+    for summary in document.get("variants", [document]):
+        total = math.fsum(summary["chip_time"].values())
+        assert total == pytest.approx(summary["chips"] * duration, rel=1e-9)
+        folder = tmp_path / "o" / (Variant(summary["variant"], {}, None).folder_name if compared else "")
+        assert (folder / "rep-0" / "timeline.parquet").exists()
 
 
 def test_schema_command_prints_json_schema():

@@ -7,6 +7,7 @@ whose exit code is the gate (0 held, 1 a hypothesis failed, 2 bad input).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +30,15 @@ def chaossim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def run_json(tmp_path: Path, *sets: str) -> tuple[int, dict]:
     """``chaossim run quickstart`` for one day and one replication; (exit code, JSON summary)."""
-    flags = [f for s in ("duration=1d", "replications=1", *sets) for f in ("--set", s)]
-    done = chaossim("run", str(QUICKSTART), *flags, "-o", str(tmp_path / "out"), "--json", "-q")
+    flags = [f for s in ("duration=1d", "replications=1", "compare={}", *sets) for f in ("--set", s)]
+    done = chaossim("run", str(QUICKSTART), *flags, "-o", str(tmp_path / "out"), "--json", "-q", "--no-report")
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout)
 
 
 def quickstart_day(*sets: str):
     """The quickstart scenario for one day, with ``dotted.key=value`` overrides."""
-    return load_scenario(QUICKSTART, ["duration=1d", "replications=1", *sets])
+    return load_scenario(QUICKSTART, ["duration=1d", "replications=1", "compare={}", *sets])
 
 
 def test_hypotheses_hold_exit_0(tmp_path):
@@ -150,8 +151,10 @@ def test_cli_exits_1_when_a_replication_halts(tmp_path):
     """A halted replication failed its health check: `chaossim run` says so and exits 1."""
     proc = subprocess.run(
         [CHAOSSIM, "run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "r"),
-         "--set", "duration=1d", "--set", "halt=[{metric: failures_total, max: 0}]", "--set", "hypotheses=[]"],
+         "--set", "duration=1d", "--set", "halt=[{metric: failures_total, max: 0}]", "--set", "hypotheses=[]",
+         "--set", "compare={}", "--no-report"],
         capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert proc.returncode == 1, proc.stderr
-    assert "HALTED failures_total" in proc.stdout
+    # when it stopped and which bound tripped, in the metric's unit
+    assert re.search(r"HALTED at [0-9.]+ h of simulated time by the halt bound failures_total <= 0: [1-9]", proc.stdout)

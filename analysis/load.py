@@ -263,6 +263,23 @@ def chip_time_long(summaries: pd.DataFrame, extra: list[str] = ()) -> pd.DataFra
     return pd.DataFrame(rows, columns=[*ids, "bucket", "chip_s", "fraction"])
 
 
+def exposed_share(timeline: pd.DataFrame, summary: dict) -> float:
+    """The share of ``running`` chip-time spent waiting on communication, from the chip-time ledger.
+
+    The ledger books a running group's chip-time as compute (``useful`` or ``lost``) plus exposed
+    communication and barrier idling (``waiting``); ``blocked`` spans are ``waiting`` too. So the
+    exposed share is (waiting - blocked chip-seconds) / running chip-seconds, with both chip-second
+    sums read from the same replication's timeline (``active_chips`` x span). 0 without running time.
+    """
+    waiting = (summary.get("chip_time") or {}).get("waiting", 0.0)
+    chip_s = (timeline["end_s"] - timeline["start_s"]) * timeline["active_chips"]
+    running = float(chip_s[timeline["phase"] == "running"].sum())
+    blocked = float(chip_s[timeline["phase"] == "blocked"].sum())
+    if running <= 0:
+        return 0.0
+    return min(max((waiting - blocked) / running, 0.0), 1.0)
+
+
 def _load_run(folder: Path, label: str) -> Results:
     raw = []
     for number, rep in _replication_folders(folder):

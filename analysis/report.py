@@ -31,7 +31,15 @@ import pandas as pd
 
 from . import figures as fig
 from .labels import factor_axis, format_metric, metric_quantity
-from .load import Results, ResultsError, chip_time_long, concat, load_many, scenario_differences
+from .load import (
+    Results,
+    ResultsError,
+    chip_time_long,
+    concat,
+    exposed_share,
+    load_many,
+    scenario_differences,
+)
 
 # Rows of the summary table, in order; metrics a run does not have are left out.
 TABLE_METRICS = [
@@ -253,8 +261,17 @@ def _sweep_plots(r: Results) -> list[Plot]:
         events = r.with_groups(r.table("events", first=1))
         plots.append(Plot(
             f"{slug}-timeline", "Learner states of the first replication of the sweep; red triangles are failures.",
-            lambda ax: fig.timeline(timeline, ax, events), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
+            lambda ax: fig.timeline(timeline, ax, events, _exposed(r, timeline)), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
     return plots
+
+
+def _exposed(r: Results, timeline: pd.DataFrame) -> float:
+    """The exposed-communication share of running time in the replication a timeline shows."""
+    if timeline.empty or not r.raw:
+        return 0.0
+    number = int(timeline[r.key].iloc[0])
+    summary = next((s for s in r.raw if s.get(r.key) == number), r.raw[0])
+    return exposed_share(timeline[timeline[r.key] == number], summary)
 
 
 def _run_plots(runs: list[Results]) -> list[Plot]:
@@ -278,7 +295,7 @@ def _run_plots(runs: list[Results]) -> list[Plot]:
             f"{_slug(r.label)}-timeline",
             f"{r.label}: what each learner group did over simulated time (first replication); "
             "red triangles are failures, shaded spans are outages or degradations.",
-            lambda ax, r=r: fig.timeline(r.timeline, ax, r.events), (10.0, 1.8 + 0.45 * groups)))
+            lambda ax, r=r: fig.timeline(r.timeline, ax, r.events, _exposed(r, r.timeline)), (10.0, 1.8 + 0.45 * groups)))
     return plots
 
 

@@ -181,6 +181,35 @@ def test_timeline_draws_each_phase_and_marks_failures(results):
     assert f"{len(failures)} failures" in ax.get_title()
 
 
+def test_lockstep_over_wan_is_not_green_end_to_end(tmp_path):
+    """sync_dp over a 2 Gbit/s WAN: the timeline's running bars are almost all hatched exposed
+    communication, in the proportion the step model gives (comm / (compute + comm))."""
+    from conftest import make_scenario
+
+    from analysis.load import exposed_share
+    from sim.runner import run_replication
+
+    scenario = make_scenario(
+        "topology.regions=[{name: a, islands: [{name: x, chip: v5p, chips: 1024}]}, "
+        "{name: b, islands: [{name: y, chip: v5p, chips: 1024}]}]",
+        "duration=6h",
+    )
+    summary = run_replication(scenario, 0, tmp_path / "run").summary
+    expected = summary["step_comm_s"] / (summary["step_compute_s"] + summary["step_comm_s"])
+    assert expected > 0.8  # 1B bf16 gradients over 2 Gbit/s take seconds; the step computes for 1 s
+    run = load_results(tmp_path / "run")
+    share = exposed_share(run.timeline, run.raw[0])
+    assert share == pytest.approx(expected, rel=1e-6)
+    ax = figures.timeline(run.timeline, axes(), run.events, share)
+    bars = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    hatched = [c for c in bars if c.get_hatch()]
+    green = [c for c in bars if not c.get_hatch() and tuple(c.get_facecolor()[0][:3]) == pytest.approx((0.173, 0.627, 0.173), abs=0.01)]
+    assert hatched and green
+    height = lambda c: c.get_paths()[0].get_extents().height  # noqa: E731
+    assert height(hatched[0]) / (height(hatched[0]) + height(green[0])) == pytest.approx(expected, rel=1e-6)
+    assert any("exposed comm" in t for t in legend_texts(ax))
+
+
 def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
     """An island outage is a shaded span on its group's row, from its start to its end event."""
     from sim.loading import load_scenario

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from sim.quantities import bound_text
+
 from . import figures as fig
 from .labels import factor_axis, format_metric, metric_quantity
 from .load import (
@@ -104,13 +106,10 @@ def metrics_table(results: list[Results]) -> str:
     return f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _bound(row) -> str:
-    parts = []
-    if pd.notna(row.get("min")):
-        parts.append(f"&ge; {row['min']:g}")
-    if pd.notna(row.get("max")):
-        parts.append(f"&le; {row['max']:g}")
-    return " and ".join(parts)
+def _bound(metric: str, row) -> str:
+    """The bound in its metric's display unit (``<= 0 h`` for a downtime stored in seconds)."""
+    low, high = (row.get(k) for k in ("min", "max"))
+    return _esc(bound_text(metric, low if pd.notna(low) else None, high if pd.notna(high) else None))
 
 
 def _verdict_rows(verdicts: pd.DataFrame, key: str) -> str:
@@ -119,9 +118,9 @@ def _verdict_rows(verdicts: pd.DataFrame, key: str) -> str:
         verdict = '<span class="pass">PASS</span>' if row["passed"] else '<span class="fail">FAIL</span>'
         error = row.get("error")
         note = _esc(error) if isinstance(error, str) and error else ""
-        value = format_metric(row["metric"], row["value"]) if pd.notna(row["value"]) else "n/a"
+        value = format_metric(row["metric"], row["value"], unit=True) if pd.notna(row["value"]) else "n/a"
         rows.append(
-            f"<tr><td>{_esc(row['metric'])}</td><td>{_bound(row)}</td><td>{_esc(row[key])}</td>"
+            f"<tr><td>{_esc(row['metric'])}</td><td>{_bound(row['metric'], row)}</td><td>{_esc(row[key])}</td>"
             f"<td>{value}</td><td>{verdict}</td><td>{note}</td></tr>"
         )
     head = f"<tr><th>metric</th><th>bound</th><th>{key}</th><th>value</th><th>verdict</th><th>error</th></tr>"
@@ -135,9 +134,9 @@ def _verdict_counts(verdicts: pd.DataFrame) -> str:
         held = int(group["passed"].sum())
         css = "pass" if held == len(group) else "fail"
         values = pd.to_numeric(group["value"], errors="coerce")
-        spread = f"{format_metric(metric, values.min())} to {format_metric(metric, values.max())}"
+        spread = f"{format_metric(metric, values.min())} to {format_metric(metric, values.max(), unit=True)}"
         rows.append(
-            f"<tr><td>{_esc(metric)}</td><td>{_bound({'min': low, 'max': high})}</td>"
+            f"<tr><td>{_esc(metric)}</td><td>{_bound(metric, {'min': low, 'max': high})}</td>"
             f"<td class='{css}'>{held} of {len(group)}</td><td>{spread}</td></tr>"
         )
     head = "<tr><th>metric</th><th>bound</th><th>held in</th><th>values</th></tr>"

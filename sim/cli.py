@@ -21,7 +21,7 @@ from rich.table import Table
 
 from .loading import ScenarioError, load_scenario, scenario_yaml
 from .provenance import header, provenance
-from .quantities import format_metric, verdict_text
+from .quantities import format_metric, readable_number, verdict_text
 from .scenario import Scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chaos-test distributed LLM training.")
@@ -340,8 +340,8 @@ def bandwidth(
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            row["method"], str(row["bits"]), f"{row['cu']:.3f}", f"{row['exposed_comm_s_per_step']:.3g} s",
-            f"{row['required_bandwidth_bps'] / 1e9:.3g} Gbps",
+            row["method"], str(row["bits"]), f"{row['cu']:.3f}", f"{readable_number(row['exposed_comm_s_per_step'])} s",
+            f"{readable_number(row['required_bandwidth_bps'] / 1e9)} Gbit/s",
         )
     out.print(table)
 

@@ -88,7 +88,10 @@ def readable_number(value: float) -> str:
         return f"{value:,.0f}"
     if size == 0 or size >= 1:
         return f"{value:.4g}"
-    return f"{value:.2g}" if size < 1e-4 else f"{value:.4f}".rstrip("0").rstrip(".")
+    if size < 1e-6:
+        return "< 0.000001" if value > 0 else "> -0.000001"
+    places = max(4, 1 - math.floor(math.log10(size)))  # two significant digits below 0.0001
+    return f"{value:.{places}f}".rstrip("0").rstrip(".")
 
 
 def format_metric(metric: str, value: float | None, unit: bool = False) -> str:
@@ -101,7 +104,7 @@ def format_metric(metric: str, value: float | None, unit: bool = False) -> str:
         if metric == "tokens" or abs(shown) >= 1e7:
             for size, suffix in _SUFFIXES:
                 if abs(shown) >= size:
-                    return f"{shown / size:.4g}{suffix}"
+                    return f"{readable_number(shown / size)}{suffix}"
         return f"{shown:,.0f}"
     text = f"{shown:.4f}" if q.unit.startswith("fraction") else readable_number(shown)
     return text + (q.suffix if unit else "")

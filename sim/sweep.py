@@ -79,6 +79,7 @@ from .loading import (
     validate,
     variant,
 )
+from .quantities import format_metric
 from .scenario import Scenario, SweepSpec
 
 WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s", "surrogate_wall_s")
@@ -409,7 +410,9 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
         std = stats.at[best, "std"]
         table.add_row(
             f"{metric} ({goal})", *[str(plan.settings[best][key]) for key in keys],
-            f"{stats.at[best, 'mean']:.6g} ± {'-' if pd.isna(std) else f'{std:.3g}'}", f"{stats.at[best, 'n']:.0f}",
+            # in the metric's display unit, as `chaossim run` and the report show it
+            f"{format_metric(metric, stats.at[best, 'mean'])} ± "
+            f"{'-' if pd.isna(std) else format_metric(metric, std, unit=True)}", f"{stats.at[best, 'n']:.0f}",
         )
     return table
 

@@ -205,7 +205,7 @@ def test_lockstep_over_wan_is_not_green_end_to_end(tmp_path):
     hatched = [c for c in bars if c.get_hatch()]
     green = [c for c in bars if not c.get_hatch() and tuple(c.get_facecolor()[0][:3]) == pytest.approx((0.173, 0.627, 0.173), abs=0.01)]
     assert hatched and green
-    height = lambda c: c.get_paths()[0].get_extents().height  # noqa: E731
+    height = lambda c: c.get_paths()[0].get_extents().height
     assert height(hatched[0]) / (height(hatched[0]) + height(green[0])) == pytest.approx(expected, rel=1e-6)
     assert any("exposed comm" in t for t in legend_texts(ax))
 
@@ -326,7 +326,7 @@ def test_report_of_several_runs_side_by_side(tmp_path, results):
     assert "<th>metric</th>" + "".join(f"<th>{label}</th>" for label in labels) in page
     assert ("The runs differ in: <code>replications</code>, <code>training.policy</code>, "
             "<code>training.on_failure</code>, <code>hypotheses.0.min</code>") in page
-    assert '<span class="fail">FAIL</span>' in page and "&ge; 0.99" in page
+    assert '<span class="fail">FAIL</span>' in page and "&gt;= 0.99" in page
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert {"compare-goodput.png", "compare-global_downtime_s.png", "compare-ledger.png"} <= names
     # every run has its timeline, captioned with its label

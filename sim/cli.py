@@ -155,7 +155,7 @@ def _play(variant, file: Path, folder: Path, bar: Progress, record: dict) -> dic
     scenario = variant.scenario
     folder.mkdir(parents=True, exist_ok=True)
     if variant.label:
-        (folder / "scenario.yaml").write_text(header(record) + scenario_yaml(scenario))
+        (folder / "scenario.yaml").write_text(header(record) + scenario_yaml(scenario, folder))
     summaries = []
     name = f"{variant.label}: " if variant.label else ""
     for r in range(scenario.replications):
@@ -198,7 +198,7 @@ def run(
     record = provenance(words, set_ or [], [base.seed + r for r in range(base.replications)])
     folder = output or Path("results") / f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scenario.yaml").write_text(header(record) + scenario_yaml(base))
+    (folder / "scenario.yaml").write_text(header(record) + scenario_yaml(base, folder))
     show = not quiet and not as_json and err.is_terminal
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True, disable=not show) as bar:

@@ -90,7 +90,7 @@ def run_job(job: Job) -> dict:
         if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        (out / "scenario.yaml").write_text(scenario_yaml(scenario))
+        (out / "scenario.yaml").write_text(scenario_yaml(scenario, out))
         rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
         result = {"status": "ok", "error": None, **summary_row(rep.summary)}
     except Exception as problem:  # noqa: BLE001 - any crash of a replication is a result, not a stop

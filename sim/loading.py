@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import types
 import typing
 from pathlib import Path
@@ -268,13 +269,22 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     return validate(data, str(path))
 
 
-def scenario_yaml(scenario: Scenario) -> str:
-    """The resolved scenario (every default filled in, SI units) as YAML that loads back unchanged."""
+def scenario_yaml(scenario: Scenario, folder: Path | None = None) -> str:
+    """The resolved scenario (every default filled in, units readable: ``7d``, ``2Gbps``) as YAML that
+    loads back unchanged. Trace files are written relative to ``folder``, where the YAML is to be
+    saved, so that it loads back from there and names no absolute path."""
+    from .schema import readable
+
+    data = readable(scenario)
+    if folder is not None:
+        for fault in data.get("faults", []):
+            if fault.get("kind") == "trace" and Path(fault["file"]).is_absolute():
+                fault["file"] = os.path.relpath(fault["file"], Path(folder).resolve())
     stream = io.StringIO()
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
     yaml.sort_base_mapping_type_on_output = False
-    yaml.dump(_finite_json(scenario.model_dump(mode="json")), stream)
+    yaml.dump(_finite_json(data), stream)
     return stream.getvalue()
 
 

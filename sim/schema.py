@@ -8,7 +8,9 @@ cross-field check say where, below its model, the problem is.
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+import typing
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -52,3 +54,61 @@ def _schema_also(*alternatives: dict):
 
     return classmethod(hook)
 
+
+
+# ------------------------------------------------------------------------------- readable resolved values
+
+# Units a resolved value is written back in, largest first: the first whose text parses back to the
+# exact same float is used, so a resolved scenario says '7d', '2Gbps', '12B' and still loads unchanged.
+_WRITE_UNITS = {
+    parse_duration: (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3), ("us", 1e-6)),
+    parse_bandwidth: (("Tbps", 1e12), ("Gbps", 1e9), ("Mbps", 1e6), ("kbps", 1e3), ("bps", 1.0)),
+    parse_bytes: (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1.0)),
+    parse_count: (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)),
+}
+
+
+def unit_text(parser, value: float) -> str | float:
+    """``value`` as the unit string ``parser`` reads back exactly (``604800.0`` -> ``'7d'``)."""
+    if not math.isfinite(value):
+        return "inf" if value > 0 else value
+    units = _WRITE_UNITS[parser]
+    for unit, size in units:
+        number = value / size
+        if abs(number) < 1 and (unit, size) != units[-1] and value != 0:
+            continue  # 30ms, not 0.03s
+        for text in (f"{number:.12g}", repr(number)):
+            if parser(f"{text}{unit}") == value:
+                return f"{text}{unit}"
+    return value
+
+
+def field_parser(info) -> Any:
+    """The unit parser (``parse_duration``, ...) of a model field, or None for a plain field."""
+    found = [m.func for m in info.metadata if callable(getattr(m, "func", None))]
+    stack = [info.annotation]
+    while stack:
+        annotation = stack.pop()
+        found += [m.func for m in getattr(annotation, "__metadata__", ()) if callable(getattr(m, "func", None))]
+        stack.extend(typing.get_args(annotation))
+    return next((f for f in found if f in _WRITE_UNITS), None)
+
+
+def readable(model: BaseModel, dumped: dict | None = None) -> dict:
+    """``model.model_dump(mode="json")`` with every unit-carrying value as its unit string."""
+    dumped = model.model_dump(mode="json") if dumped is None else dumped
+    for name, info in type(model).model_fields.items():
+        dumped[name] = _readable_value(getattr(model, name), dumped[name], field_parser(info))
+    return dumped
+
+
+def _readable_value(value: Any, dumped: Any, parser) -> Any:
+    if isinstance(value, BaseModel):
+        return readable(value, dumped)
+    if isinstance(value, (list, tuple)) and isinstance(dumped, list):
+        return [_readable_value(v, d, parser) for v, d in zip(value, dumped)]
+    if isinstance(value, dict) and isinstance(dumped, dict):
+        return {k: _readable_value(value[k], d, parser) for k, d in dumped.items()}
+    if parser is not None and isinstance(value, float) and not isinstance(value, bool):
+        return unit_text(parser, value)
+    return dumped

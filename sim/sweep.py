@@ -79,6 +79,7 @@ from .loading import (
     validate,
     variant,
 )
+from .provenance import header, provenance
 from .quantities import format_metric
 from .scenario import Scenario, SweepSpec
 
@@ -298,7 +299,7 @@ def _write_row(rows: Path, index: int, row: dict) -> None:
     os.replace(partial, final)
 
 
-def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
+def _claim(folder: Path, plan: SweepPlan, resume: bool, record: dict | None = None) -> None:
     """Make ``folder`` this sweep's folder; refuse to mix the rows of two different sweeps."""
     manifest, rows = folder / "sweep.json", folder / "rows"
     existing = list(rows.glob("part-*.parquet"))
@@ -315,13 +316,13 @@ def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
     document = {
         "scenario": plan.name, "file": str(plan.file), "fingerprint": plan.fingerprint, "total": plan.total,
         "factors": [{"kind": f.kind, "keys": list(f.keys), "levels": [list(level) for level in f.levels]} for f in plan.factors],
-        "seeds": list(plan.seeds),
+        "seeds": list(plan.seeds), "provenance": record or {},
         "points": [{"point": p, "setting": s, "columns": c} for p, (s, c) in enumerate(zip(plan.settings, plan.columns))],
     }
     partial = folder / ".sweep.json.tmp"
     partial.write_text(json.dumps(_strict_json(document), indent=2))
     os.replace(partial, manifest)
-    (folder / "scenario.yaml").write_text(scenario_yaml(plan.base))
+    (folder / "scenario.yaml").write_text((header(record) if record else "") + scenario_yaml(plan.base, folder))
 
 
 def _ok_indices(folder: Path) -> set[int]:
@@ -339,14 +340,16 @@ def run_sweep(
     executor,
     resume: bool = False,
     progress: Callable[[int, int, int], None] | None = None,
+    record: dict | None = None,
 ) -> SweepOutcome:
     """Run the plan's replications on ``executor``, writing each row as it finishes.
 
     With ``resume``, replications that already have an ``ok`` row are skipped and errored ones run
     again. ``progress(done, total, errors)`` is called before the first and after every row.
+    ``record`` (:mod:`sim.provenance`) goes into ``sweep.json`` and the scenario's header.
     """
     folder = Path(folder).resolve()
-    _claim(folder, plan, resume)
+    _claim(folder, plan, resume, record)
     done = _ok_indices(folder) if resume else set()
     jobs = [job for job in plan.jobs(folder) if job.index not in done]
     ran = errors = 0
@@ -438,6 +441,10 @@ def command(
         file, overrides, parse_factors(grid, "--grid"), parse_factors(zipped, "--zip"),
         parse_seeds(seeds) if seeds is not None else None,
     )
+    words = ["sweep", str(file), *[w for g in grid for w in ("--grid", g)], *[w for z in zipped for w in ("--zip", z)],
+             *(["--seeds", seeds] if seeds is not None else []), *[w for o in overrides for w in ("--set", o)],
+             *(["-o", str(output)] if output is not None else [])]
+    record = provenance(words, list(overrides), list(plan.seeds))
     folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     columns = [
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -449,7 +456,7 @@ def command(
             task = bar.add_task(f"{plan.name} on {runner.name}", total=plan.total, failed=0)
             outcome = run_sweep(
                 plan, folder, runner, resume,
-                progress=lambda done, total, failed: bar.update(task, completed=done, failed=failed),
+                progress=lambda done, total, failed: bar.update(task, completed=done, failed=failed), record=record,
             )
     except ExecutorError as problem:
         raise SweepError(str(problem)) from None
@@ -461,8 +468,20 @@ def command(
     out.print(best_table(frame, plan))
     for row in frame[frame["status"] != "ok"].head(5).itertuples():
         err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False)
+    gated = gate_failures(frame)
     out.print(
         f"{outcome.ran} run, {outcome.skipped} already done, {outcome.errors} failed of {outcome.total}; "
         f"rows: {outcome.folder / 'rows'}", highlight=False,
     )
-    return 1 if outcome.errors else 0
+    if gated:
+        out.print(f"[red]{gated} of {len(frame)} replication(s) failed a hypothesis or halted[/]", highlight=False)
+    # as `chaossim run`: a failed hypothesis or a halt gates the sweep, and so does a crash
+    return 1 if outcome.errors or gated else 0
+
+
+def gate_failures(frame: pd.DataFrame) -> int:
+    """Finished replications whose hypotheses failed or that halted (each counted once)."""
+    ok = frame[frame["status"] == "ok"]
+    failed = ok["hypotheses_passed"].eq(False) if "hypotheses_passed" in ok else pd.Series(False, index=ok.index)
+    halted = ok["halted"].notna() if "halted" in ok else pd.Series(False, index=ok.index)
+    return int((failed | halted).sum())

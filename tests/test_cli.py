@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -195,3 +197,29 @@ def test_bandwidth_command_reports_dp_against_streaming():
     assert rows[("streaming_diloco", 4)]["required_bandwidth_bps"] < rows[("dp", 16)]["required_bandwidth_bps"] / 30
     bad = CliRunner().invoke(app, ["bandwidth", "-H", "24", "-P", "5"])
     assert bad.exit_code == 2 and "multiple of fragments" in bad.output
+
+
+def test_provenance_and_readable_resolved_scenario(tmp_path):
+    """summary.json, scenario.yaml and the report say which chaossim, command, overrides, seeds and date
+    made them; the resolved scenario keeps units readable and trace files relative."""
+    from sim import __version__
+
+    out = tmp_path / "o"
+    path = SCENARIO_DIR / "llama3-like-sync.yaml"
+    result = cli("run", str(path), "-o", str(out), "-q", "--set", "duration=1d", "--seed", "11")
+    assert result.exit_code in (0, 1), result.output
+    record = json.loads((out / "summary.json").read_text())["provenance"]
+    assert record["chaossim"] == __version__
+    assert record["command"] == f"chaossim run {path} --set duration=1d --seed 11 -o {out}"
+    assert record["overrides"] == ["duration=1d"] and record["seeds"] == [11]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", record["date"])
+    text = (out / "scenario.yaml").read_text()
+    assert text.startswith(f"# chaossim {__version__}, {record['date']}\n# command: {record['command']}\n")
+    for readable in ("duration: 1d", "bandwidth: 2Gbps", "latency: 30ms", "params: 405B", "tokens_per_step: 16M"):
+        assert readable in text
+    assert "2000000000" not in text
+    (trace,) = re.findall(r"file: (.*)", text)
+    assert not Path(trace).is_absolute() and (out / trace).resolve() == (path.parent / "traces/llama3-planned-maintenance.csv").resolve()
+    assert load_scenario(out / "scenario.yaml") == load_scenario(path, ["duration=1d", "seed=11"])
+    page = (out / "report" / "report.html").read_text()
+    assert record["command"] in page and record["date"] in page

@@ -262,10 +262,12 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion and checking)."""
-    document = Scenario.model_json_schema()
+    from .schema import strict_json
+
+    document = strict_json(Scenario.model_json_schema())
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "chaossim scenario"
-    print(json.dumps(document, indent=2))
+    print(json.dumps(document, indent=2, allow_nan=False))
 
 
 @app.command()

@@ -16,18 +16,40 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from .units import parse_bandwidth, parse_bytes, parse_count, parse_duration
 
+# Patterns of the unit strings each parser accepts (ECMA regular expressions, as JSON Schema uses), so
+# an editor rejects '7 dayz' or '2GBps' as `chaossim validate` does. A test holds them to the parsers.
+_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
+UNIT_PATTERNS = {
+    parse_duration: rf"^\s*(inf|infinity|{_NUMBER}|-?((\d+(\.\d*)?([eE][+-]?\d+)?|\.\d+)\s*(ns|us|µs|ms|min|s|m|h|d|w|y)\s*)+)\s*$",
+    parse_bandwidth: rf"^\s*{_NUMBER}\s*([kKmMgGtT]?(bps|bit/s|b/s))?\s*$",
+    parse_bytes: rf"^\s*{_NUMBER}\s*(([kKmMgGtTpP][iI]?)?B|b)?\s*$",
+    parse_count: rf"^\s*{_NUMBER}\s*[kKMBGT]?\s*$",
+}
+
 
 def _unit(parser, description: str):
-    schema = {"anyOf": [{"type": "string"}, {"type": "number"}], "description": description}
+    schema = {"anyOf": [{"type": "string", "pattern": UNIT_PATTERNS[parser]}, {"type": "number"}], "description": description}
     return Annotated[float, BeforeValidator(parser), WithJsonSchema(schema)]
 
 
-Duration = _unit(parse_duration, "duration: '500ms', '30s', '2h45m', '7d', '1y' or seconds")
+Duration = _unit(parse_duration, "duration: '500ms', '30s', '2h45m', '7d', '1y', 'inf' or seconds")
 Seconds = Annotated[Duration, Field(ge=0)]
 PositiveSeconds = Annotated[Duration, Field(gt=0)]
-Bandwidth = Annotated[_unit(parse_bandwidth, "bandwidth: '2Gbps', '500Mbps' or bits/s"), Field(ge=0)]
+Bandwidth = Annotated[_unit(parse_bandwidth, "bandwidth in bits per second: '2Gbps', '500Mbps' or bits/s"), Field(ge=0)]
 Bytes = Annotated[_unit(parse_bytes, "size: '95GB', '16GiB' or bytes"), Field(gt=0)]
 Count = Annotated[_unit(parse_count, "count: '12B', '4M', '1.5k' or a number"), Field(gt=0)]
+
+
+def strict_json(document: Any) -> Any:
+    """A JSON Schema (or any document) with infinite numbers written as ``"inf"``: JSON has no Infinity,
+    and every field that can be infinite is a duration, whose parser reads ``"inf"``."""
+    if isinstance(document, dict):
+        return {k: strict_json(v) for k, v in document.items()}
+    if isinstance(document, list):
+        return [strict_json(v) for v in document]
+    if isinstance(document, float) and not math.isfinite(document):
+        return "inf" if document > 0 else "-inf"
+    return document
 
 
 class Model(BaseModel):

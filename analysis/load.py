@@ -240,7 +240,7 @@ class Results:
                 rows.append(
                     {"run": self.label, self.key: summary.get(self.key, summary.get("replication")), **verdict}
                 )
-        columns = ["run", self.key, "metric", "value", "min", "max", "passed", "error"]
+        columns = ["run", self.key, "metric", "value", "min", "max", "passed", "error", "halted"]
         frame = pd.DataFrame(rows)
         return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=columns)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.quantities import bound_text
+from sim.quantities import bound_text, verdict_text
 
 from . import figures as fig
 from .labels import factor_axis, format_metric, metric_quantity
@@ -100,6 +100,12 @@ def metrics_table(results: list[Results]) -> str:
         + "</tr>",
         "<tr><td>replications</td>" + "".join(f"<td>{len(f)}</td>" for f in frames.values()) + "</tr>",
     ]
+    if any("halted" in f and f["halted"].notna().any() for f in frames.values()):
+        cells = "".join(
+            f"<td class='fail'>{int(f['halted'].notna().sum())} of {len(f)}</td>" if "halted" in f and f["halted"].notna().any()
+            else "<td>none</td>" for f in frames.values()
+        )
+        body.append(f"<tr><td>halted replications</td>{cells}</tr>")
     for metric in metrics:
         cells = "".join(f"<td>{_cell(f[metric], metric) if metric in f else 'n/a'}</td>" for f in frames.values())
         body.append(f"<tr><td>{_esc(metric_quantity(metric).label)}</td>{cells}</tr>")
@@ -118,6 +124,8 @@ def _verdict_rows(verdicts: pd.DataFrame, key: str) -> str:
         verdict = '<span class="pass">PASS</span>' if row["passed"] else '<span class="fail">FAIL</span>'
         error = row.get("error")
         note = _esc(error) if isinstance(error, str) and error else ""
+        if row.get("halted") is True:
+            note = "not judged: the replication halted early"
         value = format_metric(row["metric"], row["value"], unit=True) if pd.notna(row["value"]) else "n/a"
         rows.append(
             f"<tr><td>{_esc(row['metric'])}</td><td>{_bound(row['metric'], row)}</td><td>{_esc(row[key])}</td>"
@@ -159,13 +167,20 @@ def hypotheses_section(results: list[Results]) -> str:
             summary = '<span class="pass">all held</span>' if held else '<span class="fail">failed</span>'
             table = _verdict_rows(verdicts, r.key) if len(verdicts) <= MAX_VERDICT_ROWS else _verdict_counts(verdicts)
             parts.append(f"<p><b>{_esc(r.label)}</b>: {summary}</p>{table}")
-        for row in halted.head(MAX_VERDICT_ROWS).to_dict("records"):
-            stop = f"{row['duration_s'] / 3600:.3g} h" if pd.notna(row.get("duration_s")) else "?"
-            parts.append(
-                f"<p class='fail'>{_esc(r.label)} {r.key} {_esc(row.get(r.key, ''))}: halted at {stop} "
-                f"of simulated time by the halt bound on {_esc(row['halted'])}</p>"
-            )
+        stopped = [s for s in r.raw if isinstance(s.get("halted"), dict)]
+        for summary in stopped[:MAX_VERDICT_ROWS]:
+            parts.append(f"<p class='fail'>{_esc(r.label)} {r.key} {_esc(summary.get(r.key, ''))}: {_esc(halt_note(summary))}</p>")
+        if len(halted) > len(stopped):  # a sweep row says which bound tripped even without its summary
+            parts.append(f"<p class='fail'>{_esc(r.label)}: {len(halted)} replication(s) halted by a halt bound.</p>")
     return "".join(parts)
+
+
+def halt_note(summary: dict) -> str:
+    """``halted at 12.5 h of simulated time by the halt bound failures_total <= 0: 3``."""
+    halted = summary["halted"]
+    stop = halted.get("time_s", summary.get("duration_s"))
+    when = f"{stop / 3600:.4g} h" if isinstance(stop, (int, float)) else "an unrecorded time"
+    return f"halted at {when} of simulated time by the halt bound {verdict_text(halted)}"
 
 
 def sweep_tables(r: Results) -> str:

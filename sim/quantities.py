@@ -120,4 +120,6 @@ def bound_text(metric: str, low: float | None, high: float | None) -> str:
 def verdict_text(verdict: dict) -> str:
     """``global_downtime_s <= 0 h: 47.75 h`` for one hypothesis or halt verdict (the error if any)."""
     value = verdict.get("error") or format_metric(verdict["metric"], verdict["value"], unit=True)
+    if verdict.get("halted"):
+        value += " (not judged: the replication halted early)"
     return f"{verdict['metric']} {bound_text(verdict['metric'], verdict['min'], verdict['max'])}: {value}"

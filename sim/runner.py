@@ -154,8 +154,8 @@ def run_replication(
     summary = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=True)
     summary["replication"] = replication
     summary["seed"] = seed
-    summary["halted"] = halted
-    summary["hypotheses"] = check_bounds(summary, scenario.hypotheses)
+    summary["halted"] = None if halted is None else {**halted, "time_s": env.now}
+    summary["hypotheses"] = check_bounds(summary, scenario.hypotheses, halted=halted is not None)
     summary["hypotheses_passed"] = all(v["passed"] for v in summary["hypotheses"])
     tables = recorder.close()
     if out_dir is not None:

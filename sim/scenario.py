@@ -262,6 +262,10 @@ class Bound(Model):
     metric: str
     min: float | None = None
     max: float | None = None
+    if_halted: Literal["fail", "judge"] = Field(
+        "fail", description="a hypothesis on a replication that a halt bound stopped early fails, "
+        "unless 'judge' (then the values at the halt are judged)",
+    )
 
     @model_validator(mode="after")
     def _has_bound(self) -> Bound:

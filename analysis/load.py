@@ -146,6 +146,7 @@ class Results:
     raw: list[dict] = field(default_factory=list, repr=False)  # the replications' summary.json
     factors: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # version, command, seeds and date of the run or sweep
+    factor_groups: list[list[str]] = field(default_factory=list)  # a sweep's factors: one key, or a zip group
 
     def relabel(self, label: str) -> None:
         """Name this input ``label`` in every table (before any table is read)."""
@@ -311,7 +312,8 @@ def _load_sweep(folder: Path, label: str) -> Results:
             text = (folder / name).read_text()
             break
     plan = _read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
-    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {})
+    groups = [list(f.get("keys", [])) for f in plan.get("factors", [])]
+    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {}, groups)
     # the per-replication summaries carry what a row cannot: hypothesis verdicts, learner names
     raw.extend({"index": number, **_read_json(rep / "summary.json")} for number, rep in results._folders())
     return results

@@ -53,6 +53,7 @@ TABLE_METRICS = [
 ]
 MAX_TIMELINES = 12  # beyond this the page says which runs' timelines it left out
 MAX_LEDGER_BARS = 24
+MAX_PANELS = 6  # heatmap panels per metric (one per setting of the axes not on the map)
 MAX_VERDICT_ROWS = 20
 
 STYLE = """
@@ -213,59 +214,69 @@ def sweep_tables(r: Results) -> str:
 # ------------------------------------------------------------------------------------------ figures
 
 
-def _varying(r: Results) -> list[str]:
-    """Factors that take several levels, dropping any that only mirror an earlier one (zip partners)."""
-    rows = fig.ok_rows(r.summaries)
-    rows = rows.assign(**{f: rows[f].map(str) for f in r.factors})  # levels compared as text
-    kept: list[str] = []
-    for f in r.factors:
-        if rows[f].nunique() < 2:
+def sweep_axes(r: Results) -> tuple[pd.DataFrame, list[str]]:
+    """The sweep's rows with one column per axis that varies: a grid factor's key, or a zip group's
+    keys joined (``training.policy + training.on_failure``, values ``sync_dp, restart``), so zip
+    partners stay together in every figure and are never averaged across each other."""
+    rows = r.summaries.copy()
+    axes = []
+    for keys in r.factor_groups or [[f] for f in r.factors]:
+        keys = [k for k in keys if k in rows]
+        if not keys:
             continue
-        mirrors = any(
-            rows.groupby(k)[f].nunique().max() == 1 and rows.groupby(f)[k].nunique().max() == 1 for k in kept
-        )
-        if not mirrors:
-            kept.append(f)
-    return kept
+        name = " + ".join(keys)
+        if len(keys) > 1:
+            rows[name] = rows[keys].astype(str).agg(", ".join, axis=1)
+        if fig.ok_rows(rows)[name].astype(str).nunique() > 1:
+            axes.append(name)
+    return rows, axes
+
+
+def _setting_text(row: dict | pd.Series, axes: list[str]) -> str:
+    return ", ".join(f"{a}={row[a]}" for a in axes)
 
 
 def _sweep_plots(r: Results) -> list[Plot]:
     plots: list[Plot] = []
-    rows = r.summaries
-    factors = _varying(r)
+    rows, axes = sweep_axes(r)
     slug = _slug(r.label)
-    policy = next((f for f in factors if f.endswith("policy")), None)
-    others = [f for f in factors if f != policy]
-    if len(others) >= 2:
-        x, y = others[0], others[1]
+    numeric = [a for a in axes if factor_axis(rows[a]).numbers is not None]
+    policy = next((a for a in axes if "policy" in a), None)
+    # heatmaps over two axes (numbers first), one panel per level of every other axis: never averaged across
+    plain = numeric + [a for a in axes if a not in numeric and a != policy] + ([policy] if policy else [])
+    if len(plain) >= 2:
+        x, y = plain[0], plain[1]
+        rest = [a for a in axes if a not in (x, y)]
+        panels = fig.ok_rows(rows)[rest].drop_duplicates().to_dict("records") if rest else [{}]
         for metric in ("goodput", "global_downtime_s"):
-            if metric in rows:
+            if metric not in rows:
+                continue
+            for k, panel in enumerate(panels[:MAX_PANELS]):
+                sub = rows.loc[(rows[list(panel)] == pd.Series(panel)).all(axis=1)] if panel else rows
+                where = f" at {_setting_text(panel, rest)}" if panel else ""
                 plots.append(Plot(
-                    f"{slug}-heatmap-{metric}",
-                    f"{metric_quantity(metric).label} averaged over seeds for each {x} x {y} cell; "
+                    f"{slug}-heatmap-{metric}" + (f"-{k}" if rest else ""),
+                    f"{metric_quantity(metric).label} averaged over seeds for each {x} x {y} cell{where}; "
                     "the number in a cell is that mean.",
-                    lambda ax, m=metric: fig.sweep_heatmap(rows, ax, x, y, m), (7.5, 5.0)))
-    if others:
-        x = next((f for f in others if factor_axis(rows[f]).numbers is not None), others[0])
-        hue = next((f for f in others if f != x), None)
+                    lambda ax, m=metric, sub=sub: fig.sweep_heatmap(sub, ax, x, y, m), (7.5, 5.0)))
+        if len(panels) > MAX_PANELS:
+            plots[-1].caption += f" ({len(panels) - MAX_PANELS} more panel(s) per metric left out.)"
+    if axes:
+        x = plain[0]
+        rest = [a for a in axes if a != x]
+        hue = " / ".join(rest) or None
+        lined = rows.assign(**{hue: rows[rest].astype(str).agg(", ".join, axis=1)}) if hue else rows
         for metric in ("goodput", "global_downtime_s"):
             if metric in rows:
                 plots.append(Plot(
                     f"{slug}-lines-{metric}",
                     f"Mean {metric_quantity(metric).name} over seeds against {x}"
-                    + (f", one line per {hue}" if hue else "") + "; the band spans the lowest to the highest seed.",
-                    lambda ax, m=metric: fig.sweep_lines(rows, ax, x, m, hue)))
-        if policy:
-            plots.append(Plot(
-                f"{slug}-goodput-vs-{_slug(x)}", f"Goodput against {x}, one line per policy.",
-                lambda ax: fig.goodput_vs(rows, ax, x, hue=policy)))
-    elif policy:
-        plots.append(Plot(f"{slug}-goodput-per-policy", "Goodput per policy (mean over seeds, band: min-max).",
-                          lambda ax: fig.sweep_lines(rows, ax, policy, "goodput")))
-    if factors and fig.ok_rows(rows)[factors].drop_duplicates().shape[0] <= MAX_LEDGER_BARS:
+                    + (f", one line per setting of {hue}" if hue else "") + "; the band spans the lowest to the highest seed.",
+                    lambda ax, m=metric: fig.sweep_lines(lined, ax, x, m, hue)))
+    if axes and fig.ok_rows(rows)[axes].drop_duplicates().shape[0] <= MAX_LEDGER_BARS:
         # bars named by their factor levels ("30s, 1m"), not by point number
         ok = fig.ok_rows(rows)
-        setting = ok[factors].apply(lambda column: column.map(str)).agg(", ".join, axis=1).rename(", ".join(factors))
+        setting = ok[axes].apply(lambda column: column.map(str)).agg("; ".join, axis=1).rename("; ".join(axes))
         ledger = chip_time_long(ok.assign(**{setting.name: setting}), extra=[setting.name])
         plots.append(Plot(
             f"{slug}-ledger", "Where the chip-seconds went at each sweep point (mean over seeds; green = goodput).",
@@ -273,8 +284,11 @@ def _sweep_plots(r: Results) -> list[Plot]:
     timeline = r.table("timeline", first=1)
     if len(timeline):
         events = r.with_groups(r.table("events", first=1))
+        index = int(timeline[r.key].iloc[0])
+        first = rows.loc[rows[r.key] == index].iloc[0] if (rows[r.key] == index).any() else None
+        shown = f" ({_setting_text(first, axes)}, seed {first['seed']})" if first is not None and axes else ""
         plots.append(Plot(
-            f"{slug}-timeline", "Learner states of the first replication of the sweep; red triangles are failures.",
+            f"{slug}-timeline", f"Learner states of sweep replication {index}{shown}; red triangles are failures.",
             lambda ax: fig.timeline(timeline, ax, events, _exposed(r, timeline)), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
     return plots
 

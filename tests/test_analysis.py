@@ -153,6 +153,27 @@ def test_lines_have_one_line_and_band_per_hue_level(results):
     assert np.allclose(line.get_xdata(), [30, 120]) and np.allclose(line.get_ydata(), expected.to_numpy())
 
 
+def test_zip_factors_are_never_averaged_across_each_other(results):
+    """Every line of the sweep's lines figure is one setting of every other axis, zip partners together."""
+    from analysis.report import sweep_axes
+
+    sweep = load_results(results["sweep"])
+    rows, axes_ = sweep_axes(sweep)
+    assert axes_ == ["training.checkpoint.write_time", "topology.regions.0.islands.0.count",
+                     "training.policy + training.on_failure"]
+    assert set(rows["training.policy + training.on_failure"]) == {"sync_dp, restart", "elastic_dp, elastic"}
+    hue = "topology.regions.0.islands.0.count / training.policy + training.on_failure"
+    lined = rows.assign(**{hue: rows[axes_[1:]].astype(str).agg(", ".join, axis=1)})
+    ax = figures.sweep_lines(lined, axes(), axes_[0], "goodput", hue)
+    assert sorted(legend_texts(ax)) == ["2, elastic_dp, elastic", "2, sync_dp, restart", "4, elastic_dp, elastic", "4, sync_dp, restart"]
+    # each point of a line is the mean over seeds of exactly one sweep point
+    for line in ax.get_lines():
+        count, policy = line.get_label().split(", ", 1)
+        sub = rows[(rows[axes_[1]].astype(str) == count) & (rows[axes_[2]] == policy)]
+        expected = sub.groupby(axes_[0])["goodput"].mean().sort_index().to_numpy()
+        assert np.allclose(line.get_ydata(), expected)
+
+
 def test_goodput_vs_numeric_factor_per_policy(results):
     """Goodput against a numeric factor draws one line per policy on a numeric axis."""
     rows = load_results(results["sweep"]).summaries
@@ -346,8 +367,14 @@ def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     page = page_of(write_report([sweep], tmp_path / "report"))
     check_self_contained(page, tmp_path / "report")
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"sweep-heatmap-goodput.png", "sweep-heatmap-global_downtime_s.png", "sweep-lines-goodput.png"} <= names
-    assert "sweep-goodput-vs-training-checkpoint-write_time.png" in names  # the policy varies
+    # the zip factors (policy with its on_failure) stay one axis: a heatmap panel per zip setting
+    assert {"sweep-heatmap-goodput-0.png", "sweep-heatmap-goodput-1.png", "sweep-heatmap-global_downtime_s-0.png",
+            "sweep-lines-goodput.png"} <= names
+    for setting in ("sync_dp, restart", "elastic_dp, elastic"):
+        assert f"cell at training.policy + training.on_failure={setting}" in page
+    assert "one line per setting of topology.regions.0.islands.0.count / training.policy + training.on_failure" in page
+    assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30.0, "
+                     r"topology.regions.0.islands.0.count=2, training.policy \+ training.on_failure=sync_dp, restart, seed 1\)", page)
     assert "ValueError: injected" in page and "1 replication(s) crashed" in page
     assert "<th>training.checkpoint.write_time</th>" in page
 

@@ -382,16 +382,33 @@ def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
     return ax
 
 
-def link_utilisation(df: pd.DataFrame, ax: Axes) -> Axes:
-    """WAN link utilisation (``series == "link_utilisation"``, value = fraction of capacity) over time."""
-    ax.set_xlabel(TIME_LABEL)
-    ax.set_ylabel("utilisation (% of link capacity)")
-    ax.set_title("WAN link utilisation")
+def link_links(df: pd.DataFrame) -> list[str]:
+    """The links a ``series`` frame holds utilisation for, in order of appearance."""
     data = df[df["series"] == "link_utilisation"] if "series" in df else df.iloc[0:0]
+    return list(dict.fromkeys(data["key"]))
+
+
+def link_utilisation(df: pd.DataFrame, ax: Axes, link: str | None = None) -> Axes:
+    """Utilisation of one link (``series == "link_utilisation"``, value = share of capacity) over time,
+    one line per run, with the 100 % capacity line marked and the y axis never cut below the data.
+
+    Without ``link`` every link is drawn on the one ``ax``; the report draws one small panel per link.
+    """
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel("utilisation (% of capacity)")
+    ax.set_title(f"Link utilisation: {link}" if link else "Link utilisation")
+    data = df[df["series"] == "link_utilisation"] if "series" in df else df.iloc[0:0]
+    if link is not None:
+        data = data[data["key"] == link]
     data, _ = _first_replication(data)
-    if data.empty or not _series_lines(data, ax, "time_s", 1 / HOURS, 100.0, True):
+    lines = 0 if data.empty else _series_lines(data, ax, "time_s", 1 / HOURS, 100.0, True)
+    if not lines:
         return _empty(ax, "no link utilisation recorded")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, title="link")
+    top = float(data["value"].max()) * 100.0
+    ax.axhline(100.0, color="black", linestyle="--", linewidth=0.8, label="capacity (100 %)")
+    ax.set_ylim(0, max(110.0, top * 1.05))
+    many = lines > 6
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, ncol=2 if many else 1,
+              title="run: link" if "run" in data and data["run"].nunique() > 1 else "link")
     ax.grid(alpha=0.3)
     return ax

@@ -338,9 +338,11 @@ def _series_plots(results: list[Results]) -> list[Plot]:
         if series.loc[series["series"] == "loss", "tokens"].notna().any():
             plots.append(Plot("loss-vs-tokens", "Surrogate eval loss against tokens trained.",
                               lambda ax: fig.loss_curves(series, ax, "tokens")))
-    if (series["series"] == "link_utilisation").any():
-        plots.append(Plot("link-utilisation", "WAN link utilisation (share of capacity in use) over time.",
-                          lambda ax: fig.link_utilisation(series, ax)))
+    for k, link in enumerate(fig.link_links(series)):
+        plots.append(Plot(
+            f"link-utilisation-{k}", f"Utilisation of {link} over time (share of its capacity in use, first "
+            "replication of each run; the dashed line is capacity).",
+            lambda ax, link=link: fig.link_utilisation(series, ax, link), (9.0, 2.8)))
     return plots
 
 

@@ -288,12 +288,22 @@ def test_loss_curves_against_time_and_tokens():
 
 
 def test_link_utilisation_in_percent():
-    """Link utilisation is drawn per link in percent of capacity over simulated hours."""
-    ax = figures.link_utilisation(series_frame(), axes())
-    (line,) = ax.get_lines()
-    assert legend_texts(ax) == ["us-east~us-central"]
+    """Link utilisation is drawn per link in percent of capacity over simulated hours, 100 % marked."""
+    ax = figures.link_utilisation(series_frame(), axes(), "us-east~us-central")
+    line, capacity = ax.get_lines()
+    assert legend_texts(ax) == ["us-east~us-central", "capacity (100 %)"]
     assert line.get_ydata().max() <= 90.0 + 1e-9 and line.get_ydata().max() > 80
-    assert ax.get_ylabel() == "utilisation (% of link capacity)"
+    assert list(capacity.get_ydata()) == [100.0, 100.0]
+    assert ax.get_ylabel() == "utilisation (% of capacity)"
+    assert ax.get_title() == "Link utilisation: us-east~us-central"
+
+
+def test_link_utilisation_is_never_clipped():
+    """A link over capacity (a bug elsewhere would show this way) is drawn whole, not cut at 105 %."""
+    frame = series_frame()
+    frame.loc[frame["series"] == "link_utilisation", "value"] *= 2.0  # up to 180 %
+    ax = figures.link_utilisation(frame, axes(), "us-east~us-central")
+    assert ax.get_ylim()[1] >= 180.0
 
 
 def test_series_figures_say_so_when_nothing_was_recorded(results):
@@ -387,7 +397,7 @@ def test_report_includes_series_figures_when_recorded(tmp_path, results):
     pq.write_table(pa_table(series), run / "rep-0" / "series.parquet")
     write_report([run], tmp_path / "report")
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"loss-vs-time.png", "loss-vs-tokens.png", "link-utilisation.png"} <= names
+    assert {"loss-vs-time.png", "loss-vs-tokens.png", "link-utilisation-0.png"} <= names  # a panel per link
 
 
 def pa_table(frame: pd.DataFrame):

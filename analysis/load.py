@@ -22,6 +22,8 @@ and ``groupby`` does the rest. :class:`Results` holds one input:
 ``series``      time series (``time_s, series, key, value, tokens``): surrogate ``loss`` per policy or
                 learner, ``link_utilisation`` per WAN link, when the run recorded them
 ``chip_time``   the ledger in long form: ``bucket``, ``chip_s`` and ``fraction`` per replication
+``learners``    per learner group and replication: ``name, islands, chips, downtime_s, steps, tokens,
+                interruptions, absorbed`` (``learners.parquet``)
 ``hypotheses``  one verdict per replication and bound
 
 Problems with the input raise :class:`ResultsError`, whose message is one line for the user.
@@ -227,6 +229,21 @@ class Results:
     @cached_property
     def series(self) -> pd.DataFrame:
         return self.table("series")
+
+    @cached_property
+    def learners(self) -> pd.DataFrame:
+        """Per-learner statistics, one row per learner group and replication (``learners.parquet``, or
+        the summaries' ``learners`` lists for results written before that file existed)."""
+        frames = []
+        for number, folder in self._folders():
+            path = folder / "learners.parquet"
+            if path.exists():
+                frame = pq.read_table(path).to_pandas()
+            else:
+                summary = next((s for s in self.raw if s.get(self.key) == number), {})
+                frame = pd.DataFrame(summary.get("learners", []))
+            frames.append(frame.assign(run=self.label, **{self.key: number}))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", self.key, "name"])
 
     @property
     def chip_time(self) -> pd.DataFrame:

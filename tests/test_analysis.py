@@ -418,3 +418,16 @@ def test_report_cli_exit_codes(tmp_path, results):
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"error: {bad}")
+
+
+def test_learners_are_a_tidy_table(results):
+    """learners.parquet: one row per learner group and replication, matching the summaries' totals."""
+    run = load_results(results["quick"])
+    learners = run.learners
+    assert (results["quick"] / "rep-0" / "learners.parquet").exists()
+    assert {"run", "replication", "name", "islands", "chips", "downtime_s", "steps", "tokens"} <= set(learners)
+    for summary in run.raw:
+        mine = learners[learners["replication"] == summary["replication"]]
+        assert list(mine["name"]) == [entry["name"] for entry in summary["learners"]]
+        assert mine["tokens"].sum() == pytest.approx(summary["tokens"])
+        assert mine["chips"].sum() == summary["chips"]

@@ -29,6 +29,7 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -177,16 +178,22 @@ class DaskExecutor:
     def imap_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         if not jobs:
             return
+        import dask
         from distributed import Client, LocalCluster
         from distributed import as_completed as dask_completed
 
         cluster = None
+        # the local cluster's scratch space (locks, spilled data) lives and dies with the sweep: nothing
+        # is left in the system temporary folder
+        scratch = tempfile.TemporaryDirectory(prefix="chaossim-dask-")
+        settings = dask.config.set({"temporary-directory": scratch.name})
         try:
             if self.address is None:
                 # one thread per worker process: a replication is single-threaded Python, so more
                 # threads would only contend for the GIL
                 cluster = LocalCluster(
-                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True, dashboard_address=None
+                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True,
+                    dashboard_address=None, local_directory=scratch.name,
                 )
                 client = Client(cluster)
             else:
@@ -194,6 +201,8 @@ class DaskExecutor:
         except (OSError, TimeoutError) as problem:
             if cluster is not None:
                 cluster.close()
+            settings.__exit__(None, None, None)
+            scratch.cleanup()
             raise ExecutorError(f"cannot reach the Dask scheduler at {self.address}: {problem}") from None
         try:
             # pure=False: every job is its own task even if two jobs were equal, and a cluster shared by
@@ -211,6 +220,8 @@ class DaskExecutor:
             client.close()
             if cluster is not None:
                 cluster.close()
+            settings.__exit__(None, None, None)
+            scratch.cleanup()
 
 
 def make_executor(kind: ExecutorKind | str, workers: int | None = None, address: str | None = None):

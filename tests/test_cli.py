@@ -223,3 +223,9 @@ def test_provenance_and_readable_resolved_scenario(tmp_path):
     assert load_scenario(out / "scenario.yaml") == load_scenario(path, ["duration=1d", "seed=11"])
     page = (out / "report" / "report.html").read_text()
     assert record["command"] in page and record["date"] in page
+
+
+def test_default_outputs_are_git_ignored():
+    """The folders the commands write by default (results/, report/, sweeps/) are ignored by git."""
+    ignored = set((ROOT / ".gitignore").read_text().split())
+    assert {"results/", "report/", "sweeps/"} <= ignored

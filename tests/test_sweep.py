@@ -259,10 +259,18 @@ def test_quorum_grace_scenario_plans_27_replications():
     assert {Scenario.model_validate(s).training.policy.value for s in plan.scenarios} == {"decoupled_diloco"}
 
 
-def test_dask_executor_starts_its_own_cluster(scenario: Path, tmp_path: Path):
-    """Without an address the Dask executor runs on a LocalCluster it starts and closes itself."""
+def test_dask_executor_starts_its_own_cluster(scenario: Path, tmp_path: Path, monkeypatch):
+    """Without an address the Dask executor runs on a LocalCluster it starts and closes itself,
+    and leaves nothing in the system temporary folder."""
+    import tempfile
+
+    temp = tmp_path / "system-temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     outcome = run_sweep(plan_sweep(scenario, seeds=[1]), tmp_path / "out", DaskExecutor(workers=1))
     assert (outcome.ran, outcome.errors) == (2, 0)
+    assert list(temp.iterdir()) == []
 
 
 def test_sweep_exits_1_and_counts_failed_hypotheses(scenario: Path, tmp_path: Path):

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .loading import ScenarioError, load_scenario, scenario_yaml
+from .loading import ScenarioError, scenario_yaml
 from .provenance import header, provenance
 from .quantities import format_metric, readable_number, verdict_text
 from .scenario import Scenario
@@ -246,15 +246,31 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="scenario YAML files")],
     set_: SetOption = None,
 ) -> None:
-    """Check scenario files; print one line per problem, exit 2 if any is bad."""
+    """Check scenario files (each compared variant too): one line per problem, exit 2 if any is bad;
+    warn about faults that cannot fire or cannot touch the training."""
+    from .checks import bound_errors, warnings
+    from .compare import load_variants
+
     bad = False
     for file in files:
         try:
-            load_scenario(file, set_ or [])
-            out.print(f"{file}: ok", highlight=False)
+            _, variants = load_variants(file, set_ or [])
         except ScenarioError as problem:
             err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
             bad = True
+            continue
+        problems, notes = [], []
+        for v in variants:
+            name = f"{file} [{v.label}]" if v.label else str(file)
+            problems += [p for p in bound_errors(v.scenario, name, file.parent) if p not in problems]
+            notes += [n for n in warnings(v.scenario, name) if n not in notes]
+        for problem in problems:
+            err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        for note in notes:
+            err.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+        bad |= bool(problems)
+        if not problems:
+            out.print(f"{file}: ok" + (f" ({len(notes)} warning(s))" if notes else ""), highlight=False)
     if bad:
         raise typer.Exit(EXIT_BAD_INPUT)
 

@@ -179,9 +179,9 @@ def run(
     seed: Annotated[int | None, typer.Option(help="override the scenario seed")] = None,
     replications: Annotated[int | None, typer.Option(help="override the number of replications")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="results folder")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    with_report: Annotated[bool, typer.Option("--report/--no-report", help="write report/report.html in the results folder")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object", metavar="")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar", metavar="")] = False,
+    with_report: Annotated[bool, typer.Option("--report/--no-report", help="write report/report.html in the results folder", metavar="")] = True,
 ) -> None:
     """Run a scenario (each variant of its compare: section on the same failures); print the
     comparison or the summary, write a results folder and its report."""
@@ -297,8 +297,8 @@ def sweep(
     executor: Annotated[str, typer.Option(help="local (a process per core) | dask | serial (in this process)")] = "local",
     workers: Annotated[int | None, typer.Option(help="worker processes (default: every core)")] = None,
     address: Annotated[str | None, typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")] = None,
-    resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder", metavar="")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar", metavar="")] = False,
 ) -> None:
     """Sweep factors x seeds on every core or a Dask cluster: one Parquet row per replication, resumable."""
     from .sweep import command
@@ -337,7 +337,7 @@ def bandwidth(
     fragments: Annotated[int, typer.Option("--fragments", "-P", help="P")] = 24,
     overlap: Annotated[int, typer.Option("--overlap", help="tau")] = 2,
     target: Annotated[float, typer.Option(help="target compute utilisation")] = 0.95,
-    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON", metavar="")] = False,
 ) -> None:
     """Compute utilisation of DP, DiLoCo and Streaming DiLoCo at a WAN bandwidth (bucketed overlap)."""
     from .bandwidth import bandwidth_table

@@ -392,16 +392,15 @@ def point_stats(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def best_table(frame: pd.DataFrame, plan: SweepPlan):
-    """A rich table of the best point per metric of :data:`BEST` (mean and std across seeds)."""
+    """A rich table of the best point per metric of :data:`BEST`: one column per metric, one row per
+    sweep axis (a zip group is one row), then the mean and spread across seeds; fits 80 columns."""
+    from rich import box
     from rich.table import Table
 
-    keys = [key for factor in plan.factors for key in factor.keys]
-    table = Table(title=f"{plan.name}: best settings ({len(plan.scenarios)} points x {len(plan.seeds)} seeds)")
-    table.add_column("metric", no_wrap=True)
-    for key in keys:
-        table.add_column(key, justify="right", overflow="fold")
-    table.add_column("mean ± std", justify="right", no_wrap=True)
-    table.add_column("seeds", justify="right")
+    table = Table(title=f"{plan.name}: best settings ({len(plan.scenarios)} points x {len(plan.seeds)} seeds)",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("setting", overflow="fold")
+    best = {}
     for metric, goal in BEST:
         if metric not in frame.columns:
             continue
@@ -409,14 +408,19 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
         if stats.empty:  # no replication of any point finished ok
             continue
         # idxmax/idxmin return the first best point, so ties go to the lowest point index
-        best = stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin()
-        std = stats.at[best, "std"]
-        table.add_row(
-            f"{metric} ({goal})", *[str(plan.settings[best][key]) for key in keys],
-            # in the metric's display unit, as `chaossim run` and the report show it
-            f"{format_metric(metric, stats.at[best, 'mean'])} ± "
-            f"{'-' if pd.isna(std) else format_metric(metric, std, unit=True)}", f"{stats.at[best, 'n']:.0f}",
-        )
+        best[metric] = (stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin(), stats)
+        table.add_column(f"{metric} ({goal})", justify="right", overflow="fold")
+    for factor in plan.factors:
+        values = [", ".join(str(plan.settings[point][key]) for key in factor.keys) for point, _ in best.values()]
+        table.add_row(" + ".join(factor.keys), *values)
+    spreads = []
+    for metric, (point, stats) in best.items():
+        std = stats.at[point, "std"]
+        # in the metric's display unit, as `chaossim run` and the report show it
+        spreads.append(f"{format_metric(metric, stats.at[point, 'mean'])} ± "
+                       f"{'-' if pd.isna(std) else format_metric(metric, std, unit=True)}")
+    table.add_row("mean ± std", *spreads)
+    table.add_row("seeds", *[f"{stats.at[point, 'n']:.0f}" for point, stats in best.values()])
     return table
 
 

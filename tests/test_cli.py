@@ -229,3 +229,32 @@ def test_default_outputs_are_git_ignored():
     """The folders the commands write by default (results/, report/, sweeps/) are ignored by git."""
     ignored = set((ROOT / ".gitignore").read_text().split())
     assert {"results/", "report/", "sweeps/"} <= ignored
+
+
+def test_terminal_output_fits_80_columns(tmp_path):
+    """The comparison, the hypotheses and the sweep table fit an 80-column terminal, nothing cut off;
+    flags show as flags in --help."""
+    from rich.cells import cell_len
+
+    env = {"COLUMNS": "80"}
+    runs = [
+        ["run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(tmp_path / "q"), "--set", "duration=1d", "--no-report"],
+        ["run", str(SCENARIO_DIR / "four-regions-12b.yaml"), "-o", str(tmp_path / "f"), "--set", "duration=2h",
+         "--set", "surrogate=off", "--no-report"],
+        ["sweep", str(SCENARIO_DIR / "quickstart.yaml"), "--executor", "serial", "--seeds", "1", "-o", str(tmp_path / "s"),
+         "--set", "duration=6h", "--set", "compare={}", "--grid", "topology.regions.0.islands.0.chips=2048,4096",
+         "--zip", "training.policy=sync_dp,elastic_dp", "--zip", "training.on_failure=restart,elastic"],
+        ["bandwidth", "--params", "12B", "--step-time", "0.1s"],
+    ]
+    outputs = []
+    for args in runs:
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code in (0, 1), result.output
+        outputs.append(result.stdout)
+        for line in result.stdout.splitlines():
+            assert cell_len(line) <= 80, line
+            assert "…" not in line, line
+    assert "variants of training.policy, training.on_failure" in outputs[0]
+    assert "training.policy + training.on_failure" in outputs[2]  # zip partners are one row
+    help_text = CliRunner().invoke(app, ["run", "--help"], env=env).stdout
+    assert re.search(r"--json\s+print the summary", help_text) and "<bool>  print" not in help_text

@@ -53,9 +53,13 @@ def test_syncer_outage_without_a_synchronizer_is_a_warning(tmp_path):
     assert result.exit_code == 0 and "sync_dp has no synchronizer" in result.stderr
 
 
-def test_idle_link_of_the_shipped_brownout_is_named():
-    """wan-brownout's west~south partition carries no Decoupled DiLoCo fragment traffic (hub: us-central)."""
-    result = CliRunner().invoke(app, ["validate", str(ROOT / "scenarios" / "wan-brownout.yaml")])
+def test_idle_link_is_named():
+    """A partition of west~south carries no Decoupled DiLoCo fragment traffic (the hub is us-central):
+    validate warns; the shipped wan-brownout partitions west~central, which its fragments use."""
+    path = str(ROOT / "scenarios" / "wan-brownout.yaml")
+    shipped = CliRunner().invoke(app, ["validate", path])
+    assert shipped.exit_code == 0 and "warning" not in shipped.stderr
+    result = CliRunner().invoke(app, ["validate", path, "--set", "faults.2.target.links=[us-west~us-south]"])
     assert result.exit_code == 0
     (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert "link us-west~us-south carries none of decoupled_diloco's gradient or fragment traffic" in warning
+    assert "faults[2] (cut): link us-west~us-south carries none of decoupled_diloco's gradient or fragment traffic" in warning

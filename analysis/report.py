@@ -10,11 +10,15 @@ What the page shows:
 * **single run**: the summary metrics (mean and min-max over replications), the hypotheses'
   verdicts per replication (and any halt), the learner-state timeline, the chip-time ledger per
   replication, and the surrogate loss and WAN link utilisation when the run recorded them;
-* **several runs**: the same tables with the runs side by side, goodput and downtime per run,
-  the ledger per run, one timeline per run, loss curves overlaid;
+* **several runs** (or one compare run, which stands for its variants): the same tables with the runs
+  side by side, labelled by what differs between their scenarios (which the page names), goodput and
+  downtime per run, the ledger per run, one timeline per run, loss curves overlaid;
 * **a sweep**: a table per sweep point, crashed replications with their errors, goodput and
-  global-downtime heatmaps over the first two factors, the same as lines with the spread over seeds,
-  goodput against a numeric factor per policy when the policy varies, and the ledger per point.
+  global-downtime heatmaps over two axes (one panel per setting of the others: never averaged across
+  factor levels; a zip group is one axis), the same as lines with the spread over seeds, and the
+  ledger per point.
+
+Every input's provenance (chaossim version, command line, seeds, date) heads the page.
 
 Each input's resolved scenario closes the page.
 """

@@ -1,7 +1,12 @@
 """The ``chaossim`` command: run | validate | schema (and the commands other modules add).
 
-Exit codes: 0 success; 1 a scenario hypothesis failed (or a sweep replication crashed); 2 bad input
-(the message is one line naming the file, YAML path and what was expected; no traceback).
+``run`` plays each variant of a scenario's ``compare:`` section (:mod:`sim.compare`) on the same
+failures, prints one table with a column per variant (or the summary of a single run), and writes the
+results folder and its report. Tables use :mod:`sim.quantities` for units and fit 80 columns.
+
+Exit codes: 0 success; 1 a scenario hypothesis failed or a replication halted (or a sweep replication
+crashed); 2 bad input (the message is one line naming the file, YAML path and what was expected; no
+traceback).
 """
 
 from __future__ import annotations

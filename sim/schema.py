@@ -1,9 +1,11 @@
 """Building blocks of the scenario model: unit-carrying field types and the frozen base model.
 
 ``Duration``, ``Seconds``, ``Bandwidth``, ``Bytes`` and ``Count`` accept unit strings (see
-:mod:`sim.units`) or plain SI numbers and validate to floats; their JSON Schema says so, so editors
-complete and check them. :class:`Model` forbids unknown keys and is frozen. :class:`LocatedError` lets a
-cross-field check say where, below its model, the problem is.
+:mod:`sim.units`) or plain SI numbers and validate to floats; their JSON Schema says so, with a pattern
+per unit (:data:`UNIT_PATTERNS`), so editors complete and check them as ``chaossim validate`` does.
+:func:`readable` turns a validated model back into unit strings that parse to the same floats (a
+resolved scenario says ``7d``, not ``604800.0``). :class:`Model` forbids unknown keys and is frozen.
+:class:`LocatedError` lets a cross-field check say where, below its model, the problem is.
 """
 
 from __future__ import annotations

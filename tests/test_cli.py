@@ -74,6 +74,15 @@ def test_run_quickstart_json(tmp_path):
     assert load_scenario(out / "scenario.yaml") == load_scenario(SCENARIO_DIR / "quickstart.yaml")
     policy = ["training.policy=sync_dp", "training.on_failure=restart", "compare={}"]
     assert load_scenario(folder / "scenario.yaml") == load_scenario(SCENARIO_DIR / "quickstart.yaml", policy)
+    # the report (and `chaossim report DIR`) reads the compare run as its variants, labelled by their values
+    from analysis.load import load_many
+
+    labels = ["sync_dp, restart", "elastic_dp, elastic", "decoupled_diloco, restart"]
+    assert [r.label for r in load_many([out])] == labels
+    page = (out / "report" / "report.html").read_text()
+    assert "<th>metric</th>" + "".join(f"<th>{label}</th>" for label in labels) in page
+    assert "The runs differ in: <code>training.policy</code>, <code>training.on_failure</code>;" in page
+    assert len(list((out / "report").glob("*-timeline.png"))) == 3
 
 
 def test_run_without_compare(tmp_path):

@@ -240,6 +240,15 @@ def _setting_text(row: dict | pd.Series, axes: list[str]) -> str:
     return ", ".join(f"{a}={row[a]}" for a in axes)
 
 
+def replication_text(r: Results, index: int) -> str:
+    """``sweep replication 0 (training.quorum=1, ..., seed 1)``: which settings one replication ran."""
+    rows, axes = sweep_axes(r)
+    match = rows.loc[rows[r.key] == index]
+    if match.empty or not axes:
+        return f"sweep replication {index}"
+    return f"sweep replication {index} ({_setting_text(match.iloc[0], axes)}, seed {match.iloc[0]['seed']})"
+
+
 def _sweep_plots(r: Results) -> list[Plot]:
     plots: list[Plot] = []
     rows, axes = sweep_axes(r)
@@ -289,10 +298,8 @@ def _sweep_plots(r: Results) -> list[Plot]:
     if len(timeline):
         events = r.with_groups(r.table("events", first=1))
         index = int(timeline[r.key].iloc[0])
-        first = rows.loc[rows[r.key] == index].iloc[0] if (rows[r.key] == index).any() else None
-        shown = f" ({_setting_text(first, axes)}, seed {first['seed']})" if first is not None and axes else ""
         plots.append(Plot(
-            f"{slug}-timeline", f"Learner states of sweep replication {index}{shown}; red triangles are failures.",
+            f"{slug}-timeline", f"Learner states of {replication_text(r, index)}; red triangles are failures.",
             lambda ax: fig.timeline(timeline, ax, events, _exposed(r, timeline)), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
     return plots
 
@@ -336,16 +343,21 @@ def _series_plots(results: list[Results]) -> list[Plot]:
     if series.empty or "series" not in series:
         return []
     plots = []
+    # curves are of one replication per input: a sweep's says which settings it ran
+    shown = "".join(
+        f" {r.label}: {replication_text(r, int(r.series[r.key].min()))}." for r in results
+        if r.kind == "sweep" and len(r.series)
+    )
     if (series["series"] == "loss").any():
-        plots.append(Plot("loss-vs-time", "Surrogate eval loss against simulated wall-clock hours.",
+        plots.append(Plot("loss-vs-time", f"Surrogate eval loss against simulated wall-clock hours.{shown}",
                           lambda ax: fig.loss_curves(series, ax, "time")))
         if series.loc[series["series"] == "loss", "tokens"].notna().any():
-            plots.append(Plot("loss-vs-tokens", "Surrogate eval loss against tokens trained.",
+            plots.append(Plot("loss-vs-tokens", f"Surrogate eval loss against tokens trained.{shown}",
                               lambda ax: fig.loss_curves(series, ax, "tokens")))
     for k, link in enumerate(fig.link_links(series)):
         plots.append(Plot(
             f"link-utilisation-{k}", f"Utilisation of {link} over time (share of its capacity in use, first "
-            "replication of each run; the dashed line is capacity).",
+            f"replication of each run; the dashed line is capacity).{shown}",
             lambda ax, link=link: fig.link_utilisation(series, ax, link), (9.0, 2.8)))
     return plots
 

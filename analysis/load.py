@@ -356,7 +356,8 @@ def _inputs(folder: Path) -> list[tuple[Path, str | None]]:
     plan = folder / "compare.json"
     if folder.is_dir() and plan.exists():
         variants = _read_json(plan).get("variants", [])
-        return [(folder / v["folder"], v["label"]) for v in variants]
+        # a variant not yet started (the run was stopped) has no folder: leave it out
+        return [(folder / v["folder"], v["label"]) for v in variants if (folder / v["folder"] / "summary.json").exists()]
     return [(folder, None)]
 
 

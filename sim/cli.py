@@ -204,17 +204,17 @@ def run(
     folder = output or Path("results") / f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "scenario.yaml").write_text(header(record) + scenario_yaml(base, folder))
-    show = not quiet and not as_json and err.is_terminal
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
-        results = [_play(v, file, folder / v.folder_name if v.label else folder, bar, record) for v in variants]
-    compared = len(variants) > 1
-    if compared:
+    compared = bool(variants[0].label)
+    if compared:  # first, so that a run stopped half-way still reads as the variants it finished
         document = {
             "scenario": base.name, "compared": list(base.compare), "provenance": record,
             "variants": [{"label": v.label, "setting": v.setting, "folder": v.folder_name} for v in variants],
         }
         (folder / "compare.json").write_text(json.dumps(document, indent=2, default=str))
+    show = not quiet and not as_json and err.is_terminal
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
+        results = [_play(v, file, folder / v.folder_name if compared else folder, bar, record) for v in variants]
     page = _write_report(folder) if with_report else None
     passed = all(r["hypotheses_passed"] and not r["halted"] for r in results)
     if as_json:

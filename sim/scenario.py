@@ -318,11 +318,11 @@ class Scenario(Model):
     def _compare_is_a_zip(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
         lengths = {key: len(values) for key, values in value.items()}
         if any(n == 0 for n in lengths.values()) or len(set(lengths.values())) > 1:
-            raise ValueError(f"compare: expected one non-empty list of values per key, all of one length, got {lengths}")
+            raise ValueError(f"expected one non-empty list of values per key, all of one length, got {lengths}")
         reserved = [k for k in value if k.split(".")[0] in ("seed", "replications", "sweep", "compare", "duration")]
         if reserved:
             raise ValueError(
-                f"compare: {reserved[0]} cannot vary between variants (they share seeds and duration "
+                f"{reserved[0]} cannot vary between variants (they share seeds and duration "
                 "so that they see the same failures)"
             )
         return value

@@ -106,7 +106,8 @@ def format_metric(metric: str, value: float | None, unit: bool = False) -> str:
                 if abs(shown) >= size:
                     return f"{readable_number(shown / size)}{suffix}"
         return f"{shown:,.0f}"
-    text = f"{shown:.4f}" if q.unit.startswith("fraction") else readable_number(shown)
+    fraction = q.unit.startswith("fraction") and not 0 < abs(shown) < 5e-5  # a tiny share is not shown as 0
+    text = f"{shown:.4f}" if fraction else readable_number(shown)
     return text + (q.suffix if unit else "")
 
 

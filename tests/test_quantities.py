@@ -25,6 +25,8 @@ def test_downtime_bound_and_value_in_hours():
     ("failures_total", 58.0, "58"),
     ("steps", 2134140.0, "2,134,140"),
     ("chip_time_fraction.lost", 0.0458, "0.0458"),
+    ("chip_time_fraction.lost", 4.2e-6, "0.0000042"),  # small but not zero: never shown as 0.0000
+    ("chip_time_fraction.spare", 0.0, "0.0000"),
 ])
 def test_readable_quantities(metric, value, text):
     """Large and small values read without exponent notation, in the metric's one unit."""

@@ -212,12 +212,17 @@ def _fault_windows(events: pd.DataFrame) -> list[tuple[float, float, str]]:
     return windows
 
 
-def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None) -> Axes:
+def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exposed_share: float = 0.0) -> Axes:
     """Learner-group states over simulated time (one bar row per group, a colour per phase).
 
     Failures from ``events`` are red triangles on the row of the group they hit (a vertical line
     when the target is no group); outage and degradation windows are shaded. Only the first
     replication of the first run in ``df`` is drawn.
+
+    ``exposed_share`` is the part of ``running`` chip-time that waits on communication rather than
+    computing (:func:`analysis.load.exposed_share`): running bars are then split across their height,
+    green for compute and hatched grey for the exposed share, so a lockstep job whose step is mostly
+    WAN all-reduce never reads as green from end to end.
     """
     ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel("learner group")
@@ -231,10 +236,24 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None) -> 
     phases = [p for p in PHASE_ORDER if p in set(rows["phase"])] + sorted(set(rows["phase"]) - set(PHASE_ORDER))
     extra = iter(["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])
     colours = {p: PHASE_COLOURS.get(p) or next(extra, "#7f7f7f") for p in phases}
+    labels = {"blocked": "blocked (network, barrier, quorum)"}
+    share = min(max(float(exposed_share), 0.0), 1.0) if "running" in phases else 0.0
     for (group, phase), sel in rows.groupby(["group", "phase"], sort=False):
         spans = list(zip(sel["start_s"] / HOURS, (sel["end_s"] - sel["start_s"]) / HOURS))
-        ax.broken_barh(spans, (groups.index(group) - height / 2, height), facecolors=colours[phase], linewidth=0)
-    handles = [Patch(facecolor=colours[p], label=p) for p in phases]
+        top = groups.index(group) - height / 2  # the y axis is inverted: top is the smaller y
+        if phase == "running" and share > 0:
+            # compute at the bottom of the bar, exposed communication above it, in proportion
+            ax.broken_barh(spans, (top + height * share, height * (1 - share)), facecolors=colours[phase], linewidth=0)
+            ax.broken_barh(spans, (top, height * share), facecolors=PHASE_COLOURS["blocked"], edgecolor="#636363",
+                           hatch="////", linewidth=0)
+        else:
+            ax.broken_barh(spans, (top, height), facecolors=colours[phase], linewidth=0)
+    handles = [Patch(facecolor=colours[p], label=labels.get(p, "running: compute" if p == "running" and share else p))
+               for p in phases]
+    if share > 0:
+        handles.insert(phases.index("running") + 1, Patch(
+            facecolor=PHASE_COLOURS["blocked"], edgecolor="#636363", hatch="////",
+            label=f"running: exposed comm.\n({share:.1%} of running chip-time)"))
     end_h = rows["end_s"].max() / HOURS
     failures = 0
     if events is not None and len(events):
@@ -363,16 +382,33 @@ def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
     return ax
 
 
-def link_utilisation(df: pd.DataFrame, ax: Axes) -> Axes:
-    """WAN link utilisation (``series == "link_utilisation"``, value = fraction of capacity) over time."""
-    ax.set_xlabel(TIME_LABEL)
-    ax.set_ylabel("utilisation (% of link capacity)")
-    ax.set_title("WAN link utilisation")
+def link_links(df: pd.DataFrame) -> list[str]:
+    """The links a ``series`` frame holds utilisation for, in order of appearance."""
     data = df[df["series"] == "link_utilisation"] if "series" in df else df.iloc[0:0]
+    return list(dict.fromkeys(data["key"]))
+
+
+def link_utilisation(df: pd.DataFrame, ax: Axes, link: str | None = None) -> Axes:
+    """Utilisation of one link (``series == "link_utilisation"``, value = share of capacity) over time,
+    one line per run, with the 100 % capacity line marked and the y axis never cut below the data.
+
+    Without ``link`` every link is drawn on the one ``ax``; the report draws one small panel per link.
+    """
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel("utilisation (% of capacity)")
+    ax.set_title(f"Link utilisation: {link}" if link else "Link utilisation")
+    data = df[df["series"] == "link_utilisation"] if "series" in df else df.iloc[0:0]
+    if link is not None:
+        data = data[data["key"] == link]
     data, _ = _first_replication(data)
-    if data.empty or not _series_lines(data, ax, "time_s", 1 / HOURS, 100.0, True):
+    lines = 0 if data.empty else _series_lines(data, ax, "time_s", 1 / HOURS, 100.0, True)
+    if not lines:
         return _empty(ax, "no link utilisation recorded")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, title="link")
+    top = float(data["value"].max()) * 100.0
+    ax.axhline(100.0, color="black", linestyle="--", linewidth=0.8, label="capacity (100 %)")
+    ax.set_ylim(0, max(110.0, top * 1.05))
+    many = lines > 6
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, ncol=2 if many else 1,
+              title="run: link" if "run" in data and data["run"].nunique() > 1 else "link")
     ax.grid(alpha=0.3)
     return ax

@@ -1,9 +1,7 @@
 """Names, units and colours shared by every figure and by the report tables.
 
-The simulator stores one SI unit per quantity (seconds, chip-seconds, bits per second) and names
-metrics after it (``global_downtime_s``). People read hours, percentages and Gbit/s, so this module
-turns a metric name into an axis label that states its unit and the factor that converts the stored
-value to it, and turns sweep factor values (``"10s"``, ``"50000h"``, ``"2Gbps"``, ``16384``) into
+Metric names, units and formats come from :mod:`sim.quantities` (one unit per metric, shared with the
+CLI). This module turns sweep factor values (``"10s"``, ``"50000h"``, ``"2Gbps"``, ``16384``) into
 numbers with a unit so that they sort and plot on a numeric axis.
 
 Colours are fixed per learner phase and per chip-time bucket, so the same state has the same colour
@@ -18,7 +16,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from sim.quantities import Quantity, format_metric, metric_quantity
 from sim.units import parse_bandwidth, parse_bytes, parse_count, parse_duration
+
+__all__ = ["Quantity", "format_metric", "metric_quantity"]  # one unit per metric: sim.quantities
 
 # Phases of sim.metrics.Phase: running is progress, recovery phases are warm colours, elastic
 # reconfiguration purple, waiting grey, down black.
@@ -47,71 +48,6 @@ BUCKET_COLOURS = {
 }
 BUCKET_ORDER = list(BUCKET_COLOURS)
 FAILURE_COLOUR = "#d62728"
-
-_NAMED = {
-    "goodput": ("goodput", "fraction of chip-time", 1.0),
-    "uptime": ("uptime", "fraction of wall time", 1.0),
-    "tokens": ("tokens", "count", 1.0),
-    "steps": ("steps", "count", 1.0),
-    "wall_time_s": ("simulator wall time", "s", 1.0),
-    "duration_s": ("simulated duration", "h", 1 / 3600),
-    "chips": ("chips", "chips", 1.0),
-    "islands": ("islands", "count", 1.0),
-    "interruptions": ("interruptions", "count", 1.0),
-    "absorbed": ("absorbed failures", "count", 1.0),
-    "failures_total": ("failures", "count", 1.0),
-    "events": ("simulation events", "count", 1.0),
-    "sim_speedup": ("simulated / wall time", "x", 1.0),
-    "final_loss": ("final surrogate loss", "nats", 1.0),
-    "wan_bytes": ("WAN traffic", "GB", 1e-9),
-    "mean_learners_per_merge": ("learners per merge", "learners", 1.0),
-}
-
-
-@dataclass(frozen=True)
-class Quantity:
-    """How to show a stored value: ``label`` (with unit) and ``scale`` (stored value * scale)."""
-
-    name: str
-    unit: str
-    scale: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.unit})" if self.unit else self.name
-
-
-def metric_quantity(metric: str) -> Quantity:
-    """The display name, unit and scale of a summary metric (dotted names included)."""
-    if metric in _NAMED:
-        return Quantity(*_NAMED[metric])
-    head, _, tail = metric.partition(".")
-    if head == "chip_time_fraction" and tail:
-        return Quantity(f"{tail} chip-time", "fraction of chip-time", 1.0)
-    if head == "chip_time" and tail:
-        return Quantity(f"{tail} chip-time", "chip-h", 1 / 3600)
-    if head in ("failures", "failures_by_fault") and tail:
-        return Quantity(f"{tail} failures", "count", 1.0)
-    if metric.endswith("_s"):
-        # seconds are stored; a chaos run spans hours to weeks, so hours read best
-        return Quantity(metric[:-2].replace("_", " "), "h", 1 / 3600)
-    if metric.endswith("_bytes"):
-        return Quantity(metric[:-6].replace("_", " "), "GB", 1e-9)
-    return Quantity(metric.replace("_", " "), "", 1.0)
-
-
-def format_metric(metric: str, value: float) -> str:
-    """A table cell for one metric value, in its display unit."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    q = metric_quantity(metric)
-    shown = value * q.scale
-    if q.unit == "count" and metric != "tokens" or metric == "chips":
-        return f"{shown:,.0f}"
-    if q.unit.startswith("fraction"):
-        return f"{shown:.4f}"
-    return f"{shown:.4g}"
-
 
 @dataclass(frozen=True)
 class FactorAxis:

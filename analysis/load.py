@@ -22,6 +22,8 @@ and ``groupby`` does the rest. :class:`Results` holds one input:
 ``series``      time series (``time_s, series, key, value, tokens``): surrogate ``loss`` per policy or
                 learner, ``link_utilisation`` per WAN link, when the run recorded them
 ``chip_time``   the ledger in long form: ``bucket``, ``chip_s`` and ``fraction`` per replication
+``learners``    per learner group and replication: ``name, islands, chips, downtime_s, steps, tokens,
+                interruptions, absorbed`` (``learners.parquet``)
 ``hypotheses``  one verdict per replication and bound
 
 Problems with the input raise :class:`ResultsError`, whose message is one line for the user.
@@ -145,6 +147,13 @@ class Results:
     summaries: pd.DataFrame
     raw: list[dict] = field(default_factory=list, repr=False)  # the replications' summary.json
     factors: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)  # version, command, seeds and date of the run or sweep
+    factor_groups: list[list[str]] = field(default_factory=list)  # a sweep's factors: one key, or a zip group
+
+    def relabel(self, label: str) -> None:
+        """Name this input ``label`` in every table (before any table is read)."""
+        self.label = label
+        self.summaries["run"] = label
 
     @property
     def key(self) -> str:
@@ -221,6 +230,21 @@ class Results:
     def series(self) -> pd.DataFrame:
         return self.table("series")
 
+    @cached_property
+    def learners(self) -> pd.DataFrame:
+        """Per-learner statistics, one row per learner group and replication (``learners.parquet``, or
+        the summaries' ``learners`` lists for results written before that file existed)."""
+        frames = []
+        for number, folder in self._folders():
+            path = folder / "learners.parquet"
+            if path.exists():
+                frame = pq.read_table(path).to_pandas()
+            else:
+                summary = next((s for s in self.raw if s.get(self.key) == number), {})
+                frame = pd.DataFrame(summary.get("learners", []))
+            frames.append(frame.assign(run=self.label, **{self.key: number}))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", self.key, "name"])
+
     @property
     def chip_time(self) -> pd.DataFrame:
         """The ledger in long form: one row per replication and bucket."""
@@ -234,7 +258,7 @@ class Results:
                 rows.append(
                     {"run": self.label, self.key: summary.get(self.key, summary.get("replication")), **verdict}
                 )
-        columns = ["run", self.key, "metric", "value", "min", "max", "passed", "error"]
+        columns = ["run", self.key, "metric", "value", "min", "max", "passed", "error", "halted"]
         frame = pd.DataFrame(rows)
         return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=columns)
 
@@ -257,6 +281,23 @@ def chip_time_long(summaries: pd.DataFrame, extra: list[str] = ()) -> pd.DataFra
     return pd.DataFrame(rows, columns=[*ids, "bucket", "chip_s", "fraction"])
 
 
+def exposed_share(timeline: pd.DataFrame, summary: dict) -> float:
+    """The share of ``running`` chip-time spent waiting on communication, from the chip-time ledger.
+
+    The ledger books a running group's chip-time as compute (``useful`` or ``lost``) plus exposed
+    communication and barrier idling (``waiting``); ``blocked`` spans are ``waiting`` too. So the
+    exposed share is (waiting - blocked chip-seconds) / running chip-seconds, with both chip-second
+    sums read from the same replication's timeline (``active_chips`` x span). 0 without running time.
+    """
+    waiting = (summary.get("chip_time") or {}).get("waiting", 0.0)
+    chip_s = (timeline["end_s"] - timeline["start_s"]) * timeline["active_chips"]
+    running = float(chip_s[timeline["phase"] == "running"].sum())
+    blocked = float(chip_s[timeline["phase"] == "blocked"].sum())
+    if running <= 0:
+        return 0.0
+    return min(max((waiting - blocked) / running, 0.0), 1.0)
+
+
 def _load_run(folder: Path, label: str) -> Results:
     raw = []
     for number, rep in _replication_folders(folder):
@@ -270,7 +311,8 @@ def _load_run(folder: Path, label: str) -> Results:
     summaries = pd.DataFrame([flatten(s) for s in raw])
     summaries.insert(0, "run", label)
     text = (folder / "scenario.yaml").read_text() if (folder / "scenario.yaml").exists() else ""
-    return Results(folder, label, "run", text, summaries, raw)
+    top = _read_json(folder / "summary.json") if (folder / "summary.json").exists() else {}
+    return Results(folder, label, "run", text, summaries, raw, provenance=top.get("provenance") or {})
 
 
 def _load_sweep(folder: Path, label: str) -> Results:
@@ -286,7 +328,9 @@ def _load_sweep(folder: Path, label: str) -> Results:
         if (folder / name).exists():
             text = (folder / name).read_text()
             break
-    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder))
+    plan = _read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
+    groups = [list(f.get("keys", [])) for f in plan.get("factors", [])]
+    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {}, groups)
     # the per-replication summaries carry what a row cannot: hypothesis verdicts, learner names
     raw.extend({"index": number, **_read_json(rep / "summary.json")} for number, rep in results._folders())
     return results
@@ -307,19 +351,77 @@ def load_results(path: str | Path, label: str | None = None) -> Results:
     raise ResultsError(f"{folder}: not a results folder (expected summary.json and rep-*/ or a sweep's rows/)")
 
 
+def _inputs(folder: Path) -> list[tuple[Path, str | None]]:
+    """A compare run (``compare.json``) stands for its variants' folders, labelled by their values."""
+    plan = folder / "compare.json"
+    if folder.is_dir() and plan.exists():
+        variants = _read_json(plan).get("variants", [])
+        # a variant not yet started (the run was stopped) has no folder: leave it out
+        return [(folder / v["folder"], v["label"]) for v in variants if (folder / v["folder"] / "summary.json").exists()]
+    return [(folder, None)]
+
+
+def _leaves(data, prefix: str = "") -> dict:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    if isinstance(data, list):
+        return {k: v for i, value in enumerate(data) for k, v in _leaves(value, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: data}
+
+
+def scenario_differences(texts: list[str]) -> list[str]:
+    """Dotted keys whose resolved value differs between scenarios (``training.policy``), in file order."""
+    from ruamel.yaml import YAML
+
+    parsed = []
+    for text in texts:
+        with contextlib.suppress(Exception):  # an unreadable scenario.yaml differs in nothing we can name
+            parsed.append(_leaves(YAML(typ="safe", pure=True).load(text) or {}))
+    if len(parsed) < 2:
+        return []
+    keys = list(dict.fromkeys(k for leaves in parsed for k in leaves))
+    return [k for k in keys if len({repr(leaves.get(k)) for leaves in parsed}) > 1 and k not in ("description",)]
+
+
+def _difference_label(text: str, keys: list[str]) -> str:
+    from ruamel.yaml import YAML
+
+    leaves = _leaves(YAML(typ="safe", pure=True).load(text) or {})
+    return ", ".join(f"{short_key(k)}={leaves.get(k, '-')}" for k in keys)
+
+
+def short_key(key: str) -> str:
+    """``training.policy`` -> ``policy``; a key through a list item stays whole (``hypotheses.0.min``)."""
+    parts = key.split(".")
+    return key if any(p.isdigit() for p in parts) else parts[-1]
+
+
 def load_many(paths) -> list[Results]:
-    """Load several inputs with distinct labels (folder names, made unique with their parents)."""
-    folders = [Path(p) for p in paths]
-    if not folders:
+    """Load several inputs, each labelled by what differs between them.
+
+    A compare run stands for its variants (labelled by their compared values). Other runs are
+    labelled by the scenario keys whose values differ (``policy=elastic_dp, on_failure=elastic``);
+    inputs that differ in none are labelled by folder name, made unique with their parents.
+    """
+    if not paths:
         raise ResultsError("no results folder given")
+    inputs = [item for p in paths for item in _inputs(Path(p))]
+    folders = [f for f, _ in inputs]
     names = [f.resolve().name for f in folders]
     labels = []
-    for folder, name in zip(folders, names):
-        label = name if names.count(name) == 1 else f"{folder.resolve().parent.name}/{name}"
+    for (folder, given), name in zip(inputs, names):
+        label = given or (name if names.count(name) == 1 else f"{folder.resolve().parent.name}/{name}")
         while label in labels:
             label += "'"
         labels.append(label)
-    return [load_results(f, label) for f, label in zip(folders, labels)]
+    results = [load_results(f, label) for f, label in zip(folders, labels)]
+    runs = [r for r, (_, given) in zip(results, inputs) if r.kind == "run" and not given]
+    keys = scenario_differences([r.scenario_text for r in runs])
+    if keys and len(runs) > 1:
+        for r in runs:
+            with contextlib.suppress(Exception):
+                r.relabel(_difference_label(r.scenario_text, keys))
+    return results
 
 
 def concat(results: list[Results], table: str) -> pd.DataFrame:

@@ -10,11 +10,15 @@ What the page shows:
 * **single run**: the summary metrics (mean and min-max over replications), the hypotheses'
   verdicts per replication (and any halt), the learner-state timeline, the chip-time ledger per
   replication, and the surrogate loss and WAN link utilisation when the run recorded them;
-* **several runs**: the same tables with the runs side by side, goodput and downtime per run,
-  the ledger per run, one timeline per run, loss curves overlaid;
+* **several runs** (or one compare run, which stands for its variants): the same tables with the runs
+  side by side, labelled by what differs between their scenarios (which the page names), goodput and
+  downtime per run, the ledger per run, one timeline per run, loss curves overlaid;
 * **a sweep**: a table per sweep point, crashed replications with their errors, goodput and
-  global-downtime heatmaps over the first two factors, the same as lines with the spread over seeds,
-  goodput against a numeric factor per policy when the policy varies, and the ledger per point.
+  global-downtime heatmaps over two axes (one panel per setting of the others: never averaged across
+  factor levels; a zip group is one axis), the same as lines with the spread over seeds, and the
+  ledger per point.
+
+Every input's provenance (chaossim version, command line, seeds, date) heads the page.
 
 Each input's resolved scenario closes the page.
 """
@@ -29,9 +33,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from sim.quantities import bound_text, verdict_text
+
 from . import figures as fig
 from .labels import factor_axis, format_metric, metric_quantity
-from .load import Results, ResultsError, chip_time_long, concat, load_many
+from .load import (
+    Results,
+    ResultsError,
+    chip_time_long,
+    concat,
+    exposed_share,
+    load_many,
+    scenario_differences,
+)
 
 # Rows of the summary table, in order; metrics a run does not have are left out.
 TABLE_METRICS = [
@@ -41,8 +55,9 @@ TABLE_METRICS = [
     "chip_time_fraction.checkpoint", "chip_time_fraction.waiting", "chip_time_fraction.down",
     "chip_time_fraction.spare", "duration_s", "wall_time_s", "events",
 ]
-MAX_TIMELINES = 6
+MAX_TIMELINES = 12  # beyond this the page says which runs' timelines it left out
 MAX_LEDGER_BARS = 24
+MAX_PANELS = 6  # heatmap panels per metric (one per setting of the axes not on the map)
 MAX_VERDICT_ROWS = 20
 
 STYLE = """
@@ -90,19 +105,22 @@ def metrics_table(results: list[Results]) -> str:
         + "</tr>",
         "<tr><td>replications</td>" + "".join(f"<td>{len(f)}</td>" for f in frames.values()) + "</tr>",
     ]
+    if any("halted" in f and f["halted"].notna().any() for f in frames.values()):
+        cells = "".join(
+            f"<td class='fail'>{int(f['halted'].notna().sum())} of {len(f)}</td>" if "halted" in f and f["halted"].notna().any()
+            else "<td>none</td>" for f in frames.values()
+        )
+        body.append(f"<tr><td>halted replications</td>{cells}</tr>")
     for metric in metrics:
         cells = "".join(f"<td>{_cell(f[metric], metric) if metric in f else 'n/a'}</td>" for f in frames.values())
         body.append(f"<tr><td>{_esc(metric_quantity(metric).label)}</td>{cells}</tr>")
     return f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _bound(row) -> str:
-    parts = []
-    if pd.notna(row.get("min")):
-        parts.append(f"&ge; {row['min']:g}")
-    if pd.notna(row.get("max")):
-        parts.append(f"&le; {row['max']:g}")
-    return " and ".join(parts)
+def _bound(metric: str, row) -> str:
+    """The bound in its metric's display unit (``<= 0 h`` for a downtime stored in seconds)."""
+    low, high = (row.get(k) for k in ("min", "max"))
+    return _esc(bound_text(metric, low if pd.notna(low) else None, high if pd.notna(high) else None))
 
 
 def _verdict_rows(verdicts: pd.DataFrame, key: str) -> str:
@@ -111,9 +129,11 @@ def _verdict_rows(verdicts: pd.DataFrame, key: str) -> str:
         verdict = '<span class="pass">PASS</span>' if row["passed"] else '<span class="fail">FAIL</span>'
         error = row.get("error")
         note = _esc(error) if isinstance(error, str) and error else ""
-        value = format_metric(row["metric"], row["value"]) if pd.notna(row["value"]) else "n/a"
+        if row.get("halted") is True:
+            note = "not judged: the replication halted early"
+        value = format_metric(row["metric"], row["value"], unit=True) if pd.notna(row["value"]) else "n/a"
         rows.append(
-            f"<tr><td>{_esc(row['metric'])}</td><td>{_bound(row)}</td><td>{_esc(row[key])}</td>"
+            f"<tr><td>{_esc(row['metric'])}</td><td>{_bound(row['metric'], row)}</td><td>{_esc(row[key])}</td>"
             f"<td>{value}</td><td>{verdict}</td><td>{note}</td></tr>"
         )
     head = f"<tr><th>metric</th><th>bound</th><th>{key}</th><th>value</th><th>verdict</th><th>error</th></tr>"
@@ -127,9 +147,9 @@ def _verdict_counts(verdicts: pd.DataFrame) -> str:
         held = int(group["passed"].sum())
         css = "pass" if held == len(group) else "fail"
         values = pd.to_numeric(group["value"], errors="coerce")
-        spread = f"{format_metric(metric, values.min())} to {format_metric(metric, values.max())}"
+        spread = f"{format_metric(metric, values.min())} to {format_metric(metric, values.max(), unit=True)}"
         rows.append(
-            f"<tr><td>{_esc(metric)}</td><td>{_bound({'min': low, 'max': high})}</td>"
+            f"<tr><td>{_esc(metric)}</td><td>{_bound(metric, {'min': low, 'max': high})}</td>"
             f"<td class='{css}'>{held} of {len(group)}</td><td>{spread}</td></tr>"
         )
     head = "<tr><th>metric</th><th>bound</th><th>held in</th><th>values</th></tr>"
@@ -152,13 +172,20 @@ def hypotheses_section(results: list[Results]) -> str:
             summary = '<span class="pass">all held</span>' if held else '<span class="fail">failed</span>'
             table = _verdict_rows(verdicts, r.key) if len(verdicts) <= MAX_VERDICT_ROWS else _verdict_counts(verdicts)
             parts.append(f"<p><b>{_esc(r.label)}</b>: {summary}</p>{table}")
-        for row in halted.head(MAX_VERDICT_ROWS).to_dict("records"):
-            stop = f"{row['duration_s'] / 3600:.3g} h" if pd.notna(row.get("duration_s")) else "?"
-            parts.append(
-                f"<p class='fail'>{_esc(r.label)} {r.key} {_esc(row.get(r.key, ''))}: halted at {stop} "
-                f"of simulated time by the halt bound on {_esc(row['halted'])}</p>"
-            )
+        stopped = [s for s in r.raw if isinstance(s.get("halted"), dict)]
+        for summary in stopped[:MAX_VERDICT_ROWS]:
+            parts.append(f"<p class='fail'>{_esc(r.label)} {r.key} {_esc(summary.get(r.key, ''))}: {_esc(halt_note(summary))}</p>")
+        if len(halted) > len(stopped):  # a sweep row says which bound tripped even without its summary
+            parts.append(f"<p class='fail'>{_esc(r.label)}: {len(halted)} replication(s) halted by a halt bound.</p>")
     return "".join(parts)
+
+
+def halt_note(summary: dict) -> str:
+    """``halted at 12.5 h of simulated time by the halt bound failures_total <= 0: 3``."""
+    halted = summary["halted"]
+    stop = halted.get("time_s", summary.get("duration_s"))
+    when = f"{stop / 3600:.4g} h" if isinstance(stop, (int, float)) else "an unrecorded time"
+    return f"halted at {when} of simulated time by the halt bound {verdict_text(halted)}"
 
 
 def sweep_tables(r: Results) -> str:
@@ -191,59 +218,78 @@ def sweep_tables(r: Results) -> str:
 # ------------------------------------------------------------------------------------------ figures
 
 
-def _varying(r: Results) -> list[str]:
-    """Factors that take several levels, dropping any that only mirror an earlier one (zip partners)."""
-    rows = fig.ok_rows(r.summaries)
-    rows = rows.assign(**{f: rows[f].map(str) for f in r.factors})  # levels compared as text
-    kept: list[str] = []
-    for f in r.factors:
-        if rows[f].nunique() < 2:
+def sweep_axes(r: Results) -> tuple[pd.DataFrame, list[str]]:
+    """The sweep's rows with one column per axis that varies: a grid factor's key, or a zip group's
+    keys joined (``training.policy + training.on_failure``, values ``sync_dp, restart``), so zip
+    partners stay together in every figure and are never averaged across each other."""
+    rows = r.summaries.copy()
+    axes = []
+    for keys in r.factor_groups or [[f] for f in r.factors]:
+        keys = [k for k in keys if k in rows]
+        if not keys:
             continue
-        mirrors = any(
-            rows.groupby(k)[f].nunique().max() == 1 and rows.groupby(f)[k].nunique().max() == 1 for k in kept
-        )
-        if not mirrors:
-            kept.append(f)
-    return kept
+        name = " + ".join(keys)
+        if len(keys) > 1:
+            rows[name] = rows[keys].astype(str).agg(", ".join, axis=1)
+        if fig.ok_rows(rows)[name].astype(str).nunique() > 1:
+            axes.append(name)
+    return rows, axes
+
+
+def _setting_text(row: dict | pd.Series, axes: list[str]) -> str:
+    return ", ".join(f"{a}={row[a]}" for a in axes)
+
+
+def replication_text(r: Results, index: int) -> str:
+    """``sweep replication 0 (training.quorum=1, ..., seed 1)``: which settings one replication ran."""
+    rows, axes = sweep_axes(r)
+    match = rows.loc[rows[r.key] == index]
+    if match.empty or not axes:
+        return f"sweep replication {index}"
+    return f"sweep replication {index} ({_setting_text(match.iloc[0], axes)}, seed {match.iloc[0]['seed']})"
 
 
 def _sweep_plots(r: Results) -> list[Plot]:
     plots: list[Plot] = []
-    rows = r.summaries
-    factors = _varying(r)
+    rows, axes = sweep_axes(r)
     slug = _slug(r.label)
-    policy = next((f for f in factors if f.endswith("policy")), None)
-    others = [f for f in factors if f != policy]
-    if len(others) >= 2:
-        x, y = others[0], others[1]
+    numeric = [a for a in axes if factor_axis(rows[a]).numbers is not None]
+    policy = next((a for a in axes if "policy" in a), None)
+    # heatmaps over two axes (numbers first), one panel per level of every other axis: never averaged across
+    plain = numeric + [a for a in axes if a not in numeric and a != policy] + ([policy] if policy else [])
+    if len(plain) >= 2:
+        x, y = plain[0], plain[1]
+        rest = [a for a in axes if a not in (x, y)]
+        panels = fig.ok_rows(rows)[rest].drop_duplicates().to_dict("records") if rest else [{}]
         for metric in ("goodput", "global_downtime_s"):
-            if metric in rows:
+            if metric not in rows:
+                continue
+            for k, panel in enumerate(panels[:MAX_PANELS]):
+                sub = rows.loc[(rows[list(panel)] == pd.Series(panel)).all(axis=1)] if panel else rows
+                where = f" at {_setting_text(panel, rest)}" if panel else ""
                 plots.append(Plot(
-                    f"{slug}-heatmap-{metric}",
-                    f"{metric_quantity(metric).label} averaged over seeds for each {x} x {y} cell; "
+                    f"{slug}-heatmap-{metric}" + (f"-{k}" if rest else ""),
+                    f"{metric_quantity(metric).label} averaged over seeds for each {x} x {y} cell{where}; "
                     "the number in a cell is that mean.",
-                    lambda ax, m=metric: fig.sweep_heatmap(rows, ax, x, y, m), (7.5, 5.0)))
-    if others:
-        x = next((f for f in others if factor_axis(rows[f]).numbers is not None), others[0])
-        hue = next((f for f in others if f != x), None)
+                    lambda ax, m=metric, sub=sub: fig.sweep_heatmap(sub, ax, x, y, m), (7.5, 5.0)))
+        if len(panels) > MAX_PANELS:
+            plots[-1].caption += f" ({len(panels) - MAX_PANELS} more panel(s) per metric left out.)"
+    if axes:
+        x = plain[0]
+        rest = [a for a in axes if a != x]
+        hue = " / ".join(rest) or None
+        lined = rows.assign(**{hue: rows[rest].astype(str).agg(", ".join, axis=1)}) if hue else rows
         for metric in ("goodput", "global_downtime_s"):
             if metric in rows:
                 plots.append(Plot(
                     f"{slug}-lines-{metric}",
                     f"Mean {metric_quantity(metric).name} over seeds against {x}"
-                    + (f", one line per {hue}" if hue else "") + "; the band spans the lowest to the highest seed.",
-                    lambda ax, m=metric: fig.sweep_lines(rows, ax, x, m, hue)))
-        if policy:
-            plots.append(Plot(
-                f"{slug}-goodput-vs-{_slug(x)}", f"Goodput against {x}, one line per policy.",
-                lambda ax: fig.goodput_vs(rows, ax, x, hue=policy)))
-    elif policy:
-        plots.append(Plot(f"{slug}-goodput-per-policy", "Goodput per policy (mean over seeds, band: min-max).",
-                          lambda ax: fig.sweep_lines(rows, ax, policy, "goodput")))
-    if factors and fig.ok_rows(rows)[factors].drop_duplicates().shape[0] <= MAX_LEDGER_BARS:
+                    + (f", one line per setting of {hue}" if hue else "") + "; the band spans the lowest to the highest seed.",
+                    lambda ax, m=metric: fig.sweep_lines(lined, ax, x, m, hue)))
+    if axes and fig.ok_rows(rows)[axes].drop_duplicates().shape[0] <= MAX_LEDGER_BARS:
         # bars named by their factor levels ("30s, 1m"), not by point number
         ok = fig.ok_rows(rows)
-        setting = ok[factors].apply(lambda column: column.map(str)).agg(", ".join, axis=1).rename(", ".join(factors))
+        setting = ok[axes].apply(lambda column: column.map(str)).agg("; ".join, axis=1).rename("; ".join(axes))
         ledger = chip_time_long(ok.assign(**{setting.name: setting}), extra=[setting.name])
         plots.append(Plot(
             f"{slug}-ledger", "Where the chip-seconds went at each sweep point (mean over seeds; green = goodput).",
@@ -251,10 +297,20 @@ def _sweep_plots(r: Results) -> list[Plot]:
     timeline = r.table("timeline", first=1)
     if len(timeline):
         events = r.with_groups(r.table("events", first=1))
+        index = int(timeline[r.key].iloc[0])
         plots.append(Plot(
-            f"{slug}-timeline", "Learner states of the first replication of the sweep; red triangles are failures.",
-            lambda ax: fig.timeline(timeline, ax, events), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
+            f"{slug}-timeline", f"Learner states of {replication_text(r, index)}; red triangles are failures.",
+            lambda ax: fig.timeline(timeline, ax, events, _exposed(r, timeline)), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
     return plots
+
+
+def _exposed(r: Results, timeline: pd.DataFrame) -> float:
+    """The exposed-communication share of running time in the replication a timeline shows."""
+    if timeline.empty or not r.raw:
+        return 0.0
+    number = int(timeline[r.key].iloc[0])
+    summary = next((s for s in r.raw if s.get(r.key) == number), r.raw[0])
+    return exposed_share(timeline[timeline[r.key] == number], summary)
 
 
 def _run_plots(runs: list[Results]) -> list[Plot]:
@@ -278,7 +334,7 @@ def _run_plots(runs: list[Results]) -> list[Plot]:
             f"{_slug(r.label)}-timeline",
             f"{r.label}: what each learner group did over simulated time (first replication); "
             "red triangles are failures, shaded spans are outages or degradations.",
-            lambda ax, r=r: fig.timeline(r.timeline, ax, r.events), (10.0, 1.8 + 0.45 * groups)))
+            lambda ax, r=r: fig.timeline(r.timeline, ax, r.events, _exposed(r, r.timeline)), (10.0, 1.8 + 0.45 * groups)))
     return plots
 
 
@@ -287,16 +343,36 @@ def _series_plots(results: list[Results]) -> list[Plot]:
     if series.empty or "series" not in series:
         return []
     plots = []
+    # curves are of one replication per input: a sweep's says which settings it ran
+    shown = "".join(
+        f" {r.label}: {replication_text(r, int(r.series[r.key].min()))}." for r in results
+        if r.kind == "sweep" and len(r.series)
+    )
     if (series["series"] == "loss").any():
-        plots.append(Plot("loss-vs-time", "Surrogate eval loss against simulated wall-clock hours.",
+        plots.append(Plot("loss-vs-time", f"Surrogate eval loss against simulated wall-clock hours.{shown}",
                           lambda ax: fig.loss_curves(series, ax, "time")))
         if series.loc[series["series"] == "loss", "tokens"].notna().any():
-            plots.append(Plot("loss-vs-tokens", "Surrogate eval loss against tokens trained.",
+            plots.append(Plot("loss-vs-tokens", f"Surrogate eval loss against tokens trained.{shown}",
                               lambda ax: fig.loss_curves(series, ax, "tokens")))
-    if (series["series"] == "link_utilisation").any():
-        plots.append(Plot("link-utilisation", "WAN link utilisation (share of capacity in use) over time.",
-                          lambda ax: fig.link_utilisation(series, ax)))
+    for k, link in enumerate(fig.link_links(series)):
+        plots.append(Plot(
+            f"link-utilisation-{k}", f"Utilisation of {link} over time (share of its capacity in use, first "
+            f"replication of each run; the dashed line is capacity).{shown}",
+            lambda ax, link=link: fig.link_utilisation(series, ax, link), (9.0, 2.8)))
     return plots
+
+
+def provenance_html(results: list[Results]) -> str:
+    """Where each input came from: chaossim version, command line, seeds and date."""
+    rows = [
+        f"<tr><td>{_esc(r.label)}</td><td>{_esc(p.get('chaossim', '?'))}</td><td><code>{_esc(p.get('command', '?'))}</code></td>"
+        f"<td>{_esc(', '.join(map(str, p.get('seeds', []))))}</td><td>{_esc(p.get('date', '?'))}</td></tr>"
+        for r in results if (p := r.provenance)
+    ]
+    if not rows:
+        return "<p class='note'>No provenance recorded (results written before chaossim recorded it).</p>"
+    head = "<tr><th>input</th><th>chaossim</th><th>command</th><th>seeds</th><th>date (UTC)</th></tr>"
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _slug(text: str) -> str:
@@ -345,14 +421,25 @@ def write_report(results_paths, out_dir) -> Path:
         f"{len(r.summaries)} replication(s), <code>{_esc(r.path)}</code></li>"
         for r in results
     )
+    differ = scenario_differences([r.scenario_text for r in runs])
+    differences = (
+        f"<p>The runs differ in: {', '.join(f'<code>{_esc(k)}</code>' for k in differ)}; everything else "
+        "in their resolved scenarios is the same.</p>" if len(runs) > 1 and differ else
+        "<p>The runs have the same resolved scenario.</p>" if len(runs) > 1 else ""
+    )
     sections = [
-        f"<h1>chaossim report</h1><ul>{inputs}</ul>",
+        f"<h1>chaossim report</h1><ul>{inputs}</ul>{differences}{provenance_html(results)}",
         "<h2>Summary metrics</h2><p class='note'>Mean over finished replications (min to max in brackets).</p>",
         metrics_table(results),
         *[f"<h2>Sweep points: {_esc(s.label)}</h2>{sweep_tables(s)}" for s in sweeps],
         "<h2>Hypotheses</h2>",
         hypotheses_section(results),
         "<h2>Figures</h2>",
+        *(
+            [(f"<p class='fail'>Timelines of {len(runs) - MAX_TIMELINES} run(s) are left out to keep the page readable: "
+             f"{_esc(', '.join(r.label for r in runs[MAX_TIMELINES:]))}; report them on their own to see them.</p>")]
+            if len(runs) > MAX_TIMELINES else []
+        ),
         *figures_html,
         "<h2>Scenario</h2>",
         *[

@@ -1,9 +1,13 @@
 """The ``chaossim`` command: run | validate | schema (and the commands other modules add).
 
-Exit codes: 0 success; 1 a scenario hypothesis failed (or a sweep replication crashed); 2 bad input
-(the message is one line naming the file, YAML path and what was expected; no traceback), a usage
-error, a cost past the ceiling, or an output folder that cannot be used; 130 interrupted (Ctrl-C or
-SIGTERM, after saying what was kept).
+``run`` plays each variant of a scenario's ``compare:`` section (:mod:`sim.compare`) on the same
+failures, prints one table with a column per variant (or the summary of a single run), and writes the
+results folder and its report. Tables use :mod:`sim.quantities` for units and fit 80 columns.
+
+Exit codes: 0 success; 1 a scenario hypothesis failed or a replication halted (or a sweep replication
+crashed); 2 bad input (the message is one line naming the file, YAML path and what was expected; no
+traceback), a usage error, a cost past the ceiling, or an output folder that cannot be used; 130
+interrupted (Ctrl-C or SIGTERM, after saying what was kept).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -26,7 +31,9 @@ from typer._click.exceptions import (  # typer's own copy of click raises these
 )
 from typer.core import TyperGroup
 
-from .loading import ScenarioError, load_scenario, scenario_yaml
+from .loading import ScenarioError, scenario_yaml
+from .provenance import header, provenance
+from .quantities import format_metric, readable_number, verdict_text
 from .scenario import Scenario
 
 out = Console()
@@ -76,19 +83,6 @@ def fail(message: str) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def load(file: Path, overrides: list[str], seed: int | None = None, replications: int | None = None,
-         allow_large: bool = True, warnings: list[str] | None = None, trace_dirs: list[Path] | None = None) -> Scenario:
-    extra = list(overrides)
-    if seed is not None:
-        extra.append(f"seed={seed}")
-    if replications is not None:
-        extra.append(f"replications={replications}")
-    try:
-        return load_scenario(file, extra, allow_large=allow_large, warnings=warnings, trace_dirs=trace_dirs or [])
-    except ScenarioError as problem:
-        fail(str(problem))
-
-
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override any field: dotted.key=value (repeatable)")
 ]
@@ -111,7 +105,8 @@ def _numeric_maps(maps: list) -> bool:
 def aggregate(summaries: list[dict]) -> dict:
     """Means of the numeric top-level metrics over replications, plus every run."""
     first = summaries[0]
-    result = {"scenario": first["scenario"], "policy": first["policy"], "replications": len(summaries)}
+    result = {"scenario": first["scenario"], "policy": first["policy"], "on_failure": first.get("on_failure"),
+              "replications": len(summaries)}
     for key, value in first.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("replication", "seed"):
             values = [s[key] for s in summaries]
@@ -125,42 +120,122 @@ def aggregate(summaries: list[dict]) -> dict:
     return result
 
 
+# Rows of the run table, in order: metric (dotted path into the aggregate summary) and its row label
+# (the unit comes from sim.quantities, so the CLI, the report and the sweep table agree).
+TABLE_ROWS = (
+    ("goodput", "goodput"), ("uptime", "uptime"), ("global_downtime_s", "global downtime (h)"),
+    ("failures_total", "failures"), ("interruptions", "interruptions"), ("tokens", "tokens"),
+    ("final_loss", "final loss"), ("mean_learners_per_merge", "learners per merge"),
+    ("quorum_unmet_s", "quorum unmet (h)"), ("wan_bytes", "WAN traffic (GB)"),
+    *((f"chip_time_fraction.{b}", f"chip-time {b}") for b in ("useful", "lost", "recovery", "checkpoint", "waiting", "down", "spare")),
+)
+
+
+def _value(result: dict, path: str):
+    node = result
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _rows(results: list[dict]) -> list[tuple[str, list[str]]]:
+    """Table rows present in at least one result (a chip-time bucket only where it is not zero)."""
+    rows = []
+    for path, label in TABLE_ROWS:
+        values = [_value(r, path) for r in results]
+        if all(v is None for v in values) or (path.startswith("chip_time_fraction.") and not any(values)):
+            continue
+        rows.append((label, [format_metric(path, v, unit=False) for v in values]))
+    halted = [f"{len(r['halted'])} of {r['replications']}" if r["halted"] else "no" for r in results]
+    if any(r["halted"] for r in results):
+        rows.append(("halted", halted))
+    return rows
+
+
 def summary_table(result: dict) -> Table:
-    table = Table(title=f"{result['scenario']} ({result['policy']}, {result['replications']} replication(s))")
+    """One run: metric | value, then the failures by kind and the simulator's speed."""
+    table = Table(title=f"{result['scenario']} ({result['policy']}, {result['replications']} replication(s))", box=box.SIMPLE_HEAD)
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
-        ("goodput", f"{result['goodput']:.4f}"),
-        ("uptime", f"{result['uptime']:.4f}"),
-        ("global downtime", f"{result['global_downtime_s'] / 3600:.3f} h"),
-        ("failures", f"{result['failures_total']:.0f}  " + ", ".join(f"{k} {v:.0f}" for k, v in result["failures"].items())),
-        ("interruptions", f"{result['interruptions']:.0f}"),
-        ("steps", f"{result['steps']:.0f}"),
-        ("tokens", f"{result['tokens']:.4g}"),
-    ]
-    for key in ("final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes"):
-        if key in result:
-            rows.append((key.replace("_", " "), f"{result[key]:.4g}"))
-    rows.append(("chip-time", "  ".join(f"{k} {v:.3f}" for k, v in result["chip_time_fraction"].items() if v > 0)))
-    rows.append(("simulated / wall", f"{result['sim_speedup']:.3g}x  ({result['events']:.0f} events, {result['wall_time_s']:.2f} s)"))
-    for name, value in rows:
-        table.add_row(name, value)
+    table.add_column("value", justify="right", overflow="fold")
+    for label, (value,) in _rows([result]):
+        table.add_row(label, value)
+    table.add_row("failures by kind", ", ".join(f"{k} {v:,.0f}" for k, v in result["failures"].items()) or "none")
+    speed = f"{format_metric('sim_speedup', result['sim_speedup'])}x ({result['events']:,.0f} events, {result['wall_time_s']:.2f} s)"
+    table.add_row("simulated / wall", speed)
     return table
 
 
-def run_all(scenario: Scenario, file: Path, folder: Path, summaries: list[dict], show: bool) -> None:
-    """Run every replication into ``folder``, appending each summary (and rewriting summary.json) as it ends."""
+def comparison_table(results: list[dict], base: Scenario) -> Table:
+    """Variants side by side: one column per variant, the rows of :data:`TABLE_ROWS`."""
+    title = (f"{base.name}: {len(results)} variants of {', '.join(base.compare)} on the same failures "
+             f"(mean of {base.replications} replication(s), seeds {base.seed}..{base.seed + base.replications - 1})")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("metric", no_wrap=True)
+    for result in results:
+        table.add_column(result["variant"].replace(", ", ",\n"), justify="right")
+    for label, values in _rows(results):
+        table.add_row(label, *values)
+    return table
+
+
+def _overrides(set_: list[str], seed: int | None, replications: int | None) -> list[str]:
+    extra = list(set_)
+    if seed is not None:
+        extra.append(f"seed={seed}")
+    if replications is not None:
+        extra.append(f"replications={replications}")
+    return extra
+
+
+def _print_verdicts(summaries: list[dict], label: str) -> None:
+    for r, summary in enumerate(summaries):
+        for verdict in summary["hypotheses"]:
+            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
+            status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
+            out.print(f"{status} hypothesis {verdict_text(verdict)}{f' ({where})' if where else ''}", highlight=False)
+        if summary["halted"]:
+            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
+            out.print(f"[red]HALTED[/] at {summary['duration_s'] / 3600:.4g} h of simulated time by the halt bound "
+                      f"{verdict_text(summary['halted'])}{f' ({where})' if where else ''}", highlight=False)
+
+
+def _play(variant, file: Path, folder: Path, bar: Progress, record: dict, summaries: list[dict]) -> dict:
+    """Run every replication of one variant into ``folder``, appending each summary to ``summaries`` (and
+    rewriting summary.json) as it ends; the variant's aggregate summary."""
     from .runner import run_replication
 
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
-        for r in range(scenario.replications):
-            task = bar.add_task(f"replication {r + 1}/{scenario.replications}", total=1.0)
-            rep = run_replication(
-                scenario, r, folder / f"rep-{r}", file.parent, progress=lambda f, t=task: bar.update(t, completed=f)
-            )
-            summaries.append(rep.summary)
-            (folder / "summary.json").write_text(json.dumps(aggregate(summaries), indent=2, default=str))
+    scenario = variant.scenario
+    folder.mkdir(parents=True, exist_ok=True)
+    if variant.label:
+        (folder / "scenario.yaml").write_text(header(record) + scenario_yaml(scenario, folder))
+    name = f"{variant.label}: " if variant.label else ""
+    for r in range(scenario.replications):
+        task = bar.add_task(f"{name}replication {r + 1}/{scenario.replications}", total=1.0)
+        try:
+            rep = run_replication(scenario, r, folder / f"rep-{r}", file.parent,
+                                  progress=lambda f, t=task: bar.update(t, completed=f))
+        except ScenarioError as problem:  # e.g. a trace file that changed since it was loaded
+            fail(str(problem))
+        bar.remove_task(task)
+        summaries.append(rep.summary)
+        result = aggregate(summaries) | {"variant": variant.label, "setting": variant.setting, "provenance": record}
+        (folder / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _interrupted(folder: Path, variants: list, finished: int, done: int) -> None:
+    """Say what an interrupted run kept: the finished variants and replications, and which one is partial."""
+    compared = bool(variants[0].label)
+    current = variants[min(finished, len(variants) - 1)]
+    where = folder / current.folder_name if compared else folder
+    reps = current.scenario.replications
+    line = "interrupted: "
+    if compared:
+        line += f"{finished} of {len(variants)} variant(s) finished; {current.label}: "
+    line += f"{done} of {reps} replication(s) kept in {where}"
+    if finished < len(variants) and done < reps:
+        line += f"; rep-{done} is incomplete (no summary.json, its tables left as *.partial) and every reader skips it"
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -170,56 +245,84 @@ def run(
     seed: Annotated[int | None, typer.Option(help="override the scenario seed")] = None,
     replications: Annotated[int | None, typer.Option(help="override the number of replications")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="results folder")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object", metavar="")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar", metavar="")] = False,
+    with_report: Annotated[bool, typer.Option("--report/--no-report", help="write report/report.html in the results folder", metavar="")] = True,
     allow_large: AllowLarge = False,
     trace_dir: TraceDirs = None,
 ) -> None:
-    """Run a scenario: print goodput, downtime, failures and tokens; write a results folder."""
+    """Run a scenario (each variant of its compare: section on the same failures); print the
+    comparison or the summary, write a results folder and its report."""
+    from .compare import load_variants
+
+    overrides = _overrides(set_ or [], seed, replications)
     warnings: list[str] = []
-    scenario = load(file, set_ or [], seed, replications, allow_large, warnings, trace_dir)  # before the heavy imports: bad input fails fast
+    try:  # before the heavy imports: bad input fails fast
+        base, variants = load_variants(file, overrides, allow_large, warnings, trace_dir or [])
+    except ScenarioError as problem:
+        fail(str(problem))
     from .outputs import FolderLock, check_writable, claim_run_folder
-    folder = output or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summaries: list[dict] = []
+
+    words = ["run", str(file), *[w for s in set_ or [] for w in ("--set", s)]]
+    words += [w for flag, v in (("--seed", seed), ("--replications", replications), ("-o", output)) if v is not None
+              for w in (flag, str(v))]
+    record = provenance(words, set_ or [], [base.seed + r for r in range(base.replications)])
+    folder = output or Path("results") / f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    compared = bool(variants[0].label)
+    show = not quiet and not as_json and err.is_terminal
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
+    results: list[dict] = []
+    summaries: list[dict] = []  # of the variant being played
     try:
         check_writable(folder)
         with FolderLock(folder):  # a second run or sweep on this folder is refused while this one writes
             claim_run_folder(folder)
             warn(warnings)  # every check has passed: what is printed now is advice, not a refusal
-            (folder / "scenario.yaml").write_text(scenario_yaml(scenario))
-            run_all(scenario, file, folder, summaries, show=not quiet and not as_json and err.is_terminal)
-    except ScenarioError as problem:  # a folder that cannot be used, or a trace file that changed since loading
+            (folder / "scenario.yaml").write_text(header(record) + scenario_yaml(base, folder))
+            if compared:  # first, so that a run stopped half-way still reads as the variants it finished
+                document = {
+                    "scenario": base.name, "compared": list(base.compare), "provenance": record,
+                    "variants": [{"label": v.label, "setting": v.setting, "folder": v.folder_name} for v in variants],
+                }
+                (folder / "compare.json").write_text(json.dumps(document, indent=2, default=str))
+            with Progress(*columns, console=err, transient=True, disable=not show) as bar:
+                for v in variants:
+                    summaries = []
+                    results.append(_play(v, file, folder / v.folder_name if compared else folder, bar, record, summaries))
+            page = _write_report(folder) if with_report else None
+    except ScenarioError as problem:  # a folder that cannot be used
         fail(str(problem))
     except KeyboardInterrupt:
-        done = len(summaries)
-        err.print(
-            f"interrupted: {done} of {scenario.replications} replication(s) kept in {folder}"
-            + (f"; rep-{done} is incomplete (no summary.json, its tables left as *.partial) and every reader skips it"
-               if done < scenario.replications else ""), markup=False, highlight=False, soft_wrap=True,
-        )
+        _interrupted(folder, variants, len(results), len(summaries))
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    result = aggregate(summaries)
+    passed = all(r["hypotheses_passed"] and not r["halted"] for r in results)
     if as_json:
-        print(json.dumps(result, default=str))
+        document = results[0] if not compared else {
+            "scenario": base.name, "compared": list(base.compare), "hypotheses_passed": passed,
+            "provenance": record, "variants": results,
+        }
+        print(json.dumps(document, default=str))
     else:
-        out.print(summary_table(result))
-        for r, summary in enumerate(summaries):
-            for verdict in summary["hypotheses"]:
-                bound = " and ".join(
-                    f"{op} {v}" for op, v in ((">=", verdict["min"]), ("<=", verdict["max"])) if v is not None
-                )
-                status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
-                value = verdict.get("error") or f"{verdict['value']:.6g}"
-                where = f" (replication {r})" if len(summaries) > 1 else ""
-                out.print(f"hypothesis {verdict['metric']} {bound}{where}: {value} {status}", highlight=False)
-        out.print(f"results: {folder}")
-    if result["halted"] and not as_json:
-        for halt in result["halted"]:
-            value = halt.get("error") or f"{halt['value']:.6g}"
-            out.print(f"[red]HALTED[/] {halt['metric']} = {value} (bound min {halt['min']}, max {halt['max']})", highlight=False)
+        out.print(comparison_table(results, base) if compared else summary_table(results[0]))
+        for result in results:
+            _print_verdicts(result["runs"], result["variant"])
+        out.print(f"results: {folder}", highlight=False)
+        if page:
+            out.print(f"report: {page}", highlight=False)
     # a halted replication failed its health check, as in chaos tools: it gates like a failed hypothesis
-    if not result["hypotheses_passed"] or result["halted"]:
+    if not passed:
         raise typer.Exit(EXIT_HYPOTHESIS)
+
+
+def _write_report(folder: Path) -> Path:
+    # imported here: analysis owns matplotlib, and `import sim` must never pull it in
+    from analysis.load import ResultsError
+    from analysis.report import write_report
+
+    try:
+        return write_report([folder], folder / "report")
+    except ResultsError as problem:
+        fail(str(problem))
 
 
 @app.command()
@@ -229,17 +332,32 @@ def validate(
     allow_large: AllowLarge = False,
     trace_dir: TraceDirs = None,
 ) -> None:
-    """Check scenario files; print one line per problem, exit 2 if any is bad."""
+    """Check scenario files (each compared variant too): one line per problem, exit 2 if any is bad;
+    warn about faults that cannot fire or cannot touch the training."""
+    from .checks import bound_errors, warnings
+    from .compare import load_variants
+
     bad = False
     for file in files:
         try:
-            warnings: list[str] = []
-            load_scenario(file, set_ or [], allow_large=allow_large, warnings=warnings, trace_dirs=trace_dir or [])
-            out.print(f"{file}: ok" + (f" ({len(warnings)} warning(s))" if warnings else ""), highlight=False)
-            warn(warnings)
+            lint: list[str] = []  # likely mistakes (sim.lint), printed with the checks' warnings below
+            _, variants = load_variants(file, set_ or [], allow_large, lint, trace_dir or [])
         except ScenarioError as problem:
             err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
             bad = True
+            continue
+        problems, notes = [], lint
+        for v in variants:
+            name = f"{file} [{v.label}]" if v.label else str(file)
+            problems += [p for p in bound_errors(v.scenario, name, file.parent) if p not in problems]
+            notes += [n for n in warnings(v.scenario, name) if n not in notes]
+        for problem in problems:
+            err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        for note in notes:
+            err.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+        bad |= bool(problems)
+        if not problems:
+            out.print(f"{file}: ok" + (f" ({len(notes)} warning(s))" if notes else ""), highlight=False)
     if bad:
         raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -247,10 +365,12 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion and checking)."""
-    document = Scenario.model_json_schema()
+    from .schema import strict_json
+
+    document = strict_json(Scenario.model_json_schema())
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "chaossim scenario"
-    print(json.dumps(document, indent=2))
+    print(json.dumps(document, indent=2, allow_nan=False))
 
 
 @app.command()
@@ -264,8 +384,8 @@ def sweep(
     executor: Annotated[str, typer.Option(help="local (a process per core) | dask | serial (in this process)")] = "local",
     workers: Annotated[int | None, typer.Option(min=1, help="worker processes (default: every core)")] = None,
     address: Annotated[str | None, typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")] = None,
-    resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    resume: Annotated[bool, typer.Option(help="skip replications that already have an ok row in the folder", metavar="")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar", metavar="")] = False,
     allow_large: AllowLarge = False,
     trace_dir: TraceDirs = None,
 ) -> None:
@@ -307,7 +427,7 @@ def bandwidth(
     fragments: Annotated[int, typer.Option("--fragments", "-P", help="P")] = 24,
     overlap: Annotated[int, typer.Option("--overlap", help="tau")] = 2,
     target: Annotated[float, typer.Option(help="target compute utilisation")] = 0.95,
-    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON", metavar="")] = False,
 ) -> None:
     """Compute utilisation of DP, DiLoCo and Streaming DiLoCo at a WAN bandwidth (bucketed overlap)."""
     from .bandwidth import bandwidth_table
@@ -337,8 +457,8 @@ def bandwidth(
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            row["method"], str(row["bits"]), f"{row['cu']:.3f}", f"{row['exposed_comm_s_per_step']:.3g} s",
-            f"{row['required_bandwidth_bps'] / 1e9:.3g} Gbps",
+            row["method"], str(row["bits"]), f"{row['cu']:.3f}", f"{readable_number(row['exposed_comm_s_per_step'])} s",
+            f"{readable_number(row['required_bandwidth_bps'] / 1e9)} Gbit/s",
         )
     out.print(table)
 

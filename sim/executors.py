@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -96,7 +97,7 @@ def run_job(job: Job) -> dict:
         if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        (out / "scenario.yaml").write_text(scenario_yaml(scenario))
+        (out / "scenario.yaml").write_text(scenario_yaml(scenario, out))
         rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
         result = {"status": "ok", "error": None, **summary_row(rep.summary)}
     except Exception as problem:  # noqa: BLE001 - any crash of a replication is a result, not a stop
@@ -231,18 +232,23 @@ class DaskExecutor:
     def imap_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         if not jobs:
             return
+        import dask
         from distributed import Client, LocalCluster
         from distributed import as_completed as dask_completed
 
         cluster = None
+        # the local cluster's scratch space (locks, spilled data) lives and dies with the sweep: nothing
+        # is left in the system temporary folder
+        scratch = tempfile.TemporaryDirectory(prefix="chaossim-dask-")
+        settings = dask.config.set({"temporary-directory": scratch.name})
         try:
             if self.address is None:
                 # one thread per worker process: a replication is single-threaded Python, so more
                 # threads would only contend for the GIL
                 # silence_logs=ERROR: a stopped sweep cancels tasks, which workers would log as warnings
                 cluster = LocalCluster(
-                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True, dashboard_address=None,
-                    silence_logs=logging.ERROR,
+                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True,
+                    dashboard_address=None, local_directory=scratch.name, silence_logs=logging.ERROR,
                 )
                 client = Client(cluster)
             else:
@@ -250,6 +256,8 @@ class DaskExecutor:
         except (OSError, TimeoutError) as problem:
             if cluster is not None:
                 cluster.close()
+            settings.__exit__(None, None, None)
+            scratch.cleanup()
             raise ExecutorError(f"cannot reach the Dask scheduler at {self.address}: {problem}") from None
         try:
             # pure=False: every job is its own task even if two jobs were equal, and a cluster shared by
@@ -267,6 +275,8 @@ class DaskExecutor:
             client.close()
             if cluster is not None:
                 cluster.close()
+            settings.__exit__(None, None, None)
+            scratch.cleanup()
 
 
 def make_executor(kind: ExecutorKind | str, workers: int | None = None, address: str | None = None):

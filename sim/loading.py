@@ -12,7 +12,9 @@ The CLI prints that line and exits with code 2; nothing else is printed.
 
 from __future__ import annotations
 
+import copy
 import io
+import os
 import types
 import typing
 from pathlib import Path
@@ -114,6 +116,22 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
                 node = node[part]
         else:
             raise ScenarioError(f"{source} {key}: {'.'.join(parts[:depth])} is a value, not a section")
+
+
+def variant(data: Any, setting: dict, where: str, source: str, trace_dirs: tuple[Path, ...] | None = None,
+            folder: Path | None = None) -> Scenario:
+    """The scenario ``data`` with each dotted key of ``setting`` set to its value, validated.
+
+    A sweep point and a compared variant are built this way; neither sweeps nor compares again.
+    ``where`` names the variant in errors, ``source`` the origin of a bad key; ``trace_dirs`` and
+    ``folder`` are :func:`validate`'s (``where`` is a label, not a file, so the folder is given).
+    """
+    point = copy.deepcopy(data)
+    point.pop("sweep", None)
+    point.pop("compare", None)
+    for key, value in setting.items():
+        set_path(point, key, copy.deepcopy(value), source)
+    return validate(point, where, trace_dirs, folder)
 
 
 def _plain(data: Any) -> Any:
@@ -352,10 +370,15 @@ def load_scenario(
     if not allow_large:
         check_cost([(scenario, scenario.replications)], data, str(path))
     if warnings is not None:
-        from .lint import likely_mistakes
-
-        warnings.extend(f"{_where(data, loc, str(path))}: {message}" for loc, message in likely_mistakes(scenario))
+        warnings.extend(mistakes(scenario, data, str(path)))
     return scenario
+
+
+def mistakes(scenario: Scenario, data: Any, file: str) -> list[str]:
+    """The likely mistakes (:mod:`sim.lint`) of ``scenario``, read from ``data`` in ``file``, one line each."""
+    from .lint import likely_mistakes
+
+    return [f"{_where(data, loc, file)}: {message}" for loc, message in likely_mistakes(scenario)]
 
 
 def check_trace_roots(scenario: Scenario, file: str, roots: tuple[Path, ...]) -> None:
@@ -383,13 +406,22 @@ def check_cost(plans: list[tuple[Scenario, int]], data: Any, file: str, replicat
         raise ScenarioError(f"{_where(data, err.loc, file)}: {err}") from None
 
 
-def scenario_yaml(scenario: Scenario) -> str:
-    """The resolved scenario (every default filled in, SI units) as YAML that loads back unchanged."""
+def scenario_yaml(scenario: Scenario, folder: Path | None = None) -> str:
+    """The resolved scenario (every default filled in, units readable: ``7d``, ``2Gbps``) as YAML that
+    loads back unchanged. Trace files are written relative to ``folder``, where the YAML is to be
+    saved, so that it loads back from there and names no absolute path."""
+    from .schema import readable
+
+    data = readable(scenario)
+    if folder is not None:
+        for fault in data.get("faults", []):
+            if fault.get("kind") == "trace" and Path(fault["file"]).is_absolute():
+                fault["file"] = os.path.relpath(fault["file"], Path(folder).resolve())
     stream = io.StringIO()
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
     yaml.sort_base_mapping_type_on_output = False
-    yaml.dump(_finite_json(scenario.model_dump(mode="json")), stream)
+    yaml.dump(_finite_json(data), stream)
     return stream.getvalue()
 
 

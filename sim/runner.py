@@ -8,7 +8,8 @@ replication can be re-run alone, on any machine, with the same result.
 
 A results folder holds ``scenario.yaml`` (the resolved scenario, every default filled in), and per
 replication ``rep-<r>/``: ``summary.json``, ``timeline.parquet``, ``events.parquet`` and
-``series.parquet`` (written as the run goes), plus ``summary.json`` at the top with every replication.
+``series.parquet`` (written as the run goes), ``learners.parquet`` (one row per learner group), plus
+``summary.json`` at the top with every replication.
 """
 
 from __future__ import annotations
@@ -90,6 +91,18 @@ class UptimeClock:
         return self.up_s + (self.env.now - self._since if self.running > 0 else 0.0)
 
 
+def write_learners(summary: dict, path: Path) -> None:
+    """Per-learner statistics as a tidy table: one row per learner group, one column per scalar
+    (``name, islands, chips, downtime_s, steps, tokens, interruptions, absorbed`` and any a policy adds)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{k: (", ".join(v) if isinstance(v, list) else v) for k, v in learner.items()
+             if isinstance(v, (str, int, float, list)) and not isinstance(v, bool)}
+            for learner in summary["learners"]]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
 @dataclass
 class Replication:
     summary: dict
@@ -154,11 +167,12 @@ def run_replication(
     summary = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=True)
     summary["replication"] = replication
     summary["seed"] = seed
-    summary["halted"] = halted
-    summary["hypotheses"] = check_bounds(summary, scenario.hypotheses)
+    summary["halted"] = None if halted is None else {**halted, "time_s": env.now}
+    summary["hypotheses"] = check_bounds(summary, scenario.hypotheses, halted=halted is not None)
     summary["hypotheses_passed"] = all(v["passed"] for v in summary["hypotheses"])
     tables = recorder.close()
     if out_dir is not None:
+        write_learners(summary, out_dir / "learners.parquet")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if progress:
         progress(1.0)

@@ -311,6 +311,10 @@ class Bound(Model):
     metric: str
     min: float | None = None
     max: float | None = None
+    if_halted: Literal["fail", "judge"] = Field(
+        "fail", description="a hypothesis on a replication that a halt bound stopped early fails, "
+        "unless 'judge' (then the values at the halt are judged)",
+    )
 
     @model_validator(mode="after")
     def _has_bound(self) -> Bound:
@@ -334,6 +338,9 @@ class SweepSpec(Model):
 
 
 class Scenario(Model):
+    """A scenario file. ``compare`` lists variants that ``chaossim run`` plays side by side on the same
+    failures (the same seeds): each dotted key takes its i-th value in variant i (:mod:`sim.compare`)."""
+
     version: Literal[1] = 1
     name: str = Field(min_length=1)
     description: str = ""
@@ -349,6 +356,25 @@ class Scenario(Model):
     hypotheses: list[Bound] = []
     halt: list[Bound] = []
     sweep: SweepSpec | None = None
+    compare: dict[str, list[Any]] = Field(
+        {},
+        description="variants that `chaossim run` plays side by side on the same failures: dotted keys, "
+        "each with one value per variant (equal lengths), e.g. {training.policy: [sync_dp, elastic_dp]}",
+    )
+
+    @field_validator("compare")
+    @classmethod
+    def _compare_is_a_zip(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        lengths = {key: len(values) for key, values in value.items()}
+        if any(n == 0 for n in lengths.values()) or len(set(lengths.values())) > 1:
+            raise ValueError(f"expected one non-empty list of values per key, all of one length, got {lengths}")
+        reserved = [k for k in value if k.split(".")[0] in ("seed", "replications", "sweep", "compare", "duration")]
+        if reserved:
+            raise ValueError(
+                f"{reserved[0]} cannot vary between variants (they share seeds and duration "
+                "so that they see the same failures)"
+            )
+        return value
 
     @field_validator("duration")
     @classmethod

@@ -1,13 +1,16 @@
 """Building blocks of the scenario model: unit-carrying field types and the frozen base model.
 
 ``Duration``, ``Seconds``, ``Bandwidth``, ``Bytes`` and ``Count`` accept unit strings (see
-:mod:`sim.units`) or plain SI numbers and validate to floats; their JSON Schema says so, so editors
-complete and check them. :class:`Model` forbids unknown keys and is frozen. :class:`LocatedError` lets a
-cross-field check say where, below its model, the problem is.
+:mod:`sim.units`) or plain SI numbers and validate to floats; their JSON Schema says so, with a pattern
+per unit (:data:`UNIT_PATTERNS`), so editors complete and check them as ``chaossim validate`` does.
+:func:`readable` turns a validated model back into unit strings that parse to the same floats (a
+resolved scenario says ``7d``, not ``604800.0``). :class:`Model` forbids unknown keys and is frozen.
+:class:`LocatedError` lets a cross-field check say where, below its model, the problem is.
 """
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from enum import Enum
@@ -17,18 +20,40 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from .units import parse_bandwidth, parse_bytes, parse_count, parse_duration
 
+# Patterns of the unit strings each parser accepts (ECMA regular expressions, as JSON Schema uses), so
+# an editor rejects '7 dayz' or '2GBps' as `chaossim validate` does. A test holds them to the parsers.
+_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
+UNIT_PATTERNS = {
+    parse_duration: rf"^\s*(inf|infinity|{_NUMBER}|-?((\d+(\.\d*)?([eE][+-]?\d+)?|\.\d+)\s*(ns|us|µs|ms|min|s|m|h|d|w|y)\s*)+)\s*$",
+    parse_bandwidth: rf"^\s*{_NUMBER}\s*([kKmMgGtT]?(bps|bit/s|b/s))?\s*$",
+    parse_bytes: rf"^\s*{_NUMBER}\s*(([kKmMgGtTpP][iI]?)?B|b)?\s*$",
+    parse_count: rf"^\s*{_NUMBER}\s*[kKMBGT]?\s*$",
+}
+
 
 def _unit(parser, description: str):
-    schema = {"anyOf": [{"type": "string"}, {"type": "number"}], "description": description}
+    schema = {"anyOf": [{"type": "string", "pattern": UNIT_PATTERNS[parser]}, {"type": "number"}], "description": description}
     return Annotated[float, BeforeValidator(parser), WithJsonSchema(schema)]
 
 
-Duration = _unit(parse_duration, "duration: '500ms', '30s', '2h45m', '7d', '1y' or seconds")
+Duration = _unit(parse_duration, "duration: '500ms', '30s', '2h45m', '7d', '1y', 'inf' or seconds")
 Seconds = Annotated[Duration, Field(ge=0)]
 PositiveSeconds = Annotated[Duration, Field(gt=0)]
-Bandwidth = Annotated[_unit(parse_bandwidth, "bandwidth: '2Gbps', '500Mbps' or bits/s"), Field(ge=0)]
+Bandwidth = Annotated[_unit(parse_bandwidth, "bandwidth in bits per second: '2Gbps', '500Mbps' or bits/s"), Field(ge=0)]
 Bytes = Annotated[_unit(parse_bytes, "size: '95GB', '16GiB' or bytes"), Field(gt=0)]
 Count = Annotated[_unit(parse_count, "count: '12B', '4M', '1.5k' or a number"), Field(gt=0)]
+
+
+def strict_json(document: Any) -> Any:
+    """A JSON Schema (or any document) with infinite numbers written as ``"inf"``: JSON has no Infinity,
+    and every field that can be infinite is a duration, whose parser reads ``"inf"``."""
+    if isinstance(document, dict):
+        return {k: strict_json(v) for k, v in document.items()}
+    if isinstance(document, list):
+        return [strict_json(v) for v in document]
+    if isinstance(document, float) and not math.isfinite(document):
+        return "inf" if document > 0 else "-inf"
+    return document
 
 
 class Model(BaseModel):
@@ -119,3 +144,61 @@ def _expected(annotation: Any) -> str:
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return "one of " + ", ".join(repr(m.value) for m in annotation)
     return "a value"
+
+
+# ------------------------------------------------------------------------------- readable resolved values
+
+# Units a resolved value is written back in, largest first: the first whose text parses back to the
+# exact same float is used, so a resolved scenario says '7d', '2Gbps', '12B' and still loads unchanged.
+_WRITE_UNITS = {
+    parse_duration: (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3), ("us", 1e-6)),
+    parse_bandwidth: (("Tbps", 1e12), ("Gbps", 1e9), ("Mbps", 1e6), ("kbps", 1e3), ("bps", 1.0)),
+    parse_bytes: (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1.0)),
+    parse_count: (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)),
+}
+
+
+def unit_text(parser, value: float) -> str | float:
+    """``value`` as the unit string ``parser`` reads back exactly (``604800.0`` -> ``'7d'``)."""
+    if not math.isfinite(value):
+        return "inf" if value > 0 else value
+    units = _WRITE_UNITS[parser]
+    for unit, size in units:
+        number = value / size
+        if abs(number) < 1 and (unit, size) != units[-1] and value != 0:
+            continue  # 30ms, not 0.03s
+        for text in (f"{number:.12g}", repr(number)):
+            if parser(f"{text}{unit}") == value:
+                return f"{text}{unit}"
+    return value
+
+
+def field_parser(info) -> Any:
+    """The unit parser (``parse_duration``, ...) of a model field, or None for a plain field."""
+    found = [m.func for m in info.metadata if callable(getattr(m, "func", None))]
+    stack = [info.annotation]
+    while stack:
+        annotation = stack.pop()
+        found += [m.func for m in getattr(annotation, "__metadata__", ()) if callable(getattr(m, "func", None))]
+        stack.extend(typing.get_args(annotation))
+    return next((f for f in found if f in _WRITE_UNITS), None)
+
+
+def readable(model: BaseModel, dumped: dict | None = None) -> dict:
+    """``model.model_dump(mode="json")`` with every unit-carrying value as its unit string."""
+    dumped = model.model_dump(mode="json") if dumped is None else dumped
+    for name, info in type(model).model_fields.items():
+        dumped[name] = _readable_value(getattr(model, name), dumped[name], field_parser(info))
+    return dumped
+
+
+def _readable_value(value: Any, dumped: Any, parser) -> Any:
+    if isinstance(value, BaseModel):
+        return readable(value, dumped)
+    if isinstance(value, (list, tuple)) and isinstance(dumped, list):
+        return [_readable_value(v, d, parser) for v, d in zip(value, dumped)]
+    if isinstance(value, dict) and isinstance(dumped, dict):
+        return {k: _readable_value(value[k], d, parser) for k, d in dumped.items()}
+    if parser is not None and isinstance(value, float) and not isinstance(value, bool):
+        return unit_text(parser, value)
+    return dumped

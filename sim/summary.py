@@ -99,11 +99,13 @@ def metric_value(summary: dict, path: str) -> float:
     return float(node)
 
 
-def check_bounds(summary: dict, bounds) -> list[dict]:
-    """One verdict per bound: ``{metric, value, min, max, passed[, error]}``.
+def check_bounds(summary: dict, bounds, halted: bool = False) -> list[dict]:
+    """One verdict per bound: ``{metric, value, min, max, passed[, error][, halted]}``.
 
     A fault kind that never happened counts as 0 failures; any other unknown metric fails its bound
-    with the reason in ``error`` (a typo must never pass silently).
+    with the reason in ``error`` (a typo must never pass silently). On a ``halted`` replication a
+    hypothesis fails (``halted: True``): it was stopped before the horizon it speaks about, unless the
+    bound says ``if_halted: judge``, which judges the values at the halt.
     """
     verdicts = []
     for bound in bounds:
@@ -117,5 +119,7 @@ def check_bounds(summary: dict, bounds) -> list[dict]:
         verdict = {"metric": bound.metric, "value": value, "min": bound.min, "max": bound.max, "passed": passed}
         if error:
             verdict["error"] = error
+        if halted and getattr(bound, "if_halted", "fail") == "fail":
+            verdict.update(passed=False, halted=True)
         verdicts.append(verdict)
     return verdicts

@@ -52,7 +52,6 @@ Without ``--address``, ``--executor dask`` starts a LocalCluster of ``--workers`
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -79,10 +78,12 @@ from .loading import (
     parse_value,
     read_yaml,
     scenario_yaml,
-    set_path,
     validate,
+    variant,
 )
 from .outputs import FolderLock, check_writable, describe_contents
+from .provenance import header, provenance
+from .quantities import format_metric
 from .scenario import Scenario, SweepSpec
 
 WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s", "surrogate_wall_s")
@@ -276,11 +277,7 @@ def plan_sweep(
     for levels in itertools.product(*[f.levels for f in factors]):
         setting = {k: v for f, level in zip(factors, levels) for k, v in zip(f.keys, level)}
         label = ", ".join(f"{k}={json.dumps(v)}" for k, v in setting.items()) or "without factors"
-        point = copy.deepcopy(data)
-        point.pop("sweep", None)  # a point is one scenario: it does not sweep again
-        for key, value in setting.items():
-            set_path(point, key, copy.deepcopy(value), source=f"{file}: sweep factor")
-        scenario = validate(point, f"{file} [sweep point {label}]", tuple(trace_dirs), file.parent)
+        scenario = variant(data, setting, f"{file} [sweep point {label}]", f"{file}: sweep factor", tuple(trace_dirs), file.parent)
         # ship strict JSON, and prove it loads back to the same scenario before any worker sees it
         shipped = _strict_json(scenario.model_dump(mode="json"))
         if Scenario.model_validate(shipped) != scenario:
@@ -326,7 +323,7 @@ def _write_row(rows: Path, index: int, row: dict) -> None:
     os.replace(partial, final)
 
 
-def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
+def _claim(folder: Path, plan: SweepPlan, resume: bool, record: dict | None = None) -> None:
     """Make ``folder`` this sweep's folder (its lock held); refuse a folder holding anything else.
 
     A folder with no ``sweep.json`` must be empty (a run, another tool's files and stray rows are never
@@ -354,10 +351,10 @@ def _claim(folder: Path, plan: SweepPlan, resume: bool) -> None:
     document = {
         "scenario": plan.name, "file": str(plan.file), "fingerprint": plan.fingerprint, "total": plan.total,
         "factors": [{"kind": f.kind, "keys": list(f.keys), "levels": [list(level) for level in f.levels]} for f in plan.factors],
-        "seeds": list(plan.seeds),
+        "seeds": list(plan.seeds), "provenance": record or {},
         "points": [{"point": p, "setting": s, "columns": c} for p, (s, c) in enumerate(zip(plan.settings, plan.columns))],
     }
-    (folder / "scenario.yaml").write_text(scenario_yaml(plan.base))
+    (folder / "scenario.yaml").write_text((header(record) if record else "") + scenario_yaml(plan.base, folder))
     partial = folder / ".sweep.json.tmp"
     partial.write_text(json.dumps(_strict_json(document), indent=2))
     os.replace(partial, manifest)  # last: a folder with a manifest is a complete claim
@@ -381,16 +378,18 @@ def run_sweep(
     executor,
     resume: bool = False,
     progress: Callable[[int, int, int], None] | None = None,
+    record: dict | None = None,
 ) -> SweepOutcome:
     """Run the plan's replications on ``executor``, writing each row as it finishes.
 
     With ``resume``, replications that already have an ``ok`` row are skipped and errored ones run
     again. ``progress(done, total, errors)`` is called before the first and after every row.
+    ``record`` (:mod:`sim.provenance`) goes into ``sweep.json`` and the scenario's header.
     """
     folder = Path(folder).resolve()
     check_writable(folder)
     with FolderLock(folder):  # a second sweep (or run) on this folder is refused while this one runs
-        _claim(folder, plan, resume)
+        _claim(folder, plan, resume, record)
         done = _ok_indices(folder) if resume else set()
         jobs = [job for job in plan.jobs(folder) if job.index not in done]
         ran = errors = 0
@@ -433,16 +432,15 @@ def point_stats(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def best_table(frame: pd.DataFrame, plan: SweepPlan):
-    """A rich table of the best point per metric of :data:`BEST` (mean and std across seeds)."""
+    """A rich table of the best point per metric of :data:`BEST`: one column per metric, one row per
+    sweep axis (a zip group is one row), then the mean and spread across seeds; fits 80 columns."""
+    from rich import box
     from rich.table import Table
 
-    keys = [key for factor in plan.factors for key in factor.keys]
-    table = Table(title=f"{plan.name}: best settings ({len(plan.scenarios)} points x {len(plan.seeds)} seeds)")
-    table.add_column("metric", no_wrap=True)
-    for key in keys:
-        table.add_column(key, justify="right", overflow="fold")
-    table.add_column("mean ± std", justify="right", no_wrap=True)
-    table.add_column("seeds", justify="right")
+    table = Table(title=f"{plan.name}: best settings ({len(plan.scenarios)} points x {len(plan.seeds)} seeds)",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("setting", overflow="fold")
+    best = {}
     for metric, goal in BEST:
         if metric not in frame.columns:
             continue
@@ -450,12 +448,19 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
         if stats.empty:  # no replication of any point finished ok
             continue
         # idxmax/idxmin return the first best point, so ties go to the lowest point index
-        best = stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin()
-        std = stats.at[best, "std"]
-        table.add_row(
-            f"{metric} ({goal})", *[str(plan.settings[best][key]) for key in keys],
-            f"{stats.at[best, 'mean']:.6g} ± {'-' if pd.isna(std) else f'{std:.3g}'}", f"{stats.at[best, 'n']:.0f}",
-        )
+        best[metric] = (stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin(), stats)
+        table.add_column(f"{metric} ({goal})", justify="right", overflow="fold")
+    for factor in plan.factors:
+        values = [", ".join(str(plan.settings[point][key]) for key in factor.keys) for point, _ in best.values()]
+        table.add_row(" + ".join(factor.keys), *values)
+    spreads = []
+    for metric, (point, stats) in best.items():
+        std = stats.at[point, "std"]
+        # in the metric's display unit, as `chaossim run` and the report show it
+        spreads.append(f"{format_metric(metric, stats.at[point, 'mean'])} ± "
+                       f"{'-' if pd.isna(std) else format_metric(metric, std, unit=True)}")
+    table.add_row("mean ± std", *spreads)
+    table.add_row("seeds", *[f"{stats.at[point, 'n']:.0f}" for point, stats in best.values()])
     return table
 
 
@@ -480,6 +485,10 @@ def command(
         file, overrides, parse_factors(grid, "--grid"), parse_factors(zipped, "--zip"),
         parse_seeds(seeds) if seeds is not None else None, allow_large, trace_dirs,
     )
+    words = ["sweep", str(file), *[w for g in grid for w in ("--grid", g)], *[w for z in zipped for w in ("--zip", z)],
+             *(["--seeds", seeds] if seeds is not None else []), *[w for o in overrides for w in ("--set", o)],
+             *(["-o", str(output)] if output is not None else [])]
+    record = provenance(words, list(overrides), list(plan.seeds))
     folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable(folder)
     columns = [
@@ -492,7 +501,7 @@ def command(
             task = bar.add_task(f"{plan.name} on {runner.name}", total=plan.total, failed=0)
             outcome = run_sweep(
                 plan, folder, runner, resume,
-                progress=lambda done, total, failed: bar.update(task, completed=done, failed=failed),
+                progress=lambda done, total, failed: bar.update(task, completed=done, failed=failed), record=record,
             )
     except ExecutorError as problem:
         raise SweepError(str(problem)) from None
@@ -504,6 +513,7 @@ def command(
     out.print(best_table(frame, plan))
     for row in frame[frame["status"] != "ok"].head(5).itertuples():
         err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False, soft_wrap=True)
+    gated = gate_failures(frame)
     out.print(
         f"{outcome.ran} run, {outcome.skipped} already done, {outcome.errors} failed of {outcome.total}; "
         f"rows: {outcome.folder / 'rows'}", highlight=False,
@@ -512,4 +522,15 @@ def command(
     load_scenario(file, overrides, warnings=warnings, trace_dirs=trace_dirs)  # the base scenario's likely mistakes, as run prints them
     for line in warnings:
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
-    return 1 if outcome.errors else 0
+    if gated:
+        out.print(f"[red]{gated} of {len(frame)} replication(s) failed a hypothesis or halted[/]", highlight=False)
+    # as `chaossim run`: a failed hypothesis or a halt gates the sweep, and so does a crash
+    return 1 if outcome.errors or gated else 0
+
+
+def gate_failures(frame: pd.DataFrame) -> int:
+    """Finished replications whose hypotheses failed or that halted (each counted once)."""
+    ok = frame[frame["status"] == "ok"]
+    failed = ok["hypotheses_passed"].eq(False) if "hypotheses_passed" in ok else pd.Series(False, index=ok.index)
+    halted = ok["halted"].notna() if "halted" in ok else pd.Series(False, index=ok.index)
+    return int((failed | halted).sum())

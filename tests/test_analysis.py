@@ -29,7 +29,7 @@ from sim.recorder import SERIES_SCHEMA
 from sim.sweep import plan_sweep, run_sweep
 
 QUICKSTART = str(ROOT / "scenarios" / "quickstart.yaml")
-DAY = ["--set", "duration=1d"]
+DAY = ["--set", "duration=1d", "--set", "compare={}", "--no-report"]
 
 
 def cli_run(folder, *args) -> int:
@@ -153,6 +153,27 @@ def test_lines_have_one_line_and_band_per_hue_level(results):
     assert np.allclose(line.get_xdata(), [30, 120]) and np.allclose(line.get_ydata(), expected.to_numpy())
 
 
+def test_zip_factors_are_never_averaged_across_each_other(results):
+    """Every line of the sweep's lines figure is one setting of every other axis, zip partners together."""
+    from analysis.report import sweep_axes
+
+    sweep = load_results(results["sweep"])
+    rows, axes_ = sweep_axes(sweep)
+    assert axes_ == ["training.checkpoint.write_time", "topology.regions.0.islands.0.count",
+                     "training.policy + training.on_failure"]
+    assert set(rows["training.policy + training.on_failure"]) == {"sync_dp, restart", "elastic_dp, elastic"}
+    hue = "topology.regions.0.islands.0.count / training.policy + training.on_failure"
+    lined = rows.assign(**{hue: rows[axes_[1:]].astype(str).agg(", ".join, axis=1)})
+    ax = figures.sweep_lines(lined, axes(), axes_[0], "goodput", hue)
+    assert sorted(legend_texts(ax)) == ["2, elastic_dp, elastic", "2, sync_dp, restart", "4, elastic_dp, elastic", "4, sync_dp, restart"]
+    # each point of a line is the mean over seeds of exactly one sweep point
+    for line in ax.get_lines():
+        count, policy = line.get_label().split(", ", 1)
+        sub = rows[(rows[axes_[1]].astype(str) == count) & (rows[axes_[2]] == policy)]
+        expected = sub.groupby(axes_[0])["goodput"].mean().sort_index().to_numpy()
+        assert np.allclose(line.get_ydata(), expected)
+
+
 def test_goodput_vs_numeric_factor_per_policy(results):
     """Goodput against a numeric factor draws one line per policy on a numeric axis."""
     rows = load_results(results["sweep"]).summaries
@@ -179,6 +200,35 @@ def test_timeline_draws_each_phase_and_marks_failures(results):
     assert ax.get_xlabel() == "simulated time (h)"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["job"]
     assert f"{len(failures)} failures" in ax.get_title()
+
+
+def test_lockstep_over_wan_is_not_green_end_to_end(tmp_path):
+    """sync_dp over a 2 Gbit/s WAN: the timeline's running bars are almost all hatched exposed
+    communication, in the proportion the step model gives (comm / (compute + comm))."""
+    from conftest import make_scenario
+
+    from analysis.load import exposed_share
+    from sim.runner import run_replication
+
+    scenario = make_scenario(
+        "topology.regions=[{name: a, islands: [{name: x, chip: v5p, chips: 1024}]}, "
+        "{name: b, islands: [{name: y, chip: v5p, chips: 1024}]}]",
+        "duration=6h",
+    )
+    summary = run_replication(scenario, 0, tmp_path / "run").summary
+    expected = summary["step_comm_s"] / (summary["step_compute_s"] + summary["step_comm_s"])
+    assert expected > 0.8  # 1B bf16 gradients over 2 Gbit/s take seconds; the step computes for 1 s
+    run = load_results(tmp_path / "run")
+    share = exposed_share(run.timeline, run.raw[0])
+    assert share == pytest.approx(expected, rel=1e-6)
+    ax = figures.timeline(run.timeline, axes(), run.events, share)
+    bars = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    hatched = [c for c in bars if c.get_hatch()]
+    green = [c for c in bars if not c.get_hatch() and tuple(c.get_facecolor()[0][:3]) == pytest.approx((0.173, 0.627, 0.173), abs=0.01)]
+    assert hatched and green
+    height = lambda c: c.get_paths()[0].get_extents().height
+    assert height(hatched[0]) / (height(hatched[0]) + height(green[0])) == pytest.approx(expected, rel=1e-6)
+    assert any("exposed comm" in t for t in legend_texts(ax))
 
 
 def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
@@ -210,7 +260,9 @@ def test_chip_time_bars_stack_every_bucket_to_100(results):
         tops[round(patch.get_x(), 6)] = max(tops.get(round(patch.get_x(), 6), 0), patch.get_y() + patch.get_height())
     assert np.allclose(list(tops.values()), 100.0)
     assert ax.get_ylabel() == "share of provisioned chip-time (%)"
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["quick", "elastic"]
+    # runs are labelled by what differs between their scenarios, not by folder name
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "replications=2, policy=sync_dp, on_failure=restart", "replications=1, policy=elastic_dp, on_failure=elastic"]
 
 
 def test_metric_bars_show_mean_and_replications(results):
@@ -236,12 +288,22 @@ def test_loss_curves_against_time_and_tokens():
 
 
 def test_link_utilisation_in_percent():
-    """Link utilisation is drawn per link in percent of capacity over simulated hours."""
-    ax = figures.link_utilisation(series_frame(), axes())
-    (line,) = ax.get_lines()
-    assert legend_texts(ax) == ["us-east~us-central"]
+    """Link utilisation is drawn per link in percent of capacity over simulated hours, 100 % marked."""
+    ax = figures.link_utilisation(series_frame(), axes(), "us-east~us-central")
+    line, capacity = ax.get_lines()
+    assert legend_texts(ax) == ["us-east~us-central", "capacity (100 %)"]
     assert line.get_ydata().max() <= 90.0 + 1e-9 and line.get_ydata().max() > 80
-    assert ax.get_ylabel() == "utilisation (% of link capacity)"
+    assert list(capacity.get_ydata()) == [100.0, 100.0]
+    assert ax.get_ylabel() == "utilisation (% of capacity)"
+    assert ax.get_title() == "Link utilisation: us-east~us-central"
+
+
+def test_link_utilisation_is_never_clipped():
+    """A link over capacity (a bug elsewhere would show this way) is drawn whole, not cut at 105 %."""
+    frame = series_frame()
+    frame.loc[frame["series"] == "link_utilisation", "value"] *= 2.0  # up to 180 %
+    ax = figures.link_utilisation(frame, axes(), "us-east~us-central")
+    assert ax.get_ylim()[1] >= 180.0
 
 
 def test_series_figures_say_so_when_nothing_was_recorded(results):
@@ -285,10 +347,23 @@ def test_report_of_several_runs_side_by_side(tmp_path, results):
     page_path = write_report([results["quick"], results["elastic"], results["strict"]], tmp_path / "report")
     page = page_of(page_path)
     check_self_contained(page, tmp_path / "report")
-    assert "<th>metric</th><th>quick</th><th>elastic</th><th>strict</th>" in page
-    assert '<span class="fail">FAIL</span>' in page and "&ge; 0.99" in page
+    # one column per run, labelled by what differs between them, and the page names those keys
+    labels = [r.label for r in load_many([results["quick"], results["elastic"], results["strict"]])]
+    assert labels == [
+        "replications=2, policy=sync_dp, on_failure=restart, hypotheses.0.min=0.75",
+        "replications=1, policy=elastic_dp, on_failure=elastic, hypotheses.0.min=0.75",
+        "replications=1, policy=sync_dp, on_failure=restart, hypotheses.0.min=0.99",
+    ]
+    assert "<th>metric</th>" + "".join(f"<th>{label}</th>" for label in labels) in page
+    assert ("The runs differ in: <code>replications</code>, <code>training.policy</code>, "
+            "<code>training.on_failure</code>, <code>hypotheses.0.min</code>") in page
+    assert '<span class="fail">FAIL</span>' in page and "&gt;= 0.99" in page
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"compare-goodput.png", "compare-global_downtime_s.png", "compare-ledger.png", "strict-timeline.png"} <= names
+    assert {"compare-goodput.png", "compare-global_downtime_s.png", "compare-ledger.png"} <= names
+    # every run has its timeline, captioned with its label
+    assert len([n for n in names if n.endswith("-timeline.png")]) == 3
+    for label in labels:
+        assert f"<figcaption>{label}: what each learner group did" in page
 
 
 def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
@@ -302,8 +377,14 @@ def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     page = page_of(write_report([sweep], tmp_path / "report"))
     check_self_contained(page, tmp_path / "report")
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"sweep-heatmap-goodput.png", "sweep-heatmap-global_downtime_s.png", "sweep-lines-goodput.png"} <= names
-    assert "sweep-goodput-vs-training-checkpoint-write_time.png" in names  # the policy varies
+    # the zip factors (policy with its on_failure) stay one axis: a heatmap panel per zip setting
+    assert {"sweep-heatmap-goodput-0.png", "sweep-heatmap-goodput-1.png", "sweep-heatmap-global_downtime_s-0.png",
+            "sweep-lines-goodput.png"} <= names
+    for setting in ("sync_dp, restart", "elastic_dp, elastic"):
+        assert f"cell at training.policy + training.on_failure={setting}" in page
+    assert "one line per setting of topology.regions.0.islands.0.count / training.policy + training.on_failure" in page
+    assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30.0, "
+                     r"topology.regions.0.islands.0.count=2, training.policy \+ training.on_failure=sync_dp, restart, seed 1\)", page)
     assert "ValueError: injected" in page and "1 replication(s) crashed" in page
     assert "<th>training.checkpoint.write_time</th>" in page
 
@@ -316,7 +397,7 @@ def test_report_includes_series_figures_when_recorded(tmp_path, results):
     pq.write_table(pa_table(series), run / "rep-0" / "series.parquet")
     write_report([run], tmp_path / "report")
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"loss-vs-time.png", "loss-vs-tokens.png", "link-utilisation.png"} <= names
+    assert {"loss-vs-time.png", "loss-vs-tokens.png", "link-utilisation-0.png"} <= names  # a panel per link
 
 
 def pa_table(frame: pd.DataFrame):
@@ -337,3 +418,16 @@ def test_report_cli_exit_codes(tmp_path, results):
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"error: {bad}")
+
+
+def test_learners_are_a_tidy_table(results):
+    """learners.parquet: one row per learner group and replication, matching the summaries' totals."""
+    run = load_results(results["quick"])
+    learners = run.learners
+    assert (results["quick"] / "rep-0" / "learners.parquet").exists()
+    assert {"run", "replication", "name", "islands", "chips", "downtime_s", "steps", "tokens"} <= set(learners)
+    for summary in run.raw:
+        mine = learners[learners["replication"] == summary["replication"]]
+        assert list(mine["name"]) == [entry["name"] for entry in summary["learners"]]
+        assert mine["tokens"].sum() == pytest.approx(summary["tokens"])
+        assert mine["chips"].sum() == summary["chips"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 
 from sim.checkpointing import daly_interval_s, expected_goodput
 from sim.cli import app
+from sim.compare import Variant
 from sim.loading import load_scenario
 from sim.runner import run_replication
 
@@ -35,28 +38,64 @@ def cli(*args: str):
 
 
 def test_run_quickstart_json(tmp_path):
-    """``chaossim run scenarios/quickstart.yaml -o DIR --json -q``: exit 0, one JSON object, a results folder."""
+    """``chaossim run scenarios/quickstart.yaml --json``: three policies on the same failures, one JSON object,
+    a folder per variant and a report."""
     out = tmp_path / "qs"
     result = subprocess.run(
         [str(CHAOSSIM), "run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(out), "--json", "-q"],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert DESIGN_METRICS <= set(summary)
-    assert 0 < summary["goodput"] <= summary["uptime"] <= 1
-    assert summary["replications"] == len(summary["runs"]) == 2
-    assert summary["chip_time"].keys() == {"useful", "lost", "recovery", "checkpoint", "waiting", "down", "spare"}
-    assert summary["tokens"] > 0 and summary["failures"]["chip_failure"] > 0
-    assert sorted(p.name for p in out.iterdir()) == ["rep-0", "rep-1", "scenario.yaml", "summary.json"]
-    assert json.loads((out / "summary.json").read_text())["goodput"] == summary["goodput"]
+    document = json.loads(result.stdout)
+    assert document["compared"] == ["training.policy", "training.on_failure"]
+    variants = document["variants"]
+    assert [(v["policy"], v["on_failure"]) for v in variants] == [
+        ("sync_dp", "restart"), ("elastic_dp", "elastic"), ("decoupled_diloco", "restart")]
+    for summary in variants:
+        assert DESIGN_METRICS <= set(summary)
+        assert 0 < summary["goodput"] <= summary["uptime"] <= 1
+        assert summary["replications"] == len(summary["runs"]) == 2
+        assert summary["chip_time"].keys() == {"useful", "lost", "recovery", "checkpoint", "waiting", "down", "spare"}
+        assert summary["tokens"] > 0 and summary["failures"]["chip_failure"] > 0
+    # the same seeds inject the same failures into every variant; the strategies make the difference
+    assert len({json.dumps(v["failures"]) for v in variants}) == 1
+    assert variants[0]["goodput"] < variants[1]["goodput"] < variants[2]["goodput"]
+    names = ["compare.json", "decoupled_diloco-restart", "elastic_dp-elastic", "report", "scenario.yaml", "sync_dp-restart"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert (out / "report" / "report.html").exists()
+    folder = out / "sync_dp-restart"
+    assert json.loads((folder / "summary.json").read_text())["goodput"] == variants[0]["goodput"]
     for rep in ("rep-0", "rep-1"):
-        assert {"timeline.parquet", "events.parquet", "summary.json"} <= {p.name for p in (out / rep).iterdir()}
-        timeline = pq.read_table(out / rep / "timeline.parquet")
+        assert {"timeline.parquet", "events.parquet", "summary.json"} <= {p.name for p in (folder / rep).iterdir()}
+        timeline = pq.read_table(folder / rep / "timeline.parquet")
         assert timeline.num_rows > 0 and {"group", "phase", "start_s", "end_s"} <= set(timeline.column_names)
-        assert pq.read_table(out / rep / "events.parquet").num_rows > 0
-    # the resolved scenario loads back to the same model
+        assert pq.read_table(folder / rep / "events.parquet").num_rows > 0
+    # the resolved scenarios load back to the same models
     assert load_scenario(out / "scenario.yaml") == load_scenario(SCENARIO_DIR / "quickstart.yaml")
+    policy = ["training.policy=sync_dp", "training.on_failure=restart", "compare={}"]
+    assert load_scenario(folder / "scenario.yaml") == load_scenario(SCENARIO_DIR / "quickstart.yaml", policy)
+    # the report (and `chaossim report DIR`) reads the compare run as its variants, labelled by their values
+    from analysis.load import load_many
+
+    labels = ["sync_dp, restart", "elastic_dp, elastic", "decoupled_diloco, restart"]
+    assert [r.label for r in load_many([out])] == labels
+    page = (out / "report" / "report.html").read_text()
+    assert "<th>metric</th>" + "".join(f"<th>{label}</th>" for label in labels) in page
+    assert "The runs differ in: <code>training.policy</code>, <code>training.on_failure</code>;" in page
+    assert len(list((out / "report").glob("*-timeline.png"))) == 3
+
+
+def test_run_without_compare(tmp_path):
+    """``--set compare={}`` (or a --set on a compared key) plays one setting: the summary at the top level."""
+    for extra in (["--set", "compare={}"], ["--set", "training.policy=elastic_dp", "--set", "training.on_failure=elastic"]):
+        out = tmp_path / str(len(extra))
+        result = cli("run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(out), "--json", "--no-report",
+                     "--replications", "1", "--set", "duration=1d", *extra)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert DESIGN_METRICS <= set(summary) and summary["replications"] == 1
+        assert sorted(p.name for p in out.iterdir()) == ["rep-0", "scenario.yaml", "summary.json"]
+    assert summary["policy"] == "elastic_dp"
 
 
 def test_run_table_output(tmp_path):
@@ -88,13 +127,16 @@ def test_every_scenario_runs(path, tmp_path):
     """Each scenarios/*.yaml runs (cut to 6 h, one replication) with a balanced chip-time ledger."""
     duration = min(load_scenario(path).duration, SHORT_S)
     result = cli("run", str(path), "-o", str(tmp_path / "o"), "--json", "-q", "--replications", "1",
-                 "--set", f"duration={duration}")
-    summary = json.loads(result.stdout)
+                 "--set", f"duration={duration}", "--no-report")
+    document = json.loads(result.stdout)
     # exit 1 only for a hypothesis that a shortened run does not meet, never for a crash
-    assert result.exit_code == 0 or (result.exit_code == 1 and not summary["hypotheses_passed"]), result.stderr
-    total = math.fsum(summary["chip_time"].values())
-    assert total == pytest.approx(summary["chips"] * duration, rel=1e-9)
-    assert (tmp_path / "o" / "rep-0" / "timeline.parquet").exists()
+    assert result.exit_code == 0 or (result.exit_code == 1 and not document["hypotheses_passed"]), result.stderr
+    compared = "variants" in document
+    for summary in document.get("variants", [document]):
+        total = math.fsum(summary["chip_time"].values())
+        assert total == pytest.approx(summary["chips"] * duration, rel=1e-9)
+        folder = tmp_path / "o" / (Variant(summary["variant"], {}, None).folder_name if compared else "")
+        assert (folder / "rep-0" / "timeline.parquet").exists()
 
 
 def test_schema_command_prints_json_schema():
@@ -164,3 +206,64 @@ def test_bandwidth_command_reports_dp_against_streaming():
     assert rows[("streaming_diloco", 4)]["required_bandwidth_bps"] < rows[("dp", 16)]["required_bandwidth_bps"] / 30
     bad = CliRunner().invoke(app, ["bandwidth", "-H", "24", "-P", "5"])
     assert bad.exit_code == 2 and "multiple of fragments" in bad.output
+
+
+def test_provenance_and_readable_resolved_scenario(tmp_path):
+    """summary.json, scenario.yaml and the report say which chaossim, command, overrides, seeds and date
+    made them; the resolved scenario keeps units readable and trace files relative."""
+    from sim import __version__
+
+    out = tmp_path / "o"
+    path = SCENARIO_DIR / "llama3-like-sync.yaml"
+    result = cli("run", str(path), "-o", str(out), "-q", "--set", "duration=1d", "--seed", "11")
+    assert result.exit_code in (0, 1), result.output
+    record = json.loads((out / "summary.json").read_text())["provenance"]
+    assert record["chaossim"] == __version__
+    assert record["command"] == f"chaossim run {path} --set duration=1d --seed 11 -o {out}"
+    assert record["overrides"] == ["duration=1d"] and record["seeds"] == [11]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", record["date"])
+    text = (out / "scenario.yaml").read_text()
+    assert text.startswith(f"# chaossim {__version__}, {record['date']}\n# command: {record['command']}\n")
+    for readable in ("duration: 1d", "bandwidth: 2Gbps", "latency: 30ms", "params: 405B", "tokens_per_step: 16M"):
+        assert readable in text
+    assert "2000000000" not in text
+    (trace,) = re.findall(r"file: (.*)", text)
+    assert not Path(trace).is_absolute() and (out / trace).resolve() == (path.parent / "traces/llama3-planned-maintenance.csv").resolve()
+    assert load_scenario(out / "scenario.yaml") == load_scenario(path, ["duration=1d", "seed=11"])
+    page = (out / "report" / "report.html").read_text()
+    assert record["command"] in page and record["date"] in page
+
+
+def test_default_outputs_are_git_ignored():
+    """The folders the commands write by default (results/, report/, sweeps/) are ignored by git."""
+    ignored = set((ROOT / ".gitignore").read_text().split())
+    assert {"results/", "report/", "sweeps/"} <= ignored
+
+
+def test_terminal_output_fits_80_columns(tmp_path):
+    """The comparison, the hypotheses and the sweep table fit an 80-column terminal, nothing cut off;
+    flags show as flags in --help."""
+    from rich.cells import cell_len
+
+    env = {"COLUMNS": "80"}
+    runs = [
+        ["run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(tmp_path / "q"), "--set", "duration=1d", "--no-report"],
+        ["run", str(SCENARIO_DIR / "four-regions-12b.yaml"), "-o", str(tmp_path / "f"), "--set", "duration=2h",
+         "--set", "surrogate=off", "--no-report"],
+        ["sweep", str(SCENARIO_DIR / "quickstart.yaml"), "--executor", "serial", "--seeds", "1", "-o", str(tmp_path / "s"),
+         "--set", "duration=6h", "--set", "compare={}", "--grid", "topology.regions.0.islands.0.chips=2048,4096",
+         "--zip", "training.policy=sync_dp,elastic_dp", "--zip", "training.on_failure=restart,elastic"],
+        ["bandwidth", "--params", "12B", "--step-time", "0.1s"],
+    ]
+    outputs = []
+    for args in runs:
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code in (0, 1), result.output
+        outputs.append(result.stdout)
+        for line in result.stdout.splitlines():
+            assert cell_len(line) <= 80, line
+            assert "…" not in line, line
+    assert "variants of training.policy, training.on_failure" in outputs[0]
+    assert "training.policy +" in outputs[2]  # zip partners are one row (folded in its cell)
+    help_text = CliRunner().invoke(app, ["run", "--help"], env=env).stdout
+    assert re.search(r"--json\s+print the summary", help_text) and "<bool>  print" not in help_text

@@ -7,6 +7,7 @@ whose exit code is the gate (0 held, 1 a hypothesis failed, 2 bad input).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +30,15 @@ def chaossim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def run_json(tmp_path: Path, *sets: str) -> tuple[int, dict]:
     """``chaossim run quickstart`` for one day and one replication; (exit code, JSON summary)."""
-    flags = [f for s in ("duration=1d", "replications=1", *sets) for f in ("--set", s)]
-    done = chaossim("run", str(QUICKSTART), *flags, "-o", str(tmp_path / "out"), "--json", "-q")
+    flags = [f for s in ("duration=1d", "replications=1", "compare={}", *sets) for f in ("--set", s)]
+    done = chaossim("run", str(QUICKSTART), *flags, "-o", str(tmp_path / "out"), "--json", "-q", "--no-report")
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout)
 
 
 def quickstart_day(*sets: str):
     """The quickstart scenario for one day, with ``dotted.key=value`` overrides."""
-    return load_scenario(QUICKSTART, ["duration=1d", "replications=1", *sets])
+    return load_scenario(QUICKSTART, ["duration=1d", "replications=1", "compare={}", *sets])
 
 
 def test_hypotheses_hold_exit_0(tmp_path):
@@ -87,9 +88,29 @@ def test_halt_stops_the_replication_early(tmp_path):
     assert run["duration_s"] / (DAY_S / 100) == round(run["duration_s"] / (DAY_S / 100))  # a 1 % step
     assert run["failures_total"] == 3
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["halted"] == run["halted"] and saved["duration_s"] == run["duration_s"]
+    assert saved["halted"] == run["halted"] and saved["duration_s"] == run["duration_s"] == run["halted"]["time_s"]
     timeline = pq.read_table(out / "timeline.parquet").to_pandas()
     assert timeline["end_s"].max() == run["duration_s"]  # nothing recorded past the halt
+
+
+def test_hypothesis_on_a_halted_replication_is_not_a_pass(tmp_path):
+    """A hypothesis that would hold fails on a halted replication (it never reached its horizon),
+    unless the bound says ``if_halted: judge``; the report marks the replication halted, with when and why."""
+    from analysis import write_report
+
+    halt = "halt=[{metric: failures_total, max: 2}]"
+    out = tmp_path / "run"
+    strict = run_replication(quickstart_day(halt, "hypotheses=[{metric: goodput, min: 0}]"), 0, out / "rep-0").summary
+    (verdict,) = strict["hypotheses"]
+    assert verdict["value"] >= 0 and verdict["passed"] is False and verdict["halted"] is True
+    assert strict["hypotheses_passed"] is False
+    judged = run_replication(quickstart_day(halt, "hypotheses=[{metric: goodput, min: 0, if_halted: judge}]")).summary
+    assert judged["hypotheses"][0]["passed"] is True and "halted" not in judged["hypotheses"][0]
+    assert strict["halted"]["time_s"] == strict["duration_s"] < DAY_S
+    page = write_report([out], tmp_path / "report").read_text()
+    hours = f"{strict['duration_s'] / 3600:.4g} h"
+    assert f"halted at {hours} of simulated time by the halt bound failures_total &lt;= 2: 3" in page
+    assert "not judged: the replication halted early" in page and "None" not in page.split("<h2>Scenario")[0]
 
 
 def test_halt_that_never_trips_lets_the_run_finish():
@@ -150,8 +171,10 @@ def test_cli_exits_1_when_a_replication_halts(tmp_path):
     """A halted replication failed its health check: `chaossim run` says so and exits 1."""
     proc = subprocess.run(
         [CHAOSSIM, "run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "r"),
-         "--set", "duration=1d", "--set", "halt=[{metric: failures_total, max: 0}]", "--set", "hypotheses=[]"],
+         "--set", "duration=1d", "--set", "halt=[{metric: failures_total, max: 0}]", "--set", "hypotheses=[]",
+         "--set", "compare={}", "--no-report"],
         capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert proc.returncode == 1, proc.stderr
-    assert "HALTED failures_total" in proc.stdout
+    # when it stopped and which bound tripped, in the metric's unit
+    assert re.search(r"HALTED at [0-9.]+ h of simulated time by the halt bound failures_total <= 0: [1-9]", proc.stdout)

@@ -259,7 +259,35 @@ def test_quorum_grace_scenario_plans_27_replications():
     assert {Scenario.model_validate(s).training.policy.value for s in plan.scenarios} == {"decoupled_diloco"}
 
 
-def test_dask_executor_starts_its_own_cluster(scenario: Path, tmp_path: Path):
-    """Without an address the Dask executor runs on a LocalCluster it starts and closes itself."""
+def test_dask_executor_starts_its_own_cluster(scenario: Path, tmp_path: Path, monkeypatch):
+    """Without an address the Dask executor runs on a LocalCluster it starts and closes itself,
+    and leaves nothing in the system temporary folder."""
+    import tempfile
+
+    temp = tmp_path / "system-temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     outcome = run_sweep(plan_sweep(scenario, seeds=[1]), tmp_path / "out", DaskExecutor(workers=1))
     assert (outcome.ran, outcome.errors) == (2, 0)
+    assert list(temp.iterdir()) == []
+
+
+def test_sweep_exits_1_and_counts_failed_hypotheses(scenario: Path, tmp_path: Path):
+    """A replication that fails a hypothesis gates the sweep, as it gates `chaossim run`: exit 1 and a count."""
+    # goodput >= 0.99 fails at every point; goodput >= 0 holds
+    for bound, code in (("0.99", 1), ("0", 0)):
+        result = CliRunner().invoke(app, [
+            "sweep", str(scenario), "--executor", "serial", "--seeds", "1", "-q", "-o", str(tmp_path / bound),
+            "--set", f"hypotheses=[{{metric: goodput, min: {bound}}}]",
+        ])
+        assert result.exit_code == code, result.output
+        frame = load_sweep(tmp_path / bound)
+        assert frame["status"].eq("ok").all()
+        if code:
+            assert "2 of 2 replication(s) failed a hypothesis or halted" in result.stdout
+        else:
+            assert "failed a hypothesis" not in result.stdout
+    plan = json.loads((tmp_path / "0" / "sweep.json").read_text())
+    assert plan["provenance"]["command"].startswith("chaossim sweep ")
+    assert plan["provenance"]["seeds"] == [1] and plan["provenance"]["chaossim"]

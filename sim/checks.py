@@ -1,0 +1,84 @@
+"""What ``chaossim validate`` checks beyond the scenario model: bound metrics, and faults that do nothing.
+
+The scenario model (:mod:`sim.scenario`) checks each field; these checks look at the scenario as a
+whole, the way a reviewer would:
+
+* **errors** - a hypothesis or halt bound names a metric the run never reports (``goodptu``). The
+  metric names are those of a real summary: the scenario is run for one simulated minute (faults,
+  surrogate and all) and each bound's metric is looked up in what came out, so the check follows
+  the policies' metrics as they are, not a list kept by hand. Fault counts (``failures.<kind>``)
+  are known whether or not one happened.
+* **warnings** - a fault that can never fire (every scheduled time at or past the duration, and no
+  stochastic arrivals), a link fault on a link that carries none of the policy's training traffic
+  (lockstep DP and DiLoCo all-reduce around the ring of regions in topology order; Decoupled DiLoCo
+  sends fragments between each learner's region and the synchronizer's), and a synchronizer outage
+  under a policy that has no synchronizer.
+"""
+
+from __future__ import annotations
+
+from .scenario import LinkDegradation, LinkPartition, Policy, Scenario, SyncerOutage, TraceReplay
+from .summary import metric_value
+from .topology import build_topology, link_name
+
+PROBE_S = 60.0  # simulated seconds of the run that discovers the metric names
+
+
+def bound_errors(scenario: Scenario, file: str, scenario_dir=None) -> list[str]:
+    """One line per hypothesis or halt bound whose metric the run does not report."""
+    from .runner import run_replication
+
+    bounds = [("hypotheses", k, b) for k, b in enumerate(scenario.hypotheses)]
+    bounds += [("halt", k, b) for k, b in enumerate(scenario.halt)]
+    if not bounds:
+        return []
+    probe = scenario.model_copy(update={"duration": min(scenario.duration, PROBE_S), "replications": 1,
+                                        "hypotheses": [], "halt": []})
+    summary = run_replication(probe, 0, None, scenario_dir).summary
+    errors = []
+    for section, k, bound in bounds:
+        if bound.metric.startswith(("failures.", "failures_by_fault.")):
+            continue  # a fault kind that did not happen in the probe is a count of 0, not a typo
+        try:
+            metric_value(summary, bound.metric)
+        except KeyError as err:
+            errors.append(f"{file}: {section}[{k}].metric: {err.args[0]}")
+    return errors
+
+
+def training_links(scenario: Scenario) -> set[str] | None:
+    """The WAN links the policy's gradient or fragment traffic crosses (None: not known statically)."""
+    topology = build_topology(scenario)
+    regions = [r for r in topology.regions if any(i.region == r for i in topology.islands)]
+    if scenario.training.policy is Policy.DECOUPLED_DILOCO:
+        return {link_name(r, topology.syncer_region) for r in regions if r != topology.syncer_region}
+    m = len(regions)
+    ring = {link_name(regions[k], regions[(k + 1) % m]) for k in range(m)} if m > 1 else set()
+    return ring if m != 2 else {link_name(*regions)}
+
+
+def warnings(scenario: Scenario, file: str) -> list[str]:
+    """One line per fault that cannot fire or cannot touch the training."""
+    found = []
+    used = training_links(scenario)
+    policy = scenario.training.policy.value
+    for k, fault in enumerate(scenario.faults):
+        where = f"{file}: faults[{k}] ({fault.name})"
+        schedule = None if isinstance(fault, TraceReplay) else fault.arrivals()
+        if schedule is not None and getattr(fault, "mtbf", None) is None:
+            first_every = schedule.start if schedule.start > 0 else schedule.every
+            periodic = schedule.every is not None and first_every < min(scenario.duration, schedule.until)
+            if not periodic and all(t >= scenario.duration for t in schedule.at):
+                found.append(f"{where}: never fires: scheduled at or after the end of the run "
+                             f"({', '.join(f'{t:g}s' for t in schedule.at)} >= duration {scenario.duration:g}s)")
+        if isinstance(fault, (LinkDegradation, LinkPartition)) and used is not None:
+            links = fault.target.links or sorted(build_topology(scenario).links)
+            idle = [link for link in links if link_name(*link.split("~")) not in used]
+            if idle and len(idle) == len(links):
+                found.append(
+                    f"{where}: link {', '.join(idle)} carries none of {policy}'s gradient or fragment traffic "
+                    f"(it uses {', '.join(sorted(used)) or 'no WAN link'}); only a rejoining learner's state pull could cross it"
+                )
+        if isinstance(fault, SyncerOutage) and scenario.training.policy is not Policy.DECOUPLED_DILOCO:
+            found.append(f"{where}: {policy} has no synchronizer, so a syncer_outage changes nothing")
+    return found

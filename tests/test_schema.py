@@ -1,0 +1,84 @@
+"""``chaossim schema``: strict JSON, checked by a real JSON Schema validator against every shipped
+scenario and against bad ones; its unit patterns accept exactly what the unit parsers accept."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import ROOT
+from ruamel.yaml import YAML
+from typer.testing import CliRunner
+
+from sim.cli import app
+from sim.schema import UNIT_PATTERNS
+from sim.units import parse_bandwidth, parse_bytes, parse_count, parse_duration
+
+SCENARIOS = sorted((ROOT / "scenarios").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    text = CliRunner().invoke(app, ["schema"]).stdout
+    # strict JSON: Python's parser would accept Infinity and NaN, so refuse them explicitly
+    schema = json.loads(text, parse_constant=lambda name: pytest.fail(f"schema holds {name}, not JSON"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def load(path: Path) -> dict:
+    return YAML(typ="safe").load(path.read_text())
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_every_shipped_scenario_is_valid(validator, path):
+    """Each shipped scenario passes the JSON Schema an editor would use."""
+    assert [e.message for e in validator.iter_errors(load(path))] == []
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("duration", "7 dayz"),
+    ("topology.default_link.bandwidth", "2GBps"),
+    ("topology.default_link.latency", "30 parsecs"),
+    ("workload.params", "12 bn"),
+    ("training.recovery.detect", "2 minutes"),
+])
+def test_bad_units_are_rejected_by_the_schema(validator, key, value):
+    """Editors reject the unit typos that ``chaossim validate`` rejects."""
+    data = copy.deepcopy(load(ROOT / "scenarios" / "four-regions-12b.yaml"))
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    assert any(validator.iter_errors(data)), f"{key}: {value!r} passed the schema"
+
+
+@pytest.mark.parametrize("name", ["bandwidth_in_bytes", "duration_in_parsecs", "unknown_top_key", "missing_topology"])
+def test_bad_files_are_rejected_by_the_schema(validator, name):
+    """Bad scenario files of the test suite fail the schema too."""
+    assert any(validator.iter_errors(load(ROOT / "tests" / "data" / "bad" / f"{name}.yaml")))
+
+
+SAMPLES = {
+    parse_duration: ["30s", "2h45m", "500ms", "7d", "1y", "1.5d", "90", "inf", "7 dayz", "2 minutes", "3x", "", "1e3s", "-5s"],
+    parse_bandwidth: ["2Gbps", "500Mbps", "10Gbit/s", "1.5e9", "kbps", "2GBps", "2GB/s", "2 Gbps", "7 gbps", "2Gbs"],
+    parse_bytes: ["95GB", "16GiB", "512MB", "64KB", "1024", "95gb", "95Gb", "2 GB", "1b", "3 bytes"],
+    parse_count: ["12B", "4M", "1.5k", "1e6", "12", "12 B", "12b", "4m", "2T", "seven"],
+}
+
+
+@pytest.mark.parametrize("parser", list(SAMPLES), ids=lambda p: p.__name__)
+def test_patterns_accept_what_the_parsers_accept(parser):
+    """Each unit pattern matches a sample exactly when its parser reads it."""
+    for text in SAMPLES[parser]:
+        try:
+            parser(text)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert bool(re.search(UNIT_PATTERNS[parser], text)) == accepted, text

@@ -60,10 +60,20 @@ def load_variants(
     data = read_yaml(path)
     for assignment in overrides:
         apply_override(data, assignment, f"{path}: --set")
+    return variants_of(data, path, _overridden(list(overrides)), allow_large, warnings, trace_dirs)
+
+
+def variants_of(
+    data: dict, path: Path, overridden: set[str] = frozenset(), allow_large: bool = True,
+    warnings: list[str] | None = None, trace_dirs: tuple[Path, ...] | list[Path] = (),
+) -> tuple[Scenario, list[Variant]]:
+    """:func:`load_variants` of YAML data already read from ``path`` (and overridden at the keys
+    ``overridden``)."""
+    path = Path(path)
     roots = tuple(trace_dirs)
     base = validate(data, str(path), roots)
     compared = base.compare
-    if not compared or _overridden(list(overrides)) & set(compared):
+    if not compared or overridden & set(compared):
         variants = [Variant("", {}, base)]
     else:
         variants = []

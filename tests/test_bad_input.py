@@ -357,22 +357,24 @@ def test_the_corpus_is_large_and_covers_every_class():
 def test_corpus_case_is_refused_in_one_line(case):
     """A malformed scenario is one ScenarioError line naming the file and the YAML path (or, for a huge
     cost, the term that makes it huge and how to lift the ceiling)."""
-    from sim.loading import ScenarioError, check_cost, validate
+    from sim.compare import variants_of
+    from sim.loading import ScenarioError
 
     _, file, kind, path, value = case
     data = mutated(file, path, value)
     with pytest.raises(ScenarioError) as info:
-        scenario = validate(data, str(file))
-        check_cost([(scenario, scenario.replications)], data, str(file))
+        variants_of(data, file, allow_large=False)  # as `chaossim run` loads: each compared variant too
     message = str(info.value)
-    assert "\n" not in message and message.startswith(f"{file}: ")
+    # a bad value in compare: is an error of the variant it makes, at the key it sets
+    variant = path[0] == "compare" and message.startswith(f"{file} [compare variant {path[2]}: ")
+    assert "\n" not in message and (message.startswith(f"{file}: ") or variant), message
     assert "Traceback" not in message and "function-after" not in message and "literal[" not in message
     if kind == "huge":
         assert "--allow-large" in message or "limit" in message, message
         return
     # the message names the mutated place, or its list item or parent (a renamed island is an error
     # of the fault's target, a duplicated region one of the region list)
-    named = [path_text(path[:k]) for k in range(len(path), max(len(path) - 3, 0), -1)]
+    named = [path_text(path[:k]) for k in range(len(path), max(len(path) - 3, 0), -1)] + ([path[1]] if variant else [])
     assert any(re.search(re.escape(p) + r"(?=[ .\[:(]|$)", message) for p in named), (named, message)
 
 

@@ -8,16 +8,16 @@ whole, the way a reviewer would:
   surrogate and all) and each bound's metric is looked up in what came out, so the check follows
   the policies' metrics as they are, not a list kept by hand. Fault counts (``failures.<kind>``)
   are known whether or not one happened.
-* **warnings** - a fault that can never fire (every scheduled time at or past the duration, and no
-  stochastic arrivals), a link fault on a link that carries none of the policy's training traffic
+* **warnings** - a link fault on a link that carries none of the policy's training traffic
   (lockstep DP and DiLoCo all-reduce around the ring of regions in topology order; Decoupled DiLoCo
   sends fragments between each learner's region and the synchronizer's), and a synchronizer outage
-  under a policy that has no synchronizer.
+  under a policy that has no synchronizer. (A fault that can never fire is one of the likely
+  mistakes of :mod:`sim.lint`, which ``run`` prints too.)
 """
 
 from __future__ import annotations
 
-from .scenario import LinkDegradation, LinkPartition, Policy, Scenario, SyncerOutage, TraceReplay
+from .scenario import LinkDegradation, LinkPartition, Policy, Scenario, SyncerOutage
 from .summary import metric_value
 from .topology import build_topology, link_name
 
@@ -58,19 +58,12 @@ def training_links(scenario: Scenario) -> set[str] | None:
 
 
 def warnings(scenario: Scenario, file: str) -> list[str]:
-    """One line per fault that cannot fire or cannot touch the training."""
+    """One line per fault that cannot touch the training."""
     found = []
     used = training_links(scenario)
     policy = scenario.training.policy.value
     for k, fault in enumerate(scenario.faults):
         where = f"{file}: faults[{k}] ({fault.name})"
-        schedule = None if isinstance(fault, TraceReplay) else fault.arrivals()
-        if schedule is not None and getattr(fault, "mtbf", None) is None:
-            first_every = schedule.start if schedule.start > 0 else schedule.every
-            periodic = schedule.every is not None and first_every < min(scenario.duration, schedule.until)
-            if not periodic and all(t >= scenario.duration for t in schedule.at):
-                found.append(f"{where}: never fires: scheduled at or after the end of the run "
-                             f"({', '.join(f'{t:g}s' for t in schedule.at)} >= duration {scenario.duration:g}s)")
         if isinstance(fault, (LinkDegradation, LinkPartition)) and used is not None:
             links = fault.target.links or sorted(build_topology(scenario).links)
             idle = [link for link in links if link_name(*link.split("~")) not in used]

@@ -421,6 +421,7 @@ def scenario_yaml(scenario: Scenario, folder: Path | None = None) -> str:
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
     yaml.sort_base_mapping_type_on_output = False
+    yaml.width = 4096  # a long trace path stays on its line (a folded scalar is valid YAML but hard to read or grep)
     yaml.dump(_finite_json(data), stream)
     return stream.getvalue()
 

@@ -250,12 +250,12 @@ def test_folder_of_another_sweep_is_refused(scenario: Path, tmp_path: Path):
         run_sweep(plan_sweep(scenario, seeds=[1]), folder, SerialExecutor())
 
 
-def test_quorum_grace_scenario_plans_27_replications():
-    """scenarios/sweeps/quorum-grace.yaml: quorum x grace.max x 3 seeds, every point valid."""
+def test_quorum_grace_scenario_plans_30_replications():
+    """scenarios/sweeps/quorum-grace.yaml: quorum x fixed grace window x 3 seeds, every point valid."""
     plan = plan_sweep(ROOT / "scenarios" / "sweeps" / "quorum-grace.yaml")
-    assert plan.total == 27 and plan.seeds == (1, 2, 3)
-    assert {c["training.quorum"] for c in plan.columns} == {1, 2, 4}
-    assert {c["training.grace.max"] for c in plan.columns} == {0.0, 10.0, 30.0}
+    assert plan.total == 30 and plan.seeds == (1, 2, 3)
+    assert {c["training.quorum"] for c in plan.columns} == {1, 2}
+    assert {c["training.grace.fixed"] for c in plan.columns} == {0.0, 2.0, 5.0, 15.0, 60.0}
     assert {Scenario.model_validate(s).training.policy.value for s in plan.scenarios} == {"decoupled_diloco"}
 
 

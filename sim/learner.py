@@ -34,6 +34,7 @@ import simpy
 from .metrics import Ledger, Phase
 from .recorder import Recorder
 from .scenario import BlastRadius, OnFailure, PauseConflict, Training
+from .stretch import Stretch, exact_delay
 from .topology import Island
 
 _RADIUS_ORDER = [BlastRadius.CHIP, BlastRadius.HOST, BlastRadius.CUBE, BlastRadius.ISLAND]
@@ -74,10 +75,20 @@ class Group:
         recorder: Recorder,
         checkpoint_interval_s: float | None,
         base_compute_s: float,
+        *,
+        target_steps: float = math.inf,
+        stretches: bool = True,
     ):
         self.env, self.name, self.islands, self.training, self.mode = env, name, islands, training, mode
         self.step_model, self.recorder = step_model, recorder
         self.checkpoint_interval_s = checkpoint_interval_s
+        self.target_steps = target_steps  # a work-defined job ends when this many steps are committed
+        self.done = False  # the target is committed: the group's process has ended
+        # failure-free stretches settled in closed form (sim.stretch); off: one event per phase end
+        self.stretches = stretches and checkpoint_interval_s is not None
+        self._stretch: Stretch | None = None
+        self._resume_s: float | None = None  # a stretch handed back its phase, which ends then
+        self.uptime_counts_kept = False  # lockstep: uptime is running time whose work was kept
         self.base_compute_s = base_compute_s  # step compute time with every chip in the job, no slowdown
         self.elastic_unit = training.elastic.unit
         self.full_flops = sum(i.peak_flops for i in islands)
@@ -116,6 +127,8 @@ class Group:
         self._transfer: simpy.Event | None = None
         self.transfer_cancelled: list[Callable[[simpy.Event], None]] = []
         self.process = env.process(self._run())
+        if self.stretches:
+            recorder.before_event.append(lambda _time_s: self.settle())
 
     # ----------------------------------------------------------------------------------- capacity
 
@@ -184,6 +197,7 @@ class Group:
 
     def fail_chip(self, island: Island, chip: int, radius: BlastRadius, repair_s: float, kind: str, fault: str) -> bool:
         """A failure of the unit around ``chip``; returns True if it took capacity from the group."""
+        self.settle()
         if island.outages > 0 or (self.mode is not OnFailure.ELASTIC and not self.holding):
             return self._absorb(island, kind, fault, "group holds no chips there")
         if self.mode is OnFailure.RESTART:
@@ -207,6 +221,7 @@ class Group:
 
     def outage_changed(self, islands: list[Island], started: bool, kind: str, fault: str) -> None:
         """An island or region outage took (``island.outages`` already raised) or returned ``islands``."""
+        self.settle()
         if started:
             elastic = self.mode is OnFailure.ELASTIC
             if (elastic and any(self.in_job[i.index] > 0 for i in islands)) or (not elastic and self.holding):
@@ -218,6 +233,7 @@ class Group:
 
     def wake(self, reason: str) -> None:
         """Something changed that may re-time or unblock the group."""
+        self.settle()
         self._compute_s = None
         if self.process.is_alive:
             self.process.interrupt(Wake(reason))
@@ -228,6 +244,7 @@ class Group:
         chips = sum(min(size, island.chips - u * size) for u in units)
 
         def repaired(_event) -> None:
+            self.settle()
             self.down_units[island.index] -= units
             self.recorder.event(self.env.now, "repair", "", island.name, f"{chips} chips")
             if spare:
@@ -257,18 +274,60 @@ class Group:
     # ----------------------------------------------------------------------------------- the process
 
     def _run(self):
-        while True:
-            phase, duration = self._plan()
-            self._enter(phase)
-            wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
-            if phase in (Phase.RELOAD, Phase.UPSCALE) and self._transfer is not None:
-                wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
+        while not self.done:
+            wait = self._next_wait()
             try:
                 yield wait
             except simpy.Interrupt as irq:
+                self._leave_stretch()
                 self._interrupted(irq.cause)
             else:
-                self._completed()
+                if self._stretch is None:
+                    self._completed()
+                elif not self._stretch.woke():  # near a work-defined job's end: play it event by event
+                    self._resume_s = self._stretch.end_s
+                    self._stretch = None
+
+    def _next_wait(self) -> simpy.Event:
+        if self._stretch is not None:
+            return self._stretch.wait()
+        if self._resume_s is not None:
+            at, self._resume_s = self._resume_s, None
+            return self.env.timeout(exact_delay(self.env.now, at))
+        phase, duration = self._plan()
+        self._enter(phase)
+        if phase in (Phase.RUNNING, Phase.CHECKPOINT) and self._stretch_fits(duration):
+            self._stretch = Stretch(self, self.env.now + max(duration, 0.0))
+            return self._stretch.wait()
+        wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
+        if phase in (Phase.RELOAD, Phase.UPSCALE) and self._transfer is not None:
+            wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
+        return wait
+
+    def _stretch_fits(self, duration: float) -> bool:
+        """Whether the periods from here can be settled in closed form (nothing watches each one)."""
+        if not self.stretches or self.listeners or self.commit_listeners or self._out or not math.isfinite(duration):
+            return False
+        if self.running_rates()[1] <= 0 or self.needs_upscale():
+            return False  # (a unit waiting to be re-added changes the next period)
+        return Stretch.far_from_target(self)
+
+    def settle(self) -> None:
+        """Book a stretch's periods up to now (a no-op outside a stretch); see :mod:`sim.stretch`."""
+        if self._stretch is not None:
+            self._stretch.settle(self.env.now)
+
+    def _leave_stretch(self) -> None:
+        if self._stretch is not None:
+            self._stretch.settle(self.env.now)
+            self._stretch = None
+
+    def steps_left(self) -> float:
+        """Steps still to commit before a work-defined job is done (infinite otherwise)."""
+        return self.target_steps - self.ledger.committed_steps - self.ledger.pending_steps
+
+    def target_reached(self) -> bool:
+        return self.target_steps < math.inf and self.steps_left() <= self.target_steps * 1e-12
 
     def _plan(self) -> tuple[Phase, float]:
         now = self.env.now
@@ -295,6 +354,8 @@ class Group:
         if not math.isfinite(compute_s + comm_s):
             return Phase.BLOCKED, math.inf
         self._step_wall_s = compute_s + comm_s
+        if self.target_steps < math.inf:  # stop running when the work is done
+            return Phase.RUNNING, min(self.work_left_s, self.steps_left() / (1.0 / self._step_wall_s))
         return Phase.RUNNING, self.work_left_s
 
     def _phase_length(self, phase: Phase) -> float:
@@ -328,9 +389,16 @@ class Group:
                 self.island_out_s[index] += now - self._islands_since_s
         self._islands_since_s, self._was_running = now, self.phase is Phase.RUNNING
 
+    def up_s(self) -> float:
+        """Wall time the group advanced: running, or (``uptime_counts_kept``) running on work that was
+        not rolled back since (committed, or still pending)."""
+        if self.uptime_counts_kept:
+            return self.ledger.kept_run_s + self.ledger.pending_run_s
+        return self.ledger.advancing_s
+
     def island_downtime_s(self, island: Island) -> float:
         """Wall time the island did not train: the group's downtime plus its own time out of the job."""
-        return self.env.now - self.ledger.advancing_s + self.island_out_s[island.index]
+        return self.env.now - self.up_s() + self.island_out_s[island.index]
 
     def _book(self) -> None:
         """Tell the ledger what the chips are doing now."""
@@ -339,18 +407,23 @@ class Group:
         down = self.ledger.provisioned_chips - active - spare
         self._timeline_row(active, down)
         if self.phase is Phase.RUNNING:
-            compute_s, comm_s = self.step_times()
-            wall = compute_s + comm_s
-            # an infinite step (a wake to re-plan is already queued) makes no progress meanwhile;
-            # chips idle at the barrier behind a straggler are waiting, not computing
-            fraction, rate = (compute_s / wall, 1.0 / wall) if math.isfinite(wall) else (0.0, 0.0)
-            fraction *= 1.0 - self.barrier_idle_fraction()
+            fraction, rate = self.running_rates()
             self.ledger.set_state(
                 self.env.now, Phase.RUNNING, active=active, down=down, spare=spare,
                 compute_fraction=fraction, steps_per_s=rate,
             )
         else:
             self.ledger.set_state(self.env.now, self.phase, active=active, down=down, spare=spare)
+
+    def running_rates(self) -> tuple[float, float]:
+        """(share of running chip-time that is compute, steps per second) with the chips in the job now."""
+        compute_s, comm_s = self.step_times()
+        wall = compute_s + comm_s
+        # an infinite step (a wake to re-plan is already queued) makes no progress meanwhile;
+        # chips idle at the barrier behind a straggler are waiting, not computing
+        fraction, rate = (compute_s / wall, 1.0 / wall) if math.isfinite(wall) else (0.0, 0.0)
+        fraction *= 1.0 - self.barrier_idle_fraction()
+        return fraction, rate
 
     def _timeline_row(self, active: int, down: int) -> None:
         """Close the open timeline row when the phase or the chip counts change (rows carry the
@@ -371,6 +444,8 @@ class Group:
         if phase is Phase.RUNNING:
             self.work_left_s = 0.0
             self.intent = Phase.CHECKPOINT
+            if self.checkpoint_interval_s is None and self.target_reached():
+                self._work_done()  # no checkpoints to write: the work in place is the result
         elif phase is Phase.CHECKPOINT:
             steps = self.ledger.commit(now)
             self.recorder.event(now, "checkpoint", "", self.name, f"{steps:.6g} steps committed")
@@ -378,6 +453,8 @@ class Group:
                 listener(self, steps)
             self.work_left_s = self.checkpoint_interval_s or math.inf
             self.intent = Phase.RUNNING
+            if self.target_reached():
+                self._work_done()
         elif phase in (Phase.DETECT, Phase.SWAP):
             self.intent = Phase.RELOAD
         else:  # RELOAD, DOWNSCALE, UPSCALE
@@ -417,7 +494,7 @@ class Group:
             return
         now, partial = self.env.now, self._step_phase_now()
         chip_s = partial * self._step_wall_s * self.ledger.compute_fraction * self.ledger.active_chips
-        self.ledger.discard_chip_s(now, chip_s, partial)
+        self.ledger.discard_chip_s(now, chip_s, partial, partial * self._step_wall_s)
         self._step_phase, self._run_started_s = 0.0, now
 
     def _elastic_failure(self, phase: Phase, now: float) -> None:
@@ -437,8 +514,13 @@ class Group:
                 listener(self._transfer)
             self._transfer = None
 
+    def _work_done(self) -> None:
+        self.done = True
+        self.recorder.event(self.env.now, "work_done", "", self.name, f"{self.ledger.committed_steps:.6g} steps")
+
     def finish(self) -> None:
         """Close the last timeline interval and the ledger at the end of the run."""
+        self._leave_stretch()
         now = self.env.now
         self._account_islands()
         self._close_row()

@@ -84,6 +84,8 @@ class Ledger:
     committed_steps: float = 0.0
     rolled_back_steps: float = 0.0
     advancing_s: float = 0.0  # wall seconds in RUNNING
+    pending_run_s: float = 0.0  # wall seconds in RUNNING whose work is not committed yet
+    kept_run_s: float = 0.0  # wall seconds in RUNNING whose work was committed (never rolled back)
     # current state
     phase: Phase = Phase.BLOCKED
     active_chips: int = 0
@@ -108,6 +110,7 @@ class Ledger:
             self.buckets[Bucket.WAITING] += self.active_chips * dt - compute
             self.pending_steps += dt * self.steps_per_s
             self.advancing_s += dt
+            self.pending_run_s += dt
         else:
             self.buckets[self.phase.bucket] += self.active_chips * dt
         self.buckets[Bucket.DOWN] += self.down_chips * dt
@@ -149,7 +152,8 @@ class Ledger:
         self.buckets[Bucket.USEFUL] += self.pending_chip_s
         steps = self.pending_steps
         self.committed_steps += steps
-        self.pending_chip_s = self.pending_steps = 0.0
+        self.kept_run_s += self.pending_run_s
+        self.pending_chip_s = self.pending_steps = self.pending_run_s = 0.0
         return steps
 
     def rollback(self, now_s: float, fraction: float = 1.0) -> float:
@@ -161,11 +165,14 @@ class Ledger:
         self.pending_chip_s -= lost_chip_s
         self.pending_steps -= lost_steps
         self.rolled_back_steps += lost_steps
+        self.pending_run_s -= self.pending_run_s * fraction
         return lost_steps
 
-    def discard_chip_s(self, now_s: float, chip_s: float, steps: float) -> None:
-        """Throw away a given amount of pending compute (the step in flight when a unit died)."""
+    def discard_chip_s(self, now_s: float, chip_s: float, steps: float, wall_s: float = 0.0) -> None:
+        """Throw away a given amount of pending compute (the step in flight when a unit died), which
+        took ``wall_s`` of running time."""
         self.advance(now_s)
+        self.pending_run_s -= min(wall_s, self.pending_run_s)
         chip_s = min(chip_s, self.pending_chip_s)
         steps = min(steps, self.pending_steps)
         self.buckets[Bucket.LOST] += chip_s

@@ -284,12 +284,28 @@ class SweepSpec(Model):
 
 
 
+class Until(Model):
+    """A work-defined job: the replication ends once this much work is committed (time-to-train)."""
+
+    tokens: Count | None = Field(None, description="tokens to train, e.g. '1T'")
+    steps: Count | None = Field(None, description="steps to train")
+
+    @model_validator(mode="after")
+    def _one_measure(self) -> Until:
+        if (self.tokens is None) == (self.steps is None):
+            raise ValueError("until needs exactly one of 'tokens' or 'steps'")
+        return self
+
+
 class Scenario(Model):
     version: Literal[1] = 1
     name: str = Field(min_length=1)
     description: str = ""
     seed: int = Field(ge=0)
-    duration: PositiveSeconds = Field(description="simulated time per replication (finite)")
+    duration: PositiveSeconds = Field(
+        description="simulated time per replication (finite); with 'until', the most a replication may take"
+    )
+    until: Until | None = None
     replications: int = Field(1, ge=1)
     chips: dict[str, ChipSpec] = Field({}, description="extra or overriding chip types")
     topology: Topology
@@ -328,6 +344,11 @@ class Scenario(Model):
             raise LocatedError(
                 f"quorum {self.training.quorum} exceeds the {learners} learners (islands) of the topology",
                 ("training", "quorum"),
+            )
+        if self.until is not None and self.training.policy not in (Policy.SYNC_DP, Policy.ELASTIC_DP):
+            raise LocatedError(
+                f"until (a work-defined job) needs policy sync_dp or elastic_dp, got {self.training.policy.value}",
+                ("until",),
             )
         for k, fault in enumerate(self.faults):
             wrong = foreign_selector(fault)

@@ -29,6 +29,7 @@ from .metrics import Bucket, combine
 def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, final: bool) -> dict:
     now = ctx.env.now
     for group in groups:
+        group.settle()
         group.ledger.advance(now)
     chip_time = combine([g.ledger for g in groups])
     if not final:  # mid-run: pending compute is not useful yet, but it is not lost either
@@ -44,7 +45,7 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
                 "name": group.name,
                 "islands": [i.name for i in group.islands],
                 "chips": group.ledger.provisioned_chips,
-                "downtime_s": now - group.ledger.advancing_s,
+                "downtime_s": now - group.up_s(),
                 "steps": steps,
                 "tokens": steps * tokens_per_step,
                 "interruptions": len(group.interrupts_s),

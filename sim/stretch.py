@@ -1,0 +1,239 @@
+"""Failure-free stretches of lockstep training, settled without one SimPy event per checkpoint.
+
+Between two chaos events a lockstep job with periodic checkpoints is a deterministic recurrence: run
+for the work left in the period (W, or less when the job's work target is nearer), write for C,
+commit, run again. The event-per-checkpoint way plays every run and every write as a SimPy timeout;
+a **stretch** plays none of them. The group waits for the next chaos event (or, for a work-defined
+job, for the time its work can first be done); whenever anything looks at it (a failure, a wake, a
+recorder row, the run's end) the periods completed since are settled at once by :func:`replay`.
+
+``replay`` repeats, in compiled code, the exact floating-point operations of the event path: each
+phase end is ``start + delay`` as SimPy computes it, each ledger update is the one
+:meth:`sim.metrics.Ledger.advance` and :meth:`~sim.metrics.Ledger.commit` make, in the same order. So
+the ledger, the timeline rows and the checkpoint events of a stretch are bit-identical to the event
+path's (``tests/test_stretch.py`` holds the two equal); only the SimPy event count differs.
+
+State is one float64 vector (indices below) so that one call moves it in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# state vector layout
+SUB, SUB_END, LAST, PENDING_CHIP, PENDING_STEPS, COMMITTED, ADVANCING, USEFUL, WAITING, CHECKPOINT = range(10)
+DOWN, SPARE, PENDING_RUN, KEPT_RUN, RUN_STARTED, PHASE_END, DONE = range(10, 17)
+STATE_SIZE = 17
+RUNNING_SUB, CHECKPOINT_SUB = 0.0, 1.0
+
+_kernel = None
+
+
+def _compile():
+    """Compile (or load from Numba's on-disk cache) the replay kernel, once per process."""
+    global _kernel  # noqa: PLW0603 - one compiled function per process, built on first use
+    if _kernel is None:
+        import numba
+
+        _kernel = numba.njit(cache=True)(_replay)
+    return _kernel
+
+
+def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, write_s, target_steps,
+            limit_s, inclusive, times_out, steps_out):
+    """Settle phase ends before ``limit_s`` (at it too if ``inclusive``); returns how many.
+
+    ``times_out[k]`` is the k-th phase end, ``steps_out[k]`` the steps a checkpoint end committed.
+    Stops early when the output arrays are full or the work target is committed (``state[DONE]``).
+    """
+    n = 0
+    capacity = times_out.shape[0]
+    while n < capacity and state[DONE] == 0.0:
+        end = state[SUB_END]
+        if end > limit_s or (end == limit_s and not inclusive):
+            break
+        dt = end - state[LAST]
+        running = state[SUB] == RUNNING_SUB
+        if dt > 0:  # Ledger.advance
+            state[LAST] = end
+            if running:
+                compute = active * dt * compute_fraction
+                state[PENDING_CHIP] += compute
+                state[WAITING] += active * dt - compute
+                state[PENDING_STEPS] += dt * steps_per_s
+                state[ADVANCING] += dt
+                state[PENDING_RUN] += dt
+            else:
+                state[CHECKPOINT] += active * dt
+            state[DOWN] += down * dt
+            state[SPARE] += spare * dt
+        times_out[n] = end
+        if running:  # the run's end: write a checkpoint
+            state[SUB] = CHECKPOINT_SUB
+            state[PHASE_END] = end + write_s
+            state[SUB_END] = end + max(state[PHASE_END] - end, 0.0)
+            steps_out[n] = 0.0
+        else:  # the write's end: commit (Ledger.commit), then run the next period
+            state[USEFUL] += state[PENDING_CHIP]
+            steps = state[PENDING_STEPS]
+            state[COMMITTED] += steps
+            state[KEPT_RUN] += state[PENDING_RUN]
+            state[PENDING_CHIP] = 0.0
+            state[PENDING_STEPS] = 0.0
+            state[PENDING_RUN] = 0.0
+            steps_out[n] = steps
+            n += 1
+            left = target_steps - state[COMMITTED]
+            if target_steps < math.inf and left <= target_steps * 1e-12:
+                state[DONE] = 1.0
+                break
+            state[SUB] = RUNNING_SUB
+            state[RUN_STARTED] = end
+            state[PHASE_END] = math.nan
+            duration = min(work_s, left / steps_per_s) if steps_per_s > 0 else work_s
+            state[SUB_END] = end + max(duration, 0.0)
+            continue
+        n += 1
+    return n
+
+
+def replay(state: np.ndarray, active: int, down: int, spare: int, compute_fraction: float, steps_per_s: float,
+           work_s: float, write_s: float, target_steps: float, limit_s: float, inclusive: bool,
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Settle every phase end before ``limit_s``; returns (end times, steps committed at each end)."""
+    kernel = _compile()
+    period = work_s + write_s
+    chunks_t, chunks_s = [], []
+    while True:
+        room = int(min(2 * max(limit_s - state[SUB_END], 0.0) / period + 4, 1 << 20))
+        times, steps = np.empty(room), np.empty(room)
+        n = kernel(state, float(active), float(down), float(spare), compute_fraction, steps_per_s, work_s,
+                   write_s, target_steps, limit_s, inclusive, times, steps)
+        chunks_t.append(times[:n])
+        chunks_s.append(steps[:n])
+        if n < room:
+            break
+    if len(chunks_t) == 1:
+        return chunks_t[0], chunks_s[0]
+    return np.concatenate(chunks_t), np.concatenate(chunks_s)
+
+
+def exact_delay(now_s: float, at_s: float) -> float:
+    """A delay ``d`` with ``now_s + d == at_s`` in floating point (SimPy schedules at ``now + delay``)."""
+    delay = at_s - now_s
+    for _ in range(8):
+        reached = now_s + delay
+        if reached == at_s:
+            return delay
+        delay = math.nextafter(delay, math.inf if reached < at_s else -math.inf)
+    raise ArithmeticError(f"no delay from {now_s!r} reaches {at_s!r}")
+
+
+class Stretch:
+    """The failure-free stretch a group is in: the recurrence's position, and how to settle it.
+
+    The ledger stays the source of truth: every :meth:`settle` loads it, replays the phase ends up to
+    the given time and stores it back, so bookings made in between (a spare returning to its pool)
+    are honoured. Only the recurrence's own position lives here: the current phase (running or
+    writing a checkpoint), the time SimPy would end it at, and when the running phase began.
+    """
+
+    def __init__(self, group, end_s: float):
+        from .metrics import Phase
+
+        self.group = group
+        self.state = np.zeros(STATE_SIZE)
+        self.state[SUB] = RUNNING_SUB if group.phase is Phase.RUNNING else CHECKPOINT_SUB
+        self.state[SUB_END] = end_s
+        self.state[RUN_STARTED] = group._run_started_s
+        self.state[PHASE_END] = group.phase_end_s if group.phase_end_s is not None else math.nan
+        # what every running phase of the stretch books (nothing re-times a step without a wake)
+        self.compute_fraction, self.steps_per_s = group.running_rates()
+
+    @property
+    def end_s(self) -> float:
+        """When the current phase ends (as SimPy would end it)."""
+        return float(self.state[SUB_END])
+
+    @staticmethod
+    def far_from_target(group) -> bool:
+        """True unless a work-defined job is within a few periods of its end (played event by event)."""
+        if group.target_steps == math.inf:
+            return True
+        rate = group.running_rates()[1]
+        return rate > 0 and group.steps_left() / rate > 6 * group.checkpoint_interval_s
+
+    def wait(self):
+        """The event the group waits on: the next chaos event (an interrupt), or for a work-defined job
+        a time before its work can possibly be done (all that is left, run at full rate)."""
+        group = self.group
+        env = group.env
+        if group.target_steps == math.inf:
+            return group._never
+        ledger = group.ledger
+        earliest_s = ledger._last_s + group.steps_left() / self.steps_per_s - 4 * group.checkpoint_interval_s
+        return env.timeout(max(earliest_s - env.now, 0.0))
+
+    def woke(self) -> bool:
+        """The wait of a work-defined job ended: settle; True if the stretch goes on."""
+        self.settle(self.group.env.now)
+        return self.far_from_target(self.group)
+
+    def settle(self, now_s: float) -> None:
+        """Book every phase end before ``now_s``: ledger, timeline rows, checkpoint events, group state."""
+        from .metrics import Bucket, Phase
+
+        group, ledger, state = self.group, self.group.ledger, self.state
+        if state[SUB_END] >= now_s:
+            return
+        buckets = ledger.buckets
+        state[LAST], state[PENDING_CHIP], state[PENDING_STEPS] = ledger._last_s, ledger.pending_chip_s, ledger.pending_steps
+        state[COMMITTED], state[ADVANCING] = ledger.committed_steps, ledger.advancing_s
+        state[PENDING_RUN], state[KEPT_RUN] = ledger.pending_run_s, ledger.kept_run_s
+        state[USEFUL], state[WAITING] = buckets[Bucket.USEFUL], buckets[Bucket.WAITING]
+        state[CHECKPOINT], state[DOWN], state[SPARE] = buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]
+        first_running = state[SUB] == RUNNING_SUB
+        times, steps = replay(
+            state, ledger.active_chips, ledger.down_chips, ledger.spare_chips, self.compute_fraction,
+            self.steps_per_s, group.checkpoint_interval_s, group.training.checkpoint.write_time,
+            group.target_steps, now_s, False,
+        )
+        if state[DONE]:
+            raise AssertionError("a stretch must hand a work-defined job back before its work is done")
+        (ledger._last_s, ledger.pending_chip_s, ledger.pending_steps, ledger.committed_steps, ledger.advancing_s,
+         ledger.pending_run_s, ledger.kept_run_s, buckets[Bucket.USEFUL], buckets[Bucket.WAITING],
+         buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]) = state[
+            [LAST, PENDING_CHIP, PENDING_STEPS, COMMITTED, ADVANCING, PENDING_RUN, KEPT_RUN, USEFUL, WAITING,
+             CHECKPOINT, DOWN, SPARE]].tolist()
+        self._record(times, steps, first_running)
+        last = float(times[-1])
+        running = state[SUB] == RUNNING_SUB
+        phase = Phase.RUNNING if running else Phase.CHECKPOINT
+        group.phase = group.intent = ledger.phase = phase
+        if running or len(times) > 1:  # a running phase began: its rates are booked (Group._book)
+            ledger.compute_fraction, ledger.steps_per_s = self.compute_fraction, self.steps_per_s
+        group.phase_since_s = group._islands_since_s = last
+        group.phase_end_s = None if running else float(state[PHASE_END])
+        group._run_started_s = float(state[RUN_STARTED])
+        group.work_left_s = group.checkpoint_interval_s if running else 0.0
+        group._step_phase = 0.0
+        group._was_running = running
+        group._row = (phase, ledger.active_chips, ledger.down_chips)
+        group._row_since_s = last
+
+    def _record(self, times: np.ndarray, steps: np.ndarray, first_running: bool) -> None:
+        """The rows the event path writes at these phase ends: one timeline row per phase, one
+        ``checkpoint`` event per commit."""
+        group, recorder = self.group, self.group.recorder
+        n = len(times)
+        ends = times.tolist()
+        starts = [group._row_since_s, *ends[:-1]]
+        names = ("running", "checkpoint") if first_running else ("checkpoint", "running")
+        phases = [names[k & 1] for k in range(n)]
+        recorder.intervals(group.name, phases, starts, ends, group.ledger.active_chips, group.ledger.down_chips)
+        first_commit = 1 if first_running else 0
+        commits = ends[first_commit::2]
+        details = [f"{s:.6g} steps committed" for s in steps[first_commit::2].tolist()]
+        recorder.events_at(commits, "checkpoint", group.name, details)

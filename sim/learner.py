@@ -105,6 +105,9 @@ class Group:
         self.ledger = Ledger(provisioned_chips=sum(i.chips for i in islands) + spares, start_s=env.now)
         self.interrupts_s: list[float] = []  # times of failures that interrupted the group
         self.absorbed = 0
+        # per fault name: arrivals that interrupted the group, and arrivals it absorbed
+        self.interrupts_by_fault: dict[str, int] = {}
+        self.absorbed_by_fault: dict[str, int] = {}
         self.intent = Phase.RUNNING
         self.phase = Phase.BLOCKED
         self.phase_since_s = env.now
@@ -226,6 +229,8 @@ class Group:
             elastic = self.mode is OnFailure.ELASTIC
             if (elastic and any(self.in_job[i.index] > 0 for i in islands)) or (not elastic and self.holding):
                 self._hit(islands[0], kind, fault, "outage of " + ",".join(i.name for i in islands))
+            else:  # e.g. during detect/reschedule: it keeps the capacity away, but stops nothing
+                self._absorb(islands[0], kind, fault, "outage while the group holds no chips there")
             self._sync_capacity(upscale=False)  # their chips are out (down), whatever follows
             self._book()
         else:
@@ -257,11 +262,13 @@ class Group:
 
     def _absorb(self, island: Island, kind: str, fault: str, why: str) -> bool:
         self.absorbed += 1
+        self.absorbed_by_fault[fault] = self.absorbed_by_fault.get(fault, 0) + 1
         self.recorder.event(self.env.now, "absorbed", fault, island.name, f"{kind}: {why}")
         return False
 
     def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False) -> bool:
         self.interrupts_s.append(self.env.now)
+        self.interrupts_by_fault[fault] = self.interrupts_by_fault.get(fault, 0) + 1
         self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
         if self.mode is OnFailure.ELASTIC:
             self._discard_step_in_flight()  # at the chip counts and step time it was running with
@@ -405,7 +412,8 @@ class Group:
         self._account_islands()
         active, spare = self.active_chips, sum(self.spare_free.values())
         down = self.ledger.provisioned_chips - active - spare
-        self._timeline_row(active, down)
+        # in detect + reschedule the group holds no chips (the ledger still books them as recovery)
+        self._timeline_row(0 if self.phase is Phase.DETECT else active, down)
         if self.phase is Phase.RUNNING:
             fraction, rate = self.running_rates()
             self.ledger.set_state(

@@ -33,7 +33,7 @@ _kernel = None
 
 def _compile():
     """Compile (or load from Numba's on-disk cache) the replay kernel, once per process."""
-    global _kernel  # noqa: PLW0603 - one compiled function per process, built on first use
+    global _kernel
     if _kernel is None:
         import numba
 

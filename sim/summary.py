@@ -7,7 +7,8 @@ Names (what ``chaossim run --json`` prints and ``summary.json`` holds):
   advances); ``global_downtime_s`` = the rest, in seconds;
 * ``chip_time`` (chip-seconds per bucket) and ``chip_time_fraction`` (the same over the total);
 * ``failures`` by fault kind, ``failures_total``, ``interruptions`` (failures that hit a group holding
-  chips) and ``absorbed`` (failures that arrived while nothing could be lost);
+  chips) and ``absorbed`` (failures that arrived while nothing could be lost), and both per fault name
+  (``interruptions_by_fault``, ``absorbed_by_fault``); in a lockstep job every arrival is one or the other;
 * ``steps``, ``tokens``: committed training progress;
 * ``learners``: per group name, chips, downtime, steps, tokens, interruptions;
 * ``islands_detail``: per island its group and downtime (the group's, plus time it sat out of a
@@ -69,6 +70,8 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
         "failures_total": sum(faults.counter.by_kind.values()),
         "interruptions": sum(len(g.interrupts_s) for g in groups),
         "absorbed": sum(g.absorbed for g in groups),
+        "interruptions_by_fault": _by_fault(g.interrupts_by_fault for g in groups),
+        "absorbed_by_fault": _by_fault(g.absorbed_by_fault for g in groups),
         "steps": sum(entry["steps"] for entry in learners) if len(groups) > 1 else learners[0]["steps"],
         "tokens": sum(entry["tokens"] for entry in learners),
         "learners": learners,
@@ -85,6 +88,14 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
     if hasattr(policy, "metrics"):
         summary.update(policy.metrics(final=final))
     return summary
+
+
+def _by_fault(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for group_counts in counts:
+        for fault, n in group_counts.items():
+            total[fault] = total.get(fault, 0) + n
+    return dict(sorted(total.items()))
 
 
 def metric_value(summary: dict, path: str) -> float:

@@ -53,7 +53,7 @@ def test_stretches_equal_event_per_checkpoint(case, seed):
     """Summary, timeline and events are identical with and without closed-form stretches."""
     sets, faults = CASES[case]
     fast, slow = both(sets, faults, seed)
-    strip = lambda summary: {k: v for k, v in summary.items() if k not in MACHINE}  # noqa: E731
+    strip = lambda summary: {k: v for k, v in summary.items() if k not in MACHINE}
     assert strip(fast.summary) == strip(slow.summary)
     for table in ("timeline", "events"):
         assert fast.tables[table].to_pylist() == slow.tables[table].to_pylist(), table

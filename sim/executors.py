@@ -26,6 +26,7 @@ know what happened to this job", never "the replication crashed".
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import shutil
@@ -79,14 +80,22 @@ def summary_row(summary: dict) -> dict:
     return row
 
 
-def run_job(job: Job) -> dict:
-    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run."""
+def run_job(job: Job, validated: dict[int, Scenario] | None = None) -> dict:
+    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run.
+
+    ``validated`` caches each point's scenario across the jobs of a batch (validated once per point).
+    """
     from .runner import run_replication
 
     start = time.perf_counter()
     out = Path(job.out_dir)
     try:
-        scenario = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+        if validated is None or job.point not in validated:
+            point = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+            if validated is None:
+                validated = {}
+            validated[job.point] = point
+        scenario = validated[job.point].model_copy(update={"seed": job.seed})
         if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -100,6 +109,20 @@ def run_job(job: Job) -> dict:
             (out / "error.txt").write_text(traceback.format_exc())
     result["row_wall_s"] = time.perf_counter() - start
     return result
+
+
+def run_batch(jobs: Sequence[Job]) -> list[dict]:
+    """Run several replications as one task: a task's own cost (shipping it, starting it, returning
+    its result) is paid once per batch, so sweeps of small replications still gain from workers."""
+    validated: dict[int, Scenario] = {}
+    return [run_job(job, validated) for job in jobs]
+
+
+def batches(jobs: Sequence[Any], workers: int, most: int = 32) -> list[list[Any]]:
+    """Jobs cut into consecutive batches: about eight per worker (so a slow batch cannot leave the
+    other workers idle for long), at most ``most`` jobs each."""
+    size = max(1, min(most, math.ceil(len(jobs) / (8 * max(workers, 1)))))
+    return [list(jobs[k : k + size]) for k in range(0, len(jobs), size)]
 
 
 # --------------------------------------------------------------------------------------------- executors

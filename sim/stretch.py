@@ -49,7 +49,7 @@ def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, w
     Stops early when the output arrays are full or the work target is committed (``state[DONE]``).
     """
     n = 0
-    capacity = times_out.shape[0]
+    capacity = len(times_out)
     while n < capacity and state[DONE] == 0.0:
         end = state[SUB_END]
         if end > limit_s or (end == limit_s and not inclusive):
@@ -99,25 +99,36 @@ def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, w
     return n
 
 
+COMPILED_FROM = 256
+"""Phase ends above which a settle runs compiled; below, the same function runs as plain Python
+(the same IEEE operations: results are identical), so short stretches never load Numba."""
+
+
 def replay(state: np.ndarray, active: int, down: int, spare: int, compute_fraction: float, steps_per_s: float,
            work_s: float, write_s: float, target_steps: float, limit_s: float, inclusive: bool,
-           ) -> tuple[np.ndarray, np.ndarray]:
+           ) -> tuple[list[float], list[float]]:
     """Settle every phase end before ``limit_s``; returns (end times, steps committed at each end)."""
-    kernel = _compile()
     period = work_s + write_s
-    chunks_t, chunks_s = [], []
+    times_all: list[float] = []
+    steps_all: list[float] = []
     while True:
         room = int(min(2 * max(limit_s - state[SUB_END], 0.0) / period + 4, 1 << 20))
-        times, steps = np.empty(room), np.empty(room)
-        n = kernel(state, float(active), float(down), float(spare), compute_fraction, steps_per_s, work_s,
-                   write_s, target_steps, limit_s, inclusive, times, steps)
-        chunks_t.append(times[:n])
-        chunks_s.append(steps[:n])
+        args = (float(active), float(down), float(spare), compute_fraction, steps_per_s, work_s, write_s,
+                target_steps, limit_s, inclusive)
+        if room < COMPILED_FROM:
+            plain = state.tolist()
+            times, steps = [0.0] * room, [0.0] * room
+            n = _replay(plain, *args, times, steps)
+            state[:] = plain
+            times_all += times[:n]
+            steps_all += steps[:n]
+        else:
+            times_np, steps_np = np.empty(room), np.empty(room)
+            n = _compile()(state, *args, times_np, steps_np)
+            times_all += times_np[:n].tolist()
+            steps_all += steps_np[:n].tolist()
         if n < room:
-            break
-    if len(chunks_t) == 1:
-        return chunks_t[0], chunks_s[0]
-    return np.concatenate(chunks_t), np.concatenate(chunks_s)
+            return times_all, steps_all
 
 
 def exact_delay(now_s: float, at_s: float) -> float:
@@ -202,13 +213,15 @@ class Stretch:
         )
         if state[DONE]:
             raise AssertionError("a stretch must hand a work-defined job back before its work is done")
+        if not times:
+            return
         (ledger._last_s, ledger.pending_chip_s, ledger.pending_steps, ledger.committed_steps, ledger.advancing_s,
          ledger.pending_run_s, ledger.kept_run_s, buckets[Bucket.USEFUL], buckets[Bucket.WAITING],
          buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]) = state[
             [LAST, PENDING_CHIP, PENDING_STEPS, COMMITTED, ADVANCING, PENDING_RUN, KEPT_RUN, USEFUL, WAITING,
              CHECKPOINT, DOWN, SPARE]].tolist()
         self._record(times, steps, first_running)
-        last = float(times[-1])
+        last = times[-1]
         running = state[SUB] == RUNNING_SUB
         phase = Phase.RUNNING if running else Phase.CHECKPOINT
         group.phase = group.intent = ledger.phase = phase
@@ -223,17 +236,17 @@ class Stretch:
         group._row = (phase, ledger.active_chips, ledger.down_chips)
         group._row_since_s = last
 
-    def _record(self, times: np.ndarray, steps: np.ndarray, first_running: bool) -> None:
+    def _record(self, times: list[float], steps: list[float], first_running: bool) -> None:
         """The rows the event path writes at these phase ends: one timeline row per phase, one
         ``checkpoint`` event per commit."""
         group, recorder = self.group, self.group.recorder
         n = len(times)
-        ends = times.tolist()
+        ends = times
         starts = [group._row_since_s, *ends[:-1]]
         names = ("running", "checkpoint") if first_running else ("checkpoint", "running")
         phases = [names[k & 1] for k in range(n)]
         recorder.intervals(group.name, phases, starts, ends, group.ledger.active_chips, group.ledger.down_chips)
         first_commit = 1 if first_running else 0
         commits = ends[first_commit::2]
-        details = [f"{s:.6g} steps committed" for s in steps[first_commit::2].tolist()]
+        details = [f"{s:.6g} steps committed" for s in steps[first_commit::2]]
         recorder.events_at(commits, "checkpoint", group.name, details)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 from conftest import make_scenario
 
+from sim import stretch
 from sim.runner import run_replication
 from sim.sweep import WALL_COLUMNS
 
@@ -47,10 +48,13 @@ def both(sets, faults, seed):
     return fast, slow
 
 
+@pytest.mark.parametrize("compiled_from", [0, stretch.COMPILED_FROM], ids=["compiled", "plain"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_stretches_equal_event_per_checkpoint(case, seed):
-    """Summary, timeline and events are identical with and without closed-form stretches."""
+def test_stretches_equal_event_per_checkpoint(case, seed, compiled_from, monkeypatch):
+    """Summary, timeline and events are identical with and without closed-form stretches (settled by
+    the compiled kernel, or by the same function as plain Python)."""
+    monkeypatch.setattr(stretch, "COMPILED_FROM", compiled_from)
     sets, faults = CASES[case]
     fast, slow = both(sets, faults, seed)
     strip = lambda summary: {k: v for k, v in summary.items() if k not in MACHINE}

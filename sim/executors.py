@@ -29,6 +29,7 @@ import contextlib
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import time
 import traceback
@@ -80,26 +81,42 @@ def summary_row(summary: dict) -> dict:
     return row
 
 
-def run_job(job: Job, validated: dict[int, Scenario] | None = None) -> dict:
+class _Points:
+    """Each point's scenario, validated once, and its resolved YAML, written once (per batch)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Scenario, str]] = {}
+
+    def get(self, job: Job) -> tuple[Scenario, str]:
+        if job.point not in self._cache:
+            point = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+            self._cache[job.point] = (point, scenario_yaml(point))
+        point, text = self._cache[job.point]
+        # points differ from their replications only in the seed: one top-level line of the YAML
+        text, found = _SEED_LINE.subn(f"seed: {job.seed}", text)
+        if found != 1:
+            raise RuntimeError("the resolved scenario YAML must have exactly one top-level seed line")
+        return point.model_copy(update={"seed": job.seed}), text
+
+
+_SEED_LINE = re.compile(r"^seed: .*$", re.MULTILINE)
+
+
+def run_job(job: Job, points: _Points | None = None) -> dict:
     """Run one replication (in a worker); return its status and metrics. Never raises for a bad run.
 
-    ``validated`` caches each point's scenario across the jobs of a batch (validated once per point).
+    ``points`` shares validated points across the jobs of a batch.
     """
     from .runner import run_replication
 
     start = time.perf_counter()
     out = Path(job.out_dir)
     try:
-        if validated is None or job.point not in validated:
-            point = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
-            if validated is None:
-                validated = {}
-            validated[job.point] = point
-        scenario = validated[job.point].model_copy(update={"seed": job.seed})
+        scenario, text = (points or _Points()).get(job)
         if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        (out / "scenario.yaml").write_text(scenario_yaml(scenario))
+        (out / "scenario.yaml").write_text(text)
         rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
         result = {"status": "ok", "error": None, **summary_row(rep.summary)}
     except Exception as problem:  # noqa: BLE001 - any crash of a replication is a result, not a stop
@@ -114,8 +131,8 @@ def run_job(job: Job, validated: dict[int, Scenario] | None = None) -> dict:
 def run_batch(jobs: Sequence[Job]) -> list[dict]:
     """Run several replications as one task: a task's own cost (shipping it, starting it, returning
     its result) is paid once per batch, so sweeps of small replications still gain from workers."""
-    validated: dict[int, Scenario] = {}
-    return [run_job(job, validated) for job in jobs]
+    points = _Points()
+    return [run_job(job, points) for job in jobs]
 
 
 def batches(jobs: Sequence[Any], workers: int, most: int = 32) -> list[list[Any]]:
@@ -165,6 +182,10 @@ class LocalExecutor:
         # forkserver starts workers faster than spawn and, unlike fork, never copies the parent's
         # threads or locks; either way the context is local to this pool.
         self.context = multiprocessing.get_context(start_method or ("forkserver" if "forkserver" in methods else "spawn"))
+        if self.context.get_start_method() == "forkserver":
+            # the fork server imports the simulator once and forks every worker from it, so a worker
+            # starts in milliseconds instead of importing numpy, scipy, pyarrow and pydantic again
+            self.context.set_forkserver_preload(["__main__", "sim.runner"])
 
     def imap_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         if not jobs:

@@ -27,9 +27,11 @@ from .fault_spec import (
     Fault,
     FaultBase,
     IslandOutage,
+    Lemons,
     LinkDegradation,
     LinkPartition,
     RegionOutage,
+    RepairPipeline,
     RepairSpec,
     Schedule,
     SelectMode,
@@ -45,9 +47,9 @@ from .syncer import GraceMode, MergeWeighting
 # The fault models live in sim.fault_spec and the field types in sim.schema; they are re-exported here
 # so that ``from sim.scenario import ChipFailure`` names the whole scenario vocabulary in one place.
 __all__ = [
-    "Bandwidth", "BlastRadius", "Bytes", "ChipFailure", "Count", "Fault", "FaultBase", "GraceMode", "IslandOutage",
+    "Bandwidth", "BlastRadius", "Bytes", "ChipFailure", "Count", "Fault", "FaultBase", "GraceMode", "IslandOutage", "Lemons", "Lemons",
     "LinkDegradation", "LinkPartition", "LocatedError", "MergeWeighting", "Model", "PositiveSeconds", "RegionOutage",
-    "RepairSpec", "Scenario", "Schedule", "Seconds", "SelectMode", "Slowdown", "SyncerOutage", "Target", "TraceReplay",
+    "RepairPipeline", "RepairSpec", "Scenario", "Schedule", "Seconds", "SelectMode", "Slowdown", "SyncerOutage", "Target", "TraceReplay",
 ]
 
 

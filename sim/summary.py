@@ -6,7 +6,9 @@ Names (what ``chaossim run --json`` prints and ``summary.json`` holds):
 * ``uptime`` = fraction of wall time in which at least one learner group runs steps (the global model
   advances); ``global_downtime_s`` = the rest, in seconds;
 * ``chip_time`` (chip-seconds per bucket) and ``chip_time_fraction`` (the same over the total);
-* ``failures`` by fault kind, ``failures_total``, ``interruptions`` (failures that hit a group holding
+* ``failures`` by fault kind, ``failures_by_cause`` (random | systematic: lemon hardware's excess
+  failures and faults marked ``cause: systematic``), ``repairs_escalated`` per fault (automatic
+  repairs that failed over to manual), ``failures_total``, ``interruptions`` (failures that hit a group holding
   chips) and ``absorbed`` (failures that arrived while nothing could be lost), and both per fault name
   (``interruptions_by_fault``, ``absorbed_by_fault``); in a lockstep job every arrival is one or the other;
 * ``steps``, ``tokens``: committed training progress;
@@ -68,6 +70,8 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
         "failures": dict(sorted(faults.counter.by_kind.items())),
         "failures_by_fault": dict(sorted(faults.counter.by_fault.items())),
         "failures_total": sum(faults.counter.by_kind.values()),
+        "failures_by_cause": dict(sorted(faults.counter.by_cause.items())),
+        "repairs_escalated": dict(sorted(faults.counter.escalated.items())),
         "interruptions": sum(len(g.interrupts_s) for g in groups),
         "absorbed": sum(g.absorbed for g in groups),
         "interruptions_by_fault": _by_fault(g.interrupts_by_fault for g in groups),

@@ -47,7 +47,7 @@ from .syncer import GraceMode, MergeWeighting
 # The fault models live in sim.fault_spec and the field types in sim.schema; they are re-exported here
 # so that ``from sim.scenario import ChipFailure`` names the whole scenario vocabulary in one place.
 __all__ = [
-    "Bandwidth", "BlastRadius", "Bytes", "ChipFailure", "Count", "Fault", "FaultBase", "GraceMode", "IslandOutage", "Lemons", "Lemons",
+    "Bandwidth", "BlastRadius", "Bytes", "ChipFailure", "Count", "Fault", "FaultBase", "GraceMode", "IslandOutage", "Lemons",
     "LinkDegradation", "LinkPartition", "LocatedError", "MergeWeighting", "Model", "PositiveSeconds", "RegionOutage",
     "RepairPipeline", "RepairSpec", "Scenario", "Schedule", "Seconds", "SelectMode", "Slowdown", "SyncerOutage", "Target", "TraceReplay",
 ]

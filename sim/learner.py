@@ -34,6 +34,7 @@ import simpy
 from .metrics import Ledger, Phase
 from .recorder import Recorder
 from .scenario import BlastRadius, OnFailure, PauseConflict, Training
+from .spares import SparePools, Tier
 from .stretch import Stretch, exact_delay
 from .topology import Island
 
@@ -50,7 +51,8 @@ class Failure:
     island: str
     kind: str
     fault: str
-    swapped: bool = False  # a hot spare took the failed unit's place
+    swapped: bool = False  # a spare took (or, once repaired, will take) the failed unit's place
+    swap_s: float = 0.0  # how long bringing the spare in takes
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +102,16 @@ class Group:
         self.in_job = {i.index: i.chips for i in islands}
         self.down_units: dict[int, set[int]] = {i.index: set() for i in islands}
         spare_unit = {i.index: i.unit_chips(self.elastic_unit) for i in islands}
-        self.spare_free = {i.index: i.spare_units * spare_unit[i.index] if mode is OnFailure.SPARES else 0 for i in islands}
-        spares = sum(self.spare_free.values())
+        spared = mode is OnFailure.SPARES
+        self.spares = SparePools(
+            {i.index: i.spare_units * spare_unit[i.index] if spared else 0 for i in islands},
+            {i.index: training.spares.pool * spare_unit[i.index] if spared else 0 for i in islands},
+            training.spares.swap, training.spares.selection, training.spares.when_empty == "wait",
+        )
+        self.spare_wait_s = 0.0  # time waiting for a repair to return a spare
+        self._wait_since_s = 0.0
+        self._swap_s = training.spares.swap
+        spares = self.spares.idle_chips()
         self.ledger = Ledger(provisioned_chips=sum(i.chips for i in islands) + spares, start_s=env.now)
         self.interrupts_s: list[float] = []  # times of failures that interrupted the group
         self.absorbed = 0
@@ -143,7 +153,7 @@ class Group:
             size = island.unit_chips(self.elastic_unit)
             lost = sum(min(size, island.chips - u * size) for u in self.down_units[island.index])
             return island.chips - lost
-        return island.chips
+        return island.chips - self.spares.owed[island.index]  # (owed: failed chips waiting for a spare)
 
     @property
     def active_chips(self) -> int:
@@ -214,12 +224,16 @@ class Group:
             return self._absorb(island, kind, fault, "unit already down")
         chips = sum(min(size_unit, island.chips - u * size_unit) for u in units)
         if self.mode is OnFailure.SPARES:
-            if self.spare_free[island.index] < chips:
+            taken = self.spares.take(island.index, chips)
+            if taken is None:
                 return self._hit(island, kind, fault, "no spare left: reschedule")
-            self.spare_free[island.index] -= chips
-            self._mark_down(island, units, repair_s, spare=True)
-            return self._hit(island, kind, fault, f"spare swap of {chips} chips", swapped=True)
-        self._mark_down(island, units, repair_s, spare=False)
+            tier, swap_s = taken
+            self._mark_down(island, units, repair_s, tier)
+            if tier is Tier.OWED:
+                self._wait_since_s = self.env.now
+                return self._hit(island, kind, fault, f"no spare for {chips} chips: wait for a repair", True, swap_s)
+            return self._hit(island, kind, fault, f"{tier.value} spare for {chips} chips", True, swap_s)
+        self._mark_down(island, units, repair_s, None)
         return self._hit(island, kind, fault, f"dropped {chips} chips")
 
     def outage_changed(self, islands: list[Island], started: bool, kind: str, fault: str) -> None:
@@ -243,7 +257,7 @@ class Group:
         if self.process.is_alive:
             self.process.interrupt(Wake(reason))
 
-    def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: bool) -> None:
+    def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: Tier | None) -> None:
         self.down_units[island.index] |= units
         size = island.unit_chips(self.elastic_unit)
         chips = sum(min(size, island.chips - u * size) for u in units)
@@ -252,9 +266,13 @@ class Group:
             self.settle()
             self.down_units[island.index] -= units
             self.recorder.event(self.env.now, "repair", "", island.name, f"{chips} chips")
-            if spare:
-                self.spare_free[island.index] += chips
-                self._book()
+            if spare is not None:
+                if self.spares.give_back(island.index, chips, spare):
+                    if not self.spares.waiting():
+                        self.spare_wait_s += self.env.now - self._wait_since_s
+                    self.wake(f"spare back on {island.name}")
+                else:
+                    self._book()
             else:
                 self.wake(f"repair on {island.name}")
 
@@ -266,7 +284,7 @@ class Group:
         self.recorder.event(self.env.now, "absorbed", fault, island.name, f"{kind}: {why}")
         return False
 
-    def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False) -> bool:
+    def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False, swap_s: float = 0.0) -> bool:
         self.interrupts_s.append(self.env.now)
         self.interrupts_by_fault[fault] = self.interrupts_by_fault.get(fault, 0) + 1
         self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
@@ -275,7 +293,7 @@ class Group:
             self._sync_capacity(upscale=False)
             self._book()
         if self.process.is_alive:
-            self.process.interrupt(Failure(island.name, kind, fault, swapped))
+            self.process.interrupt(Failure(island.name, kind, fault, swapped, swap_s))
         return True
 
     # ----------------------------------------------------------------------------------- the process
@@ -349,6 +367,8 @@ class Group:
             self._sync_capacity(upscale=True)
             if returning and self.reload_transfer is not None:
                 self._transfer = self.reload_transfer(self)
+        if self.intent is Phase.SWAP and self.spares.waiting():
+            return Phase.BLOCKED, math.inf  # no spare anywhere: wait until a repair returns one
         if self.intent in _TIMED:
             if self.phase_end_s is None:
                 self.phase_end_s = now + self._phase_length(self.intent)
@@ -370,7 +390,7 @@ class Group:
         return {
             Phase.CHECKPOINT: t.checkpoint.write_time,
             Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
-            Phase.SWAP: t.spares.swap,
+            Phase.SWAP: self._swap_s,
             Phase.RELOAD: t.recovery.reload,
             Phase.DOWNSCALE: t.elastic.downscale,
             Phase.UPSCALE: t.elastic.upscale,
@@ -410,7 +430,7 @@ class Group:
     def _book(self) -> None:
         """Tell the ledger what the chips are doing now."""
         self._account_islands()
-        active, spare = self.active_chips, sum(self.spare_free.values())
+        active, spare = self.active_chips, self.spares.idle_chips()
         down = self.ledger.provisioned_chips - active - spare
         # in detect + reschedule the group holds no chips (the ledger still books them as recovery)
         self._timeline_row(0 if self.phase is Phase.DETECT else active, down)
@@ -487,6 +507,7 @@ class Group:
             self.ledger.rollback(now)
         self._abandon_transfer()
         self.intent, self.phase_end_s = (Phase.SWAP if cause.swapped else Phase.DETECT), None
+        self._swap_s = cause.swap_s
         self.work_left_s = self.checkpoint_interval_s or math.inf
 
     def _step_phase_now(self) -> float:
@@ -530,6 +551,8 @@ class Group:
         """Close the last timeline interval and the ledger at the end of the run."""
         self._leave_stretch()
         now = self.env.now
+        if self.spares.waiting():  # still waiting for a spare when the run ends
+            self.spare_wait_s += now - self._wait_since_s
         self._account_islands()
         self._close_row()
         self._row = None

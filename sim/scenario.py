@@ -188,7 +188,12 @@ class Elastic(Model):
 
 
 class Spares(Model):
-    swap: Seconds = Field(60.0, description="time to swap a hot spare in (replaces detect+reschedule)")
+    swap: Seconds = Field(60.0, description="time to swap a warm standby (hot spare) in (replaces detect+reschedule)")
+    pool: int = Field(0, ge=0, description="spare-pool units per island (elastic.unit size), used when its standbys are out")
+    selection: Seconds = Field(600.0, description="host selection time: bringing a spare-pool unit into the job")
+    when_empty: Literal["reschedule", "wait"] = Field(
+        "reschedule", description="no standby or pool unit free: reschedule (D, as restart) or wait for a repair"
+    )
 
 
 class Grace(Model):

@@ -74,6 +74,8 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
         "repairs_escalated": dict(sorted(faults.counter.escalated.items())),
         "interruptions": sum(len(g.interrupts_s) for g in groups),
         "absorbed": sum(g.absorbed for g in groups),
+        "spare_waits": sum(g.spares.waits for g in groups),
+        "spare_wait_s": math.fsum(g.spare_wait_s for g in groups),
         "interruptions_by_fault": _by_fault(g.interrupts_by_fault for g in groups),
         "absorbed_by_fault": _by_fault(g.absorbed_by_fault for g in groups),
         "steps": sum(entry["steps"] for entry in learners) if len(groups) > 1 else learners[0]["steps"],

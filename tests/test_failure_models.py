@@ -105,3 +105,41 @@ def test_bad_failure_models(fault, message):
     """Impossible combinations are one-line errors naming the fault."""
     with pytest.raises(ScenarioError, match=message):
         failures_scenario(fault)
+
+
+def spare_scenario(repair: str, when_empty: str = "wait"):
+    """One 1,024-chip island with 1 warm standby host and a pool of 1 host; a host fails every ~4 h."""
+    return make_scenario(
+        "duration=20d", "training.on_failure=spares", "training.elastic.unit=host",
+        "topology.regions.0.islands.0.spares=1", "training.spares.pool=1", "training.spares.swap=1m",
+        "training.spares.selection=7m", f"training.spares.when_empty={when_empty}",
+        faults=[{"name": "hosts", "kind": "chip_failure", "mtbf": 4 * HOUR * CHIPS, "blast_radius": "host",
+                 "repair": repair}],
+    )
+
+
+def test_spare_pool_waits_when_repairs_are_slower_than_failures():
+    """Repairs of 2 d against a failure every 4 h: the standby and the pool run dry, and the job waits
+    for repairs (waiting chip-time, down chips); 10 min repairs never leave it waiting."""
+    slow, slow_tables = run(spare_scenario("2d"))
+    assert slow["spare_waits"] > 0 and slow["spare_wait_s"] > 2 * 86400
+    timeline = slow_tables["timeline"].to_pandas()
+    blocked = timeline[timeline["phase"] == "blocked"]
+    assert math.fsum(blocked["end_s"] - blocked["start_s"]) == pytest.approx(slow["spare_wait_s"], rel=1e-9)
+    assert (blocked["down_chips"] >= PER_HOST).all()  # the failed host waits outside the job
+    fast, fast_tables = run(spare_scenario("10m"))
+    assert fast["spare_waits"] == 0 and fast["spare_wait_s"] == 0
+    # standbys swap in after 1 min, pool hosts after the 7 min host selection
+    swaps = fast_tables["timeline"].to_pandas().query("phase == 'swap'")
+    details = fast_tables["events"].to_pandas().query("kind == 'failure'")["detail"]
+    warm, pool = details.str.contains("warm spare").sum(), details.str.contains("pool spare").sum()
+    assert warm > 0 and pool > 0 and warm + pool == fast["interruptions"]
+    assert math.fsum(swaps["end_s"] - swaps["start_s"]) == pytest.approx(60 * warm + 420 * pool, rel=1e-9)
+    assert sum(fast["chip_time"].values()) == pytest.approx((CHIPS + 2 * PER_HOST) * 20 * 86400, rel=1e-12)
+
+
+def test_empty_spare_pool_reschedules_by_default():
+    """when_empty: reschedule (the default) never waits: it pays detect + reschedule instead."""
+    summary, tables = run(spare_scenario("2d", "reschedule"))
+    assert summary["spare_waits"] == 0
+    assert (tables["timeline"].to_pandas()["phase"] == "detect").any()

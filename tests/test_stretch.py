@@ -26,6 +26,11 @@ CASES = {
         ["training.on_failure=spares", "topology.regions.0.islands.0.spares=2", "duration=3d"],
         [{**CHIPS, "mtbf": "1000h", "repair": {"distribution": "exponential", "mean": "5h"}}],
     ),
+    "spare-pool-waits": (
+        ["training.on_failure=spares", "training.elastic.unit=host", "topology.regions.0.islands.0.spares=1",
+         "training.spares.pool=1", "training.spares.when_empty=wait", "duration=4d"],
+        [{**CHIPS, "mtbf": "4000h", "repair": {"auto": "1h", "success": 0.5, "manual": "1d"}}],
+    ),
     "elastic": (["training.policy=elastic_dp", "duration=3d"], [{**CHIPS, "mtbf": "3000h"}]),
     "wakes-and-outages": (
         ["topology.regions.0.islands.0.count=3", "duration=4d"],

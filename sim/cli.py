@@ -1,4 +1,4 @@
-"""The ``chaossim`` command: run | validate | schema (and the commands other modules add).
+"""The ``chaossim`` command: run | validate | schema | export (and the commands other modules add).
 
 Exit codes: 0 success; 1 a scenario hypothesis failed (or a sweep replication crashed); 2 bad input
 (the message is one line naming the file, YAML path and what was expected; no traceback).
@@ -257,6 +257,27 @@ def bandwidth(
             f"{row['required_bandwidth_bps'] / 1e9:.3g} Gbps",
         )
     out.print(table)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a results folder of chaossim run")],
+    goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log")] = False,
+    replication: Annotated[int, typer.Option("--replication", "-r", help="which replication")] = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="default: RUN/rep-R/goodput-log.jsonl")] = None,
+) -> None:
+    """Export a run for other tools (--goodput-log: JSON lines for ml-goodput-measurement)."""
+    from .goodput_log import GoodputLogError, write
+
+    if not goodput_log:
+        fail("export: choose what to export (--goodput-log)")
+    rep_dir = run_dir / f"rep-{replication}"
+    target = output or rep_dir / "goodput-log.jsonl"
+    try:
+        n = write(rep_dir, target)
+    except (GoodputLogError, OSError) as problem:
+        fail(str(problem))
+    out.print(f"{n} log entries: {target}", highlight=False)
 
 
 def main() -> None:

@@ -91,6 +91,8 @@ class Group:
         self._stretch: Stretch | None = None
         self._resume_s: float | None = None  # a stretch handed back its phase, which ends then
         self.uptime_counts_kept = False  # lockstep: uptime is running time whose work was kept
+        self.record_step_rate = False  # lockstep: a "steps_per_s" series point whenever the rate changes
+        self._recorded_rate = -1.0
         self.base_compute_s = base_compute_s  # step compute time with every chip in the job, no slowdown
         self.elastic_unit = training.elastic.unit
         self.full_flops = sum(i.peak_flops for i in islands)
@@ -436,6 +438,9 @@ class Group:
         self._timeline_row(0 if self.phase is Phase.DETECT else active, down)
         if self.phase is Phase.RUNNING:
             fraction, rate = self.running_rates()
+            if self.record_step_rate and rate != self._recorded_rate:  # (what sim.goodput_log needs)
+                self.recorder.point(self.env.now, "steps_per_s", self.name, rate)
+                self._recorded_rate = rate
             self.ledger.set_state(
                 self.env.now, Phase.RUNNING, active=active, down=down, spare=spare,
                 compute_fraction=fraction, steps_per_s=rate,

@@ -98,6 +98,7 @@ class SyncDP:
             target_steps=target_steps(ctx.scenario), stretches=not ctx.extras.get("event_per_checkpoint", False),
         )
         job.uptime_counts_kept = True  # the global model advances only by work that is kept
+        job.record_step_rate = True
         ctx.links.listeners.append(lambda *_: job.wake("link changed"))
         if ctx.scenario.training.checkpoint.write_time == 0 and job.checkpoint_interval_s is None:
             job.on_restart = lambda group: group.ledger.commit(ctx.env.now)  # continuous checkpoints

@@ -37,6 +37,7 @@ Only lockstep runs under ``restart`` or ``spares`` have one job whose steps roll
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ def _log(job_name: str, rows: list, points: list, marks: list, job_end_s: float)
             restarted = False
         # the rate may change inside a row (a slowdown re-times steps without a new row)
         cuts = [start_s, *[t for t in rate_times[bisect.bisect_right(rate_times, start_s):] if t < end_s], end_s]
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             rate = points[bisect.bisect_right(rate_times, a) - 1][1]
             done = _snap(progress + (b - a) * rate)
             for k in range(math.ceil(progress), math.ceil(done)):

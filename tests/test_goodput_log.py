@@ -111,13 +111,13 @@ def test_export_command_and_bad_input(tmp_path):
         "workload": {"params": "1B", "tokens_per_step": "1M", "step_time": "1s"},
         "faults": [{"name": "c", "kind": "chip_failure", "mtbf": "2000h"}],
     }))
-    run = subprocess.run([CHAOSSIM, "run", scenario_file, "-o", tmp_path / "run"], capture_output=True, text=True)
+    run = subprocess.run([CHAOSSIM, "run", scenario_file, "-o", tmp_path / "run"], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
-    done = subprocess.run([CHAOSSIM, "export", "--goodput-log", tmp_path / "run"], capture_output=True, text=True)
+    done = subprocess.run([CHAOSSIM, "export", "--goodput-log", tmp_path / "run"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "run" / "rep-0" / "goodput-log.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["job_start_time"] == 0.0 and "job_end_time" in json.loads(lines[-1])
-    bad = subprocess.run([CHAOSSIM, "export", "--goodput-log", tmp_path / "nowhere"], capture_output=True, text=True)
+    bad = subprocess.run([CHAOSSIM, "export", "--goodput-log", tmp_path / "nowhere"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not a replication folder" in bad.stderr
     assert not (tmp_path / "nowhere").exists()
 

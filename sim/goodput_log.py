@@ -6,9 +6,9 @@ step, and ``job_end_time``. A step whose number was logged before marks a restar
 progress logged after its first start was lost. Productive time is the time between consecutive
 step starts of the steps kept, and goodput is productive time over the job's time.
 
-The log is rebuilt from a replication's rows: running intervals (``timeline.parquet``), the step rate
-in force in each (``series.parquet``, ``steps_per_s``), commits and interruptions
-(``events.parquet``). Progress is integrated at the step rate while running; step ``k`` starts when
+The log is rebuilt from a replication's rows: running intervals (``timeline.parquet``), and from
+``events.parquet`` the step rate in force (``step_rate`` events, steps per second), commits
+(``checkpoint``) and interruptions (``failure``). Progress is integrated at the step rate while running; step ``k`` starts when
 ``k`` steps are done; an interruption rolls progress back to the last commit, and the restart is
 logged (``job_start_time``) when training resumes. Times are simulated seconds (the epoch is 0).
 
@@ -60,7 +60,7 @@ def _snap(progress: float) -> float:
 def entries(rep_dir: Path, job_name: str = "chaossim") -> Iterator[dict]:
     """The log entries of one replication folder (``rep-<r>/``), in time order; the folder is checked
     (GoodputLogError) before the first entry is asked for."""
-    need = [rep_dir / name for name in ("summary.json", "timeline.parquet", "events.parquet", "series.parquet")]
+    need = [rep_dir / name for name in ("summary.json", "timeline.parquet", "events.parquet")]
     missing = [p.name for p in need if not p.is_file()]
     if missing:
         raise GoodputLogError(f"{rep_dir}: not a replication folder (missing {', '.join(missing)})")
@@ -71,8 +71,9 @@ def entries(rep_dir: Path, job_name: str = "chaossim") -> Iterator[dict]:
             f"got {summary.get('policy')} with {summary.get('on_failure')}"
         )
     rows = sorted((r["start_s"], r["end_s"]) for r in pq.read_table(need[1]).to_pylist() if r["phase"] == "running")
-    points = [(p["time_s"], p["value"]) for p in pq.read_table(need[3]).to_pylist() if p["series"] == "steps_per_s"]
-    marks = [(e["time_s"], e["kind"]) for e in pq.read_table(need[2]).to_pylist() if e["kind"] in ("checkpoint", "failure")]
+    events = pq.read_table(need[2]).to_pylist()
+    points = [(e["time_s"], float(e["detail"])) for e in events if e["kind"] == "step_rate"]
+    marks = [(e["time_s"], e["kind"]) for e in events if e["kind"] in ("checkpoint", "failure")]
     return _log(job_name, rows, points, marks, summary["duration_s"])
 
 

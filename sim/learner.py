@@ -91,7 +91,7 @@ class Group:
         self._stretch: Stretch | None = None
         self._resume_s: float | None = None  # a stretch handed back its phase, which ends then
         self.uptime_counts_kept = False  # lockstep: uptime is running time whose work was kept
-        self.record_step_rate = False  # lockstep: a "steps_per_s" series point whenever the rate changes
+        self.record_step_rate = False  # lockstep: a "step_rate" event whenever the running rate changes
         self._recorded_rate = -1.0
         self.base_compute_s = base_compute_s  # step compute time with every chip in the job, no slowdown
         self.elastic_unit = training.elastic.unit
@@ -335,8 +335,9 @@ class Group:
         """Whether the periods from here can be settled in closed form (nothing watches each one)."""
         if not self.stretches or self.listeners or self.commit_listeners or self._out or not math.isfinite(duration):
             return False
-        if self.running_rates()[1] <= 0 or self.needs_upscale():
-            return False  # (a unit waiting to be re-added changes the next period)
+        rate = self.running_rates()[1]
+        if rate <= 0 or self.needs_upscale() or (self.record_step_rate and rate != self._recorded_rate):
+            return False  # (a unit waiting to be re-added, or a new step rate to log, changes the next period)
         return Stretch.far_from_target(self)
 
     def settle(self) -> None:
@@ -439,7 +440,7 @@ class Group:
         if self.phase is Phase.RUNNING:
             fraction, rate = self.running_rates()
             if self.record_step_rate and rate != self._recorded_rate:  # (what sim.goodput_log needs)
-                self.recorder.point(self.env.now, "steps_per_s", self.name, rate)
+                self.recorder.event(self.env.now, "step_rate", "", self.name, repr(rate))  # steps/s, exact
                 self._recorded_rate = rate
             self.ledger.set_state(
                 self.env.now, Phase.RUNNING, active=active, down=down, spare=spare,

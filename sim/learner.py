@@ -323,22 +323,24 @@ class Group:
             return self.env.timeout(exact_delay(self.env.now, at))
         phase, duration = self._plan()
         self._enter(phase)
-        if phase in (Phase.RUNNING, Phase.CHECKPOINT) and self._stretch_fits(duration):
-            self._stretch = Stretch(self, self.env.now + max(duration, 0.0))
-            return self._stretch.wait()
+        if phase in (Phase.RUNNING, Phase.CHECKPOINT) and self.stretches:
+            rates = self.running_rates()
+            if self._stretch_fits(duration, rates[1]):
+                self._stretch = Stretch(self, self.env.now + max(duration, 0.0), rates)
+                return self._stretch.wait()
         wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
         if phase in (Phase.RELOAD, Phase.UPSCALE) and self._transfer is not None:
             wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
         return wait
 
-    def _stretch_fits(self, duration: float) -> bool:
-        """Whether the periods from here can be settled in closed form (nothing watches each one)."""
-        if not self.stretches or self.listeners or self.commit_listeners or self._out or not math.isfinite(duration):
+    def _stretch_fits(self, duration: float, rate: float) -> bool:
+        """Whether the periods from here can be settled in closed form (nothing watches each one);
+        ``rate``: the steps per second of its running phases."""
+        if self.listeners or self.commit_listeners or self._out or not math.isfinite(duration):
             return False
-        rate = self.running_rates()[1]
         if rate <= 0 or self.needs_upscale() or (self.record_step_rate and rate != self._recorded_rate):
             return False  # (a unit waiting to be re-added, or a new step rate to log, changes the next period)
-        return Stretch.far_from_target(self)
+        return Stretch.far_from_target(self, rate)
 
     def settle(self) -> None:
         """Book a stretch's periods up to now (a no-op outside a stretch); see :mod:`sim.stretch`."""

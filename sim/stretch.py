@@ -151,7 +151,7 @@ class Stretch:
     writing a checkpoint), the time SimPy would end it at, and when the running phase began.
     """
 
-    def __init__(self, group, end_s: float):
+    def __init__(self, group, end_s: float, rates: tuple[float, float]):
         from .metrics import Phase
 
         self.group = group
@@ -161,7 +161,7 @@ class Stretch:
         self.state[RUN_STARTED] = group._run_started_s
         self.state[PHASE_END] = group.phase_end_s if group.phase_end_s is not None else math.nan
         # what every running phase of the stretch books (nothing re-times a step without a wake)
-        self.compute_fraction, self.steps_per_s = group.running_rates()
+        self.compute_fraction, self.steps_per_s = rates
 
     @property
     def end_s(self) -> float:
@@ -169,11 +169,10 @@ class Stretch:
         return float(self.state[SUB_END])
 
     @staticmethod
-    def far_from_target(group) -> bool:
+    def far_from_target(group, rate: float) -> bool:
         """True unless a work-defined job is within a few periods of its end (played event by event)."""
         if group.target_steps == math.inf:
             return True
-        rate = group.running_rates()[1]
         return rate > 0 and group.steps_left() / rate > 6 * group.checkpoint_interval_s
 
     def wait(self):
@@ -190,7 +189,7 @@ class Stretch:
     def woke(self) -> bool:
         """The wait of a work-defined job ended: settle; True if the stretch goes on."""
         self.settle(self.group.env.now)
-        return self.far_from_target(self.group)
+        return self.far_from_target(self.group, self.steps_per_s)
 
     def settle(self, now_s: float) -> None:
         """Book every phase end before ``now_s``: ledger, timeline rows, checkpoint events, group state."""

@@ -47,55 +47,63 @@ def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, w
 
     ``times_out[k]`` is the k-th phase end, ``steps_out[k]`` the steps a checkpoint end committed.
     Stops early when the output arrays are full or the work target is committed (``state[DONE]``).
+    The state is read into locals and written back once (the loop is the same in plain Python).
     """
+    sub, sub_end, last = state[SUB], state[SUB_END], state[LAST]
+    pending_chip, pending_steps, committed = state[PENDING_CHIP], state[PENDING_STEPS], state[COMMITTED]
+    advancing, useful, waiting, checkpoint = state[ADVANCING], state[USEFUL], state[WAITING], state[CHECKPOINT]
+    down_chip_s, spare_chip_s, pending_run, kept_run = state[DOWN], state[SPARE], state[PENDING_RUN], state[KEPT_RUN]
+    run_started, phase_end, done = state[RUN_STARTED], state[PHASE_END], state[DONE]
     n = 0
     capacity = len(times_out)
-    while n < capacity and state[DONE] == 0.0:
-        end = state[SUB_END]
+    while n < capacity and done == 0.0:
+        end = sub_end
         if end > limit_s or (end == limit_s and not inclusive):
             break
-        dt = end - state[LAST]
-        running = state[SUB] == RUNNING_SUB
+        dt = end - last
+        running = sub == RUNNING_SUB
         if dt > 0:  # Ledger.advance
-            state[LAST] = end
+            last = end
             if running:
                 compute = active * dt * compute_fraction
-                state[PENDING_CHIP] += compute
-                state[WAITING] += active * dt - compute
-                state[PENDING_STEPS] += dt * steps_per_s
-                state[ADVANCING] += dt
-                state[PENDING_RUN] += dt
+                pending_chip += compute
+                waiting += active * dt - compute
+                pending_steps += dt * steps_per_s
+                advancing += dt
+                pending_run += dt
             else:
-                state[CHECKPOINT] += active * dt
-            state[DOWN] += down * dt
-            state[SPARE] += spare * dt
+                checkpoint += active * dt
+            down_chip_s += down * dt
+            spare_chip_s += spare * dt
         times_out[n] = end
         if running:  # the run's end: write a checkpoint
-            state[SUB] = CHECKPOINT_SUB
-            state[PHASE_END] = end + write_s
-            state[SUB_END] = end + max(state[PHASE_END] - end, 0.0)
+            sub = CHECKPOINT_SUB
+            phase_end = end + write_s
+            sub_end = end + max(phase_end - end, 0.0)
             steps_out[n] = 0.0
-        else:  # the write's end: commit (Ledger.commit), then run the next period
-            state[USEFUL] += state[PENDING_CHIP]
-            steps = state[PENDING_STEPS]
-            state[COMMITTED] += steps
-            state[KEPT_RUN] += state[PENDING_RUN]
-            state[PENDING_CHIP] = 0.0
-            state[PENDING_STEPS] = 0.0
-            state[PENDING_RUN] = 0.0
-            steps_out[n] = steps
             n += 1
-            left = target_steps - state[COMMITTED]
-            if target_steps < math.inf and left <= target_steps * 1e-12:
-                state[DONE] = 1.0
-                break
-            state[SUB] = RUNNING_SUB
-            state[RUN_STARTED] = end
-            state[PHASE_END] = math.nan
-            duration = min(work_s, left / steps_per_s) if steps_per_s > 0 else work_s
-            state[SUB_END] = end + max(duration, 0.0)
             continue
+        # the write's end: commit (Ledger.commit), then run the next period
+        useful += pending_chip
+        committed += pending_steps
+        kept_run += pending_run
+        steps_out[n] = pending_steps
+        pending_chip = pending_steps = pending_run = 0.0
         n += 1
+        left = target_steps - committed
+        if target_steps < math.inf and left <= target_steps * 1e-12:
+            done = 1.0
+            break
+        sub = RUNNING_SUB
+        run_started = end
+        phase_end = math.nan
+        duration = min(work_s, left / steps_per_s) if steps_per_s > 0 else work_s
+        sub_end = end + max(duration, 0.0)
+    state[SUB], state[SUB_END], state[LAST] = sub, sub_end, last
+    state[PENDING_CHIP], state[PENDING_STEPS], state[COMMITTED] = pending_chip, pending_steps, committed
+    state[ADVANCING], state[USEFUL], state[WAITING], state[CHECKPOINT] = advancing, useful, waiting, checkpoint
+    state[DOWN], state[SPARE], state[PENDING_RUN], state[KEPT_RUN] = down_chip_s, spare_chip_s, pending_run, kept_run
+    state[RUN_STARTED], state[PHASE_END], state[DONE] = run_started, phase_end, done
     return n
 
 

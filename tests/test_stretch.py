@@ -10,7 +10,7 @@ stretch: failures, slowdown and repair wakes, spares returning to their pool, ou
 from __future__ import annotations
 
 import pytest
-from conftest import make_scenario
+from conftest import ROOT, make_scenario
 
 from sim import stretch
 from sim.runner import run_replication
@@ -46,6 +46,10 @@ CASES = {
 }
 
 
+def strip(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in MACHINE}
+
+
 def both(sets, faults, seed):
     scenario = make_scenario(*sets, f"seed={seed}", faults=faults)
     fast = run_replication(scenario, 0)
@@ -62,7 +66,6 @@ def test_stretches_equal_event_per_checkpoint(case, seed, compiled_from, monkeyp
     monkeypatch.setattr(stretch, "COMPILED_FROM", compiled_from)
     sets, faults = CASES[case]
     fast, slow = both(sets, faults, seed)
-    strip = lambda summary: {k: v for k, v in summary.items() if k not in MACHINE}
     assert strip(fast.summary) == strip(slow.summary)
     for table in ("timeline", "events"):
         assert fast.tables[table].to_pylist() == slow.tables[table].to_pylist(), table
@@ -76,3 +79,22 @@ def test_stretches_save_events():
     assert checkpoints > 800
     assert slow.summary["events"] >= 2 * checkpoints
     assert fast.summary["events"] < checkpoints / 8  # what is left: the run's own 1 % progress checks
+
+
+SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_scenarios_as_lockstep_jobs_equal_event_per_checkpoint(path):
+    """Every shipped scenario, played by sync_dp (restart) for up to two days without the surrogate
+    (which watches every commit, so it never takes the closed form): identical either way."""
+    from sim.loading import load_scenario
+
+    scenario = load_scenario(path, ["training.policy=sync_dp", "training.on_failure=restart", "surrogate=off",
+                                    "replications=1", "hypotheses=[]", "halt=[]"])
+    scenario = scenario.model_copy(update={"duration": min(scenario.duration, 2 * 86400.0)})
+    fast = run_replication(scenario, 0, scenario_dir=path.parent)
+    slow = run_replication(scenario, 0, scenario_dir=path.parent, event_per_checkpoint=True)
+    assert strip(fast.summary) == strip(slow.summary)
+    for table in ("timeline", "events"):
+        assert fast.tables[table].to_pylist() == slow.tables[table].to_pylist(), table

@@ -14,9 +14,12 @@ each result the moment it exists. ``outcome`` is the function's return value, or
 know what happened to this job", never "the replication crashed".
 
 * :class:`LocalExecutor` - a ``concurrent.futures.ProcessPoolExecutor`` over every core. Its
-  multiprocessing context is created and passed explicitly (``forkserver`` where the platform has it,
-  else ``spawn``): workers start clean, import the installed package and share no state with the
-  parent, and the global start method is never touched.
+  multiprocessing context is created and passed explicitly, and the global start method is never
+  touched. When the pool starts in a process that runs no other thread, workers are forked (they
+  start in milliseconds, with the simulator already imported, and there is no thread whose locks a
+  fork could copy half-held); otherwise ``forkserver`` (a server that imports the simulator once and
+  forks each worker from it) where the platform has it, else ``spawn``. Jobs carry all their inputs
+  and the simulator keeps no global state, so the start method never changes a row.
 * :class:`DaskExecutor` - a ``distributed.Client`` on an existing cluster (``address``), or on a
   ``LocalCluster`` of single-threaded worker processes that it starts and stops itself.
 * :class:`SerialExecutor` - a plain loop in this process: for debugging (breakpoints work), profiling,
@@ -31,6 +34,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -178,19 +182,28 @@ class LocalExecutor:
         self.workers = workers or default_workers()
         if self.workers < 1:
             raise ExecutorError(f"--workers must be >= 1, got {self.workers}")
+        self.start_method = start_method
+
+    def _context(self):
+        """The start method for a pool starting now (see the module docstring)."""
         methods = multiprocessing.get_all_start_methods()
-        # forkserver starts workers faster than spawn and, unlike fork, never copies the parent's
-        # threads or locks; either way the context is local to this pool.
-        self.context = multiprocessing.get_context(start_method or ("forkserver" if "forkserver" in methods else "spawn"))
-        if self.context.get_start_method() == "forkserver":
+        if self.start_method is not None:
+            method = self.start_method
+        elif "fork" in methods and threading.active_count() == 1:
+            method = "fork"
+        else:
+            method = "forkserver" if "forkserver" in methods else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
             # the fork server imports the simulator once and forks every worker from it, so a worker
-            # starts in milliseconds instead of importing numpy, scipy, pyarrow and pydantic again
-            self.context.set_forkserver_preload(["__main__", "sim.runner"])
+            # does not import numpy, scipy, pyarrow and pydantic again
+            context.set_forkserver_preload(["__main__", "sim.runner"])
+        return context
 
     def imap_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         if not jobs:
             return
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)), mp_context=self.context)
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)), mp_context=self._context())
         finished = False
         try:
             futures = {pool.submit(fn, job): job for job in jobs}

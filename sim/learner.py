@@ -363,6 +363,8 @@ class Group:
         now = self.env.now
         if self.mode is not OnFailure.ELASTIC:
             self._sync_capacity(upscale=True)  # rescheduling replaces failed chips; outages keep theirs
+        if self.intent is Phase.DETECT and self.phase_end_s is None and not self.listeners and self._phase_length(Phase.DETECT) == 0:
+            self.intent = Phase.RELOAD  # nothing to detect or reschedule: no empty phase (and no event for it)
         reloading = self.intent is Phase.RELOAD and self.phase_end_s is None
         if reloading and self.mode is not OnFailure.ELASTIC and any(i.outages for i in self.islands):
             return Phase.BLOCKED, math.inf  # waiting for the capacity to come back

@@ -13,7 +13,8 @@ phase end is ``start + delay`` as SimPy computes it, each ledger update is the o
 the ledger, the timeline rows and the checkpoint events of a stretch are bit-identical to the event
 path's (``tests/test_stretch.py`` holds the two equal); only the SimPy event count differs.
 
-State is one float64 vector (indices below) so that one call moves it in place.
+State is one list of floats (indices below) that one call moves in place (copied into a float64
+vector for the compiled kernel).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ COMPILED_FROM = 256
 (the same IEEE operations: results are identical), so short stretches never load Numba."""
 
 
-def replay(state: np.ndarray, active: int, down: int, spare: int, compute_fraction: float, steps_per_s: float,
+def replay(state: list[float], active: int, down: int, spare: int, compute_fraction: float, steps_per_s: float,
            work_s: float, write_s: float, target_steps: float, limit_s: float, inclusive: bool,
            ) -> tuple[list[float], list[float]]:
     """Settle every phase end before ``limit_s``; returns (end times, steps committed at each end)."""
@@ -124,15 +125,14 @@ def replay(state: np.ndarray, active: int, down: int, spare: int, compute_fracti
         args = (float(active), float(down), float(spare), compute_fraction, steps_per_s, work_s, write_s,
                 target_steps, limit_s, inclusive)
         if room < COMPILED_FROM:
-            plain = state.tolist()
             times, steps = [0.0] * room, [0.0] * room
-            n = _replay(plain, *args, times, steps)
-            state[:] = plain
+            n = _replay(state, *args, times, steps)
             times_all += times[:n]
             steps_all += steps[:n]
         else:
-            times_np, steps_np = np.empty(room), np.empty(room)
-            n = _compile()(state, *args, times_np, steps_np)
+            vector, times_np, steps_np = np.array(state), np.empty(room), np.empty(room)
+            n = _compile()(vector, *args, times_np, steps_np)
+            state[:] = vector.tolist()
             times_all += times_np[:n].tolist()
             steps_all += steps_np[:n].tolist()
         if n < room:
@@ -163,7 +163,7 @@ class Stretch:
         from .metrics import Phase
 
         self.group = group
-        self.state = np.zeros(STATE_SIZE)
+        self.state = [0.0] * STATE_SIZE
         self.state[SUB] = RUNNING_SUB if group.phase is Phase.RUNNING else CHECKPOINT_SUB
         self.state[SUB_END] = end_s
         self.state[RUN_STARTED] = group._run_started_s
@@ -174,7 +174,7 @@ class Stretch:
     @property
     def end_s(self) -> float:
         """When the current phase ends (as SimPy would end it)."""
-        return float(self.state[SUB_END])
+        return self.state[SUB_END]
 
     @staticmethod
     def far_from_target(group, rate: float) -> bool:
@@ -222,11 +222,11 @@ class Stretch:
             raise AssertionError("a stretch must hand a work-defined job back before its work is done")
         if not times:
             return
-        (ledger._last_s, ledger.pending_chip_s, ledger.pending_steps, ledger.committed_steps, ledger.advancing_s,
-         ledger.pending_run_s, ledger.kept_run_s, buckets[Bucket.USEFUL], buckets[Bucket.WAITING],
-         buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]) = state[
-            [LAST, PENDING_CHIP, PENDING_STEPS, COMMITTED, ADVANCING, PENDING_RUN, KEPT_RUN, USEFUL, WAITING,
-             CHECKPOINT, DOWN, SPARE]].tolist()
+        ledger._last_s, ledger.pending_chip_s, ledger.pending_steps = state[LAST], state[PENDING_CHIP], state[PENDING_STEPS]
+        ledger.committed_steps, ledger.advancing_s = state[COMMITTED], state[ADVANCING]
+        ledger.pending_run_s, ledger.kept_run_s = state[PENDING_RUN], state[KEPT_RUN]
+        buckets[Bucket.USEFUL], buckets[Bucket.WAITING] = state[USEFUL], state[WAITING]
+        buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE] = state[CHECKPOINT], state[DOWN], state[SPARE]
         self._record(times, steps, first_running)
         last = times[-1]
         running = state[SUB] == RUNNING_SUB
@@ -235,8 +235,8 @@ class Stretch:
         if running or len(times) > 1:  # a running phase began: its rates are booked (Group._book)
             ledger.compute_fraction, ledger.steps_per_s = self.compute_fraction, self.steps_per_s
         group.phase_since_s = group._islands_since_s = last
-        group.phase_end_s = None if running else float(state[PHASE_END])
-        group._run_started_s = float(state[RUN_STARTED])
+        group.phase_end_s = None if running else state[PHASE_END]
+        group._run_started_s = state[RUN_STARTED]
         group.work_left_s = group.checkpoint_interval_s if running else 0.0
         group._step_phase = 0.0
         group._was_running = running

@@ -12,8 +12,9 @@ What a failure does is chosen per scenario (``training.on_failure``):
              reschedule, holding no chips: nothing can fail) and then R (reload on the new
              allocation: failures can strike and start recovery over). Failed hardware is replaced by
              the rescheduling, so only island/region outages keep capacity away.
-``spares``   As ``restart``, but while the group's hot-spare pool covers the failed unit the swap
-             (``spares.swap``) replaces D; the failed unit is repaired and returns to the pool.
+``spares``   As ``restart``, but a spare takes the failed unit's place instead of D: a warm standby
+             after ``spares.swap``, else a spare-pool unit after ``spares.selection``, else (with
+             ``when_empty: wait``) the first unit a repair returns (:mod:`sim.spares`).
 ``elastic``  The failed unit (the larger of the blast radius and ``elastic.unit``) is dropped after a
              downscale pause; the group continues smaller, losing only the step in flight, and re-adds
              the unit after its repair and an upscale pause. A failure during a pause joins it or
@@ -21,6 +22,11 @@ What a failure does is chosen per scenario (``training.on_failure``):
 
 Per island the group keeps only counters and the set of failed units (indices, never objects), so
 state grows with concurrent failures, not with chips.
+
+A lockstep group with periodic checkpoints spends no event per checkpoint either: between chaos
+events it is in a **stretch** (:mod:`sim.stretch`) whose periods are settled when anything looks at
+it; every entry point (a failure, a wake, a repair, a recorder row, the run's end) settles first.
+A work-defined group (``target_steps``) ends its process once that many steps are committed.
 """
 
 from __future__ import annotations

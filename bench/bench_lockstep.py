@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -110,6 +111,8 @@ def main() -> None:
     print(f"  sweep, serial   {args.replications / serial:8.1f} replications/s ({serial:.2f} s)")
     print(f"  sweep, {args.workers} workers{args.replications / parallel:8.1f} replications/s ({parallel:.2f} s): "
           f"speed-up {serial / parallel:.2f} (target >= 1.7)")
+    # the speed-up needs the cores free: a load average above the core count means they were shared
+    print(f"  load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
     first, per_rep, summaries = in_process(airesim(), max(5, args.replications // 10))
     print("AIReSim-sized case: 4,096 servers, 256 days, 50,000 h per server, no lost work, R = 20 min")

@@ -67,7 +67,8 @@ def aggregate(summaries: list[dict]) -> dict:
     for key, value in first.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("replication", "seed"):
             values = [s[key] for s in summaries]
-            result[key] = math.fsum(values) / len(values)
+            # a metric some replication has no value for (time-to-train past the horizon) has no mean
+            result[key] = None if None in values else math.fsum(values) / len(values)
         elif isinstance(value, dict) and _numeric_maps([s.get(key) for s in summaries]):
             keys = sorted({k for s in summaries for k in s[key]})
             result[key] = {k: math.fsum(s[key].get(k, 0) for s in summaries) / len(summaries) for k in keys}
@@ -90,6 +91,9 @@ def summary_table(result: dict) -> Table:
         ("steps", f"{result['steps']:.0f}"),
         ("tokens", f"{result['tokens']:.4g}"),
     ]
+    if "time_to_train_s" in result["runs"][0]:  # a work-defined run
+        ttt = result.get("time_to_train_s")
+        rows.append(("time to train", "not within the duration" if ttt is None else f"{ttt / 3600:.3f} h"))
     for key in ("final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes"):
         if key in result:
             rows.append((key.replace("_", " "), f"{result[key]:.4g}"))

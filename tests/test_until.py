@@ -9,6 +9,7 @@ soon as the work is done.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -81,3 +82,25 @@ def test_until_needs_a_lockstep_policy():
     """The DiLoCo family has no single job whose work could be counted: a clear error."""
     with pytest.raises(ScenarioError, match="until .* needs policy sync_dp or elastic_dp"):
         work_scenario("{steps: 100}", 1, "training.policy=diloco")
+
+
+def test_run_prints_time_to_train(tmp_path):
+    """chaossim run shows the mean time-to-train, or that the duration was not enough for some run."""
+    import subprocess
+
+    from conftest import CHAOSSIM, scenario_dict
+
+    from sim.cli import aggregate
+
+    data = scenario_dict("until={steps: 20000}", "duration=10d", "replications=2",
+                         faults=[{"name": "chips", "kind": "chip_failure", "mtbf": M * CHIPS}])
+    file = tmp_path / "work.yaml"
+    file.write_text(json.dumps(data))
+    done = subprocess.run([CHAOSSIM, "run", file, "-o", tmp_path / "out"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "time to train" in done.stdout
+    short = subprocess.run([CHAOSSIM, "run", file, "--set", "duration=6h", "-o", tmp_path / "short"],
+                           capture_output=True, text=True, check=False)
+    assert "not within the duration" in short.stdout
+    runs = [{"scenario": "s", "policy": "sync_dp", "hypotheses_passed": True, "halted": None, "time_to_train_s": t}
+            for t in (100.0, None)]
+    assert aggregate(runs)["time_to_train_s"] is None

@@ -43,6 +43,10 @@ CASES = {
     "halt-checks": (["duration=2d", "halt=[{metric: goodput, min: 0.01}]"], [CHIPS]),
     "work-defined": (["until={steps: 150000}", "duration=30d"], [CHIPS]),
     "no-failures": (["duration=3d"], []),
+    "work-defined-elastic": (["training.policy=elastic_dp", "until={steps: 100000}", "duration=30d"],
+                             [{**CHIPS, "mtbf": "3000h"}]),
+    "work-defined-free-checkpoints": (["training.checkpoint.interval=daly", "training.checkpoint.write_time=0s",
+                                       "until={tokens: 80G}", "duration=30d"], [CHIPS]),
 }
 
 

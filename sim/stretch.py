@@ -3,11 +3,13 @@
 Between two chaos events a lockstep job with periodic checkpoints is a deterministic recurrence: run
 for the work left in the period (W, or less when the job's work target is nearer), write for C,
 commit, run again. The event-per-checkpoint way plays every run and every write as a SimPy timeout;
-a **stretch** plays none of them. The group waits for the next chaos event (or, for a work-defined
-job, for the time its work can first be done); whenever anything looks at it (a failure, a wake, a
-recorder row, the run's end) the periods completed since are settled at once by :func:`replay`.
+a **stretch** plays none of them. The group waits for the next chaos event (a work-defined job also
+wakes shortly before its work can be done, and plays its last few periods event by event); whenever
+anything looks at it (a failure, a wake, a recorder row, the run's end) the periods completed since
+are settled at once by :func:`replay`.
 
-``replay`` repeats, in compiled code, the exact floating-point operations of the event path: each
+``replay`` repeats, in a tight loop (plain Python for a few periods, Numba-compiled for many), the
+exact floating-point operations of the event path: each
 phase end is ``start + delay`` as SimPy computes it, each ledger update is the one
 :meth:`sim.metrics.Ledger.advance` and :meth:`~sim.metrics.Ledger.commit` make, in the same order. So
 the ledger, the timeline rows and the checkpoint events of a stretch are bit-identical to the event
@@ -247,13 +249,11 @@ class Stretch:
         """The rows the event path writes at these phase ends: one timeline row per phase, one
         ``checkpoint`` event per commit."""
         group, recorder = self.group, self.group.recorder
-        n = len(times)
-        ends = times
-        starts = [group._row_since_s, *ends[:-1]]
+        starts = [group._row_since_s, *times[:-1]]
         names = ("running", "checkpoint") if first_running else ("checkpoint", "running")
-        phases = [names[k & 1] for k in range(n)]
-        recorder.intervals(group.name, phases, starts, ends, group.ledger.active_chips, group.ledger.down_chips)
+        phases = [names[k & 1] for k in range(len(times))]
+        recorder.intervals(group.name, phases, starts, times, group.ledger.active_chips, group.ledger.down_chips)
         first_commit = 1 if first_running else 0
-        commits = ends[first_commit::2]
+        commits = times[first_commit::2]
         details = [f"{s:.6g} steps committed" for s in steps[first_commit::2]]
         recorder.events_at(commits, "checkpoint", group.name, details)

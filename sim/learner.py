@@ -329,7 +329,7 @@ class Group:
             return self.env.timeout(exact_delay(self.env.now, at))
         phase, duration = self._plan()
         self._enter(phase)
-        if phase in (Phase.RUNNING, Phase.CHECKPOINT) and self.stretches:
+        if phase in (Phase.RUNNING, Phase.CHECKPOINT, Phase.RELOAD) and self.stretches and self._transfer is None:
             rates = self.running_rates()
             if self._stretch_fits(duration, rates[1]):
                 self._stretch = Stretch(self, self.env.now + max(duration, 0.0), rates)

@@ -27,9 +27,11 @@ import numpy as np
 
 # state vector layout
 SUB, SUB_END, LAST, PENDING_CHIP, PENDING_STEPS, COMMITTED, ADVANCING, USEFUL, WAITING, CHECKPOINT = range(10)
-DOWN, SPARE, PENDING_RUN, KEPT_RUN, RUN_STARTED, PHASE_END, DONE = range(10, 17)
-STATE_SIZE = 17
-RUNNING_SUB, CHECKPOINT_SUB = 0.0, 1.0
+DOWN, SPARE, PENDING_RUN, KEPT_RUN, RUN_STARTED, PHASE_END, DONE, RECOVERY = range(10, 18)
+STATE_SIZE = 18
+# the phases of a stretch: a reload (after a restart) may open it, then runs and writes alternate
+RUNNING_SUB, CHECKPOINT_SUB, RELOAD_SUB = 0.0, 1.0, 2.0
+SUB_NAMES = {RUNNING_SUB: "running", CHECKPOINT_SUB: "checkpoint", RELOAD_SUB: "reload"}
 
 _kernel = None
 
@@ -45,10 +47,11 @@ def _compile():
 
 
 def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, write_s, target_steps,
-            limit_s, inclusive, times_out, steps_out):
+            limit_s, inclusive, times_out, steps_out, subs_out):
     """Settle phase ends before ``limit_s`` (at it too if ``inclusive``); returns how many.
 
-    ``times_out[k]`` is the k-th phase end, ``steps_out[k]`` the steps a checkpoint end committed.
+    ``times_out[k]`` is the k-th phase end, ``subs_out[k]`` the phase that ended there and
+    ``steps_out[k]`` the steps a checkpoint end committed.
     Stops early when the output arrays are full or the work target is committed (``state[DONE]``).
     The state is read into locals and written back once (the loop is the same in plain Python).
     """
@@ -56,7 +59,7 @@ def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, w
     pending_chip, pending_steps, committed = state[PENDING_CHIP], state[PENDING_STEPS], state[COMMITTED]
     advancing, useful, waiting, checkpoint = state[ADVANCING], state[USEFUL], state[WAITING], state[CHECKPOINT]
     down_chip_s, spare_chip_s, pending_run, kept_run = state[DOWN], state[SPARE], state[PENDING_RUN], state[KEPT_RUN]
-    run_started, phase_end, done = state[RUN_STARTED], state[PHASE_END], state[DONE]
+    run_started, phase_end, done, recovery = state[RUN_STARTED], state[PHASE_END], state[DONE], state[RECOVERY]
     n = 0
     capacity = len(times_out)
     while n < capacity and done == 0.0:
@@ -74,11 +77,24 @@ def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, w
                 pending_steps += dt * steps_per_s
                 advancing += dt
                 pending_run += dt
-            else:
+            elif sub == CHECKPOINT_SUB:
                 checkpoint += active * dt
+            else:
+                recovery += active * dt
             down_chip_s += down * dt
             spare_chip_s += spare * dt
         times_out[n] = end
+        subs_out[n] = sub
+        if sub == RELOAD_SUB:  # the reload's end: run (its work left is a whole period)
+            steps_out[n] = 0.0
+            n += 1
+            left = target_steps - committed - pending_steps
+            sub = RUNNING_SUB
+            run_started = end
+            phase_end = math.nan
+            duration = min(work_s, left / steps_per_s) if steps_per_s > 0 else work_s
+            sub_end = end + max(duration, 0.0)
+            continue
         if running:  # the run's end: write a checkpoint
             sub = CHECKPOINT_SUB
             phase_end = end + write_s
@@ -106,7 +122,7 @@ def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, w
     state[PENDING_CHIP], state[PENDING_STEPS], state[COMMITTED] = pending_chip, pending_steps, committed
     state[ADVANCING], state[USEFUL], state[WAITING], state[CHECKPOINT] = advancing, useful, waiting, checkpoint
     state[DOWN], state[SPARE], state[PENDING_RUN], state[KEPT_RUN] = down_chip_s, spare_chip_s, pending_run, kept_run
-    state[RUN_STARTED], state[PHASE_END], state[DONE] = run_started, phase_end, done
+    state[RUN_STARTED], state[PHASE_END], state[DONE], state[RECOVERY] = run_started, phase_end, done, recovery
     return n
 
 
@@ -117,28 +133,32 @@ COMPILED_FROM = 256
 
 def replay(state: list[float], active: int, down: int, spare: int, compute_fraction: float, steps_per_s: float,
            work_s: float, write_s: float, target_steps: float, limit_s: float, inclusive: bool,
-           ) -> tuple[list[float], list[float]]:
-    """Settle every phase end before ``limit_s``; returns (end times, steps committed at each end)."""
+           ) -> tuple[list[float], list[float], list[float]]:
+    """Settle every phase end before ``limit_s``; returns (end times, steps committed at each end,
+    the phase that ended at each)."""
     period = work_s + write_s
     times_all: list[float] = []
     steps_all: list[float] = []
+    subs_all: list[float] = []
     while True:
         room = int(min(2 * max(limit_s - state[SUB_END], 0.0) / period + 4, 1 << 20))
         args = (float(active), float(down), float(spare), compute_fraction, steps_per_s, work_s, write_s,
                 target_steps, limit_s, inclusive)
         if room < COMPILED_FROM:
-            times, steps = [0.0] * room, [0.0] * room
-            n = _replay(state, *args, times, steps)
+            times, steps, subs = [0.0] * room, [0.0] * room, [0.0] * room
+            n = _replay(state, *args, times, steps, subs)
             times_all += times[:n]
             steps_all += steps[:n]
+            subs_all += subs[:n]
         else:
-            vector, times_np, steps_np = np.array(state), np.empty(room), np.empty(room)
-            n = _compile()(vector, *args, times_np, steps_np)
+            vector, times_np, steps_np, subs_np = np.array(state), np.empty(room), np.empty(room), np.empty(room)
+            n = _compile()(vector, *args, times_np, steps_np, subs_np)
             state[:] = vector.tolist()
             times_all += times_np[:n].tolist()
             steps_all += steps_np[:n].tolist()
+            subs_all += subs_np[:n].tolist()
         if n < room:
-            return times_all, steps_all
+            return times_all, steps_all, subs_all
 
 
 def exact_delay(now_s: float, at_s: float) -> float:
@@ -166,7 +186,7 @@ class Stretch:
 
         self.group = group
         self.state = [0.0] * STATE_SIZE
-        self.state[SUB] = RUNNING_SUB if group.phase is Phase.RUNNING else CHECKPOINT_SUB
+        self.state[SUB] = {Phase.RUNNING: RUNNING_SUB, Phase.CHECKPOINT: CHECKPOINT_SUB, Phase.RELOAD: RELOAD_SUB}[group.phase]
         self.state[SUB_END] = end_s
         self.state[RUN_STARTED] = group._run_started_s
         self.state[PHASE_END] = group.phase_end_s if group.phase_end_s is not None else math.nan
@@ -214,8 +234,8 @@ class Stretch:
         state[PENDING_RUN], state[KEPT_RUN] = ledger.pending_run_s, ledger.kept_run_s
         state[USEFUL], state[WAITING] = buckets[Bucket.USEFUL], buckets[Bucket.WAITING]
         state[CHECKPOINT], state[DOWN], state[SPARE] = buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]
-        first_running = state[SUB] == RUNNING_SUB
-        times, steps = replay(
+        state[RECOVERY] = buckets[Bucket.RECOVERY]
+        times, steps, subs = replay(
             state, ledger.active_chips, ledger.down_chips, ledger.spare_chips, self.compute_fraction,
             self.steps_per_s, group.checkpoint_interval_s, group.training.checkpoint.write_time,
             group.target_steps, now_s, False,
@@ -229,13 +249,14 @@ class Stretch:
         ledger.pending_run_s, ledger.kept_run_s = state[PENDING_RUN], state[KEPT_RUN]
         buckets[Bucket.USEFUL], buckets[Bucket.WAITING] = state[USEFUL], state[WAITING]
         buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE] = state[CHECKPOINT], state[DOWN], state[SPARE]
-        self._record(times, steps, first_running)
+        buckets[Bucket.RECOVERY] = state[RECOVERY]
+        self._record(times, steps, subs)
         last = times[-1]
         running = state[SUB] == RUNNING_SUB
-        phase = Phase.RUNNING if running else Phase.CHECKPOINT
+        phase = Phase.RUNNING if running else Phase.CHECKPOINT  # (a reload only ever opens a stretch)
         group.phase = group.intent = ledger.phase = phase
-        if running or len(times) > 1:  # a running phase began: its rates are booked (Group._book)
-            ledger.compute_fraction, ledger.steps_per_s = self.compute_fraction, self.steps_per_s
+        # a running phase began: its rates are booked (Group._book)
+        ledger.compute_fraction, ledger.steps_per_s = self.compute_fraction, self.steps_per_s
         group.phase_since_s = group._islands_since_s = last
         group.phase_end_s = None if running else state[PHASE_END]
         group._run_started_s = state[RUN_STARTED]
@@ -245,15 +266,13 @@ class Stretch:
         group._row = (phase, ledger.active_chips, ledger.down_chips)
         group._row_since_s = last
 
-    def _record(self, times: list[float], steps: list[float], first_running: bool) -> None:
+    def _record(self, times: list[float], steps: list[float], subs: list[float]) -> None:
         """The rows the event path writes at these phase ends: one timeline row per phase, one
         ``checkpoint`` event per commit."""
         group, recorder = self.group, self.group.recorder
         starts = [group._row_since_s, *times[:-1]]
-        names = ("running", "checkpoint") if first_running else ("checkpoint", "running")
-        phases = [names[k & 1] for k in range(len(times))]
+        phases = [SUB_NAMES[sub] for sub in subs]
         recorder.intervals(group.name, phases, starts, times, group.ledger.active_chips, group.ledger.down_chips)
-        first_commit = 1 if first_running else 0
-        commits = times[first_commit::2]
-        details = [f"{s:.6g} steps committed" for s in steps[first_commit::2]]
-        recorder.events_at(commits, "checkpoint", group.name, details)
+        ends = [k for k, sub in enumerate(subs) if sub == CHECKPOINT_SUB]
+        details = [f"{steps[k]:.6g} steps committed" for k in ends]
+        recorder.events_at([times[k] for k in ends], "checkpoint", group.name, details)

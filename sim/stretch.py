@@ -2,7 +2,8 @@
 
 Between two chaos events a lockstep job with periodic checkpoints is a deterministic recurrence: run
 for the work left in the period (W, or less when the job's work target is nearer), write for C,
-commit, run again. The event-per-checkpoint way plays every run and every write as a SimPy timeout;
+commit, run again; after a restart the reload on the new allocation opens the stretch. The
+event-per-checkpoint way plays every reload, run and write as a SimPy timeout;
 a **stretch** plays none of them. The group waits for the next chaos event (a work-defined job also
 wakes shortly before its work can be done, and plays its last few periods event by event); whenever
 anything looks at it (a failure, a wake, a recorder row, the run's end) the periods completed since

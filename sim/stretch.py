@@ -86,39 +86,37 @@ def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, w
             spare_chip_s += spare * dt
         times_out[n] = end
         subs_out[n] = sub
-        if sub == RELOAD_SUB:  # the reload's end: run (its work left is a whole period)
-            steps_out[n] = 0.0
-            n += 1
-            left = target_steps - committed - pending_steps
-            sub = RUNNING_SUB
-            run_started = end
-            phase_end = math.nan
-            duration = min(work_s, left / steps_per_s) if steps_per_s > 0 else work_s
-            sub_end = end + max(duration, 0.0)
-            continue
+        # (``0.0 if 0.0 > x else x`` is what max(x, 0.0) gives, without a call; likewise for min)
         if running:  # the run's end: write a checkpoint
             sub = CHECKPOINT_SUB
             phase_end = end + write_s
-            sub_end = end + max(phase_end - end, 0.0)
+            delay = phase_end - end
+            sub_end = end + (0.0 if 0.0 > delay else delay)  # noqa: FURB136 - no call in the hot loop
             steps_out[n] = 0.0
             n += 1
             continue
-        # the write's end: commit (Ledger.commit), then run the next period
-        useful += pending_chip
-        committed += pending_steps
-        kept_run += pending_run
-        steps_out[n] = pending_steps
-        pending_chip = pending_steps = pending_run = 0.0
+        if sub == CHECKPOINT_SUB:  # the write's end: commit (Ledger.commit), then run the next period
+            useful += pending_chip
+            committed += pending_steps
+            kept_run += pending_run
+            steps_out[n] = pending_steps
+            pending_chip = pending_steps = pending_run = 0.0
+        else:  # the reload's end: run (its work left is a whole period)
+            steps_out[n] = 0.0
         n += 1
-        left = target_steps - committed
+        left = target_steps - committed - pending_steps
         if target_steps < math.inf and left <= target_steps * 1e-12:
             done = 1.0
             break
         sub = RUNNING_SUB
         run_started = end
         phase_end = math.nan
-        duration = min(work_s, left / steps_per_s) if steps_per_s > 0 else work_s
-        sub_end = end + max(duration, 0.0)
+        # min(work_left_s, steps_left / rate), as the event path's plan computes it
+        duration = work_s
+        if steps_per_s > 0:
+            to_target_s = left / steps_per_s
+            duration = to_target_s if to_target_s < work_s else work_s  # noqa: FURB136
+        sub_end = end + (0.0 if 0.0 > duration else duration)  # noqa: FURB136
     state[SUB], state[SUB_END], state[LAST] = sub, sub_end, last
     state[PENDING_CHIP], state[PENDING_STEPS], state[COMMITTED] = pending_chip, pending_steps, committed
     state[ADVANCING], state[USEFUL], state[WAITING], state[CHECKPOINT] = advancing, useful, waiting, checkpoint

@@ -1,4 +1,4 @@
-"""The ``chaossim`` command: run | validate | schema (and the commands other modules add).
+"""The ``chaossim`` command: run | validate | schema | export (and the commands other modules add).
 
 Exit codes: 0 success; 1 a scenario hypothesis failed (or a sweep replication crashed); 2 bad input
 (the message is one line naming the file, YAML path and what was expected; no traceback).
@@ -67,7 +67,8 @@ def aggregate(summaries: list[dict]) -> dict:
     for key, value in first.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("replication", "seed"):
             values = [s[key] for s in summaries]
-            result[key] = math.fsum(values) / len(values)
+            # a metric some replication has no value for (time-to-train past the horizon) has no mean
+            result[key] = None if None in values else math.fsum(values) / len(values)
         elif isinstance(value, dict) and _numeric_maps([s.get(key) for s in summaries]):
             keys = sorted({k for s in summaries for k in s[key]})
             result[key] = {k: math.fsum(s[key].get(k, 0) for s in summaries) / len(summaries) for k in keys}
@@ -90,6 +91,9 @@ def summary_table(result: dict) -> Table:
         ("steps", f"{result['steps']:.0f}"),
         ("tokens", f"{result['tokens']:.4g}"),
     ]
+    if "time_to_train_s" in result["runs"][0]:  # a work-defined run
+        ttt = result.get("time_to_train_s")
+        rows.append(("time to train", "not within the duration" if ttt is None else f"{ttt / 3600:.3f} h"))
     for key in ("final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes"):
         if key in result:
             rows.append((key.replace("_", " "), f"{result[key]:.4g}"))
@@ -257,6 +261,27 @@ def bandwidth(
             f"{row['required_bandwidth_bps'] / 1e9:.3g} Gbps",
         )
     out.print(table)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a results folder of chaossim run")],
+    goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log")] = False,
+    replication: Annotated[int, typer.Option("--replication", "-r", help="which replication")] = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="default: RUN/rep-R/goodput-log.jsonl")] = None,
+) -> None:
+    """Export a run for other tools (--goodput-log: JSON lines for ml-goodput-measurement)."""
+    from .goodput_log import GoodputLogError, write
+
+    if not goodput_log:
+        fail("export: choose what to export (--goodput-log)")
+    rep_dir = run_dir / f"rep-{replication}"
+    target = output or rep_dir / "goodput-log.jsonl"
+    try:
+        n = write(rep_dir, target)
+    except (GoodputLogError, OSError) as problem:
+        fail(str(problem))
+    out.print(f"{n} log entries: {target}", highlight=False)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ replication ``rep-<r>/``: ``summary.json``, ``timeline.parquet``, ``events.parqu
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,16 @@ class UptimeClock:
         return self.up_s + (self.env.now - self._since if self.running > 0 else 0.0)
 
 
+class KeptUptime:
+    """A lockstep job's uptime: running time whose work was kept (committed or still pending)."""
+
+    def __init__(self, job: Group):
+        self.job = job
+
+    def total_s(self) -> float:
+        return self.job.up_s()
+
+
 @dataclass
 class Replication:
     summary: dict
@@ -102,14 +113,19 @@ def run_replication(
     out_dir: Path | None = None,
     scenario_dir: Path | None = None,
     progress: Callable[[float], None] | None = None,
+    *,
+    event_per_checkpoint: bool = False,
 ) -> Replication:
-    """Run one replication to the horizon (or until a halt bound trips) and summarise it."""
+    """Run one replication to the horizon (or until a halt bound trips, or a work-defined job's work
+    is done) and summarise it. ``event_per_checkpoint`` plays failure-free stretches of lockstep
+    training one SimPy event per phase end (the reference the closed-form stretches are tested against)."""
     wall_start = time.perf_counter()
     seed = scenario.seed + replication
     env = simpy.Environment()
     topology = build_topology(scenario)
     recorder = Recorder(out_dir)
     ctx = RunContext(env, scenario, topology, Streams(seed), recorder, LinkState(topology), scenario_dir)
+    ctx.extras["event_per_checkpoint"] = event_per_checkpoint
     policy = POLICIES[scenario.training.policy](ctx)
     groups = policy.build()
     effects = GroupEffects(ctx, groups)
@@ -117,7 +133,9 @@ def run_replication(
         policy.attach(effects)
     faults = FaultProcesses(env, topology, effects, ctx.streams, recorder, scenario.duration, scenario_dir)
     faults.start(scenario.faults)
-    uptime = UptimeClock(env, groups)
+    kept = len(groups) == 1 and groups[0].uptime_counts_kept
+    uptime = KeptUptime(groups[0]) if kept else UptimeClock(env, groups)
+    work_defined = [g for g in groups if g.target_steps < math.inf]
 
     horizon = scenario.duration
     halted = None
@@ -145,7 +163,10 @@ def run_replication(
             break
         env.step()
         events += 1
-    if halted is None:
+        if work_defined and all(g.done for g in work_defined):
+            break
+    work_done = bool(work_defined) and all(g.done for g in work_defined)
+    if halted is None and not work_done:
         env.run(until=horizon)
     if hasattr(policy, "finish"):
         policy.finish()
@@ -155,6 +176,9 @@ def run_replication(
     summary["replication"] = replication
     summary["seed"] = seed
     summary["halted"] = halted
+    if work_defined:
+        # time-to-train: when the last of the work was committed; None if the horizon came first
+        summary["time_to_train_s"] = env.now if work_done else None
     summary["hypotheses"] = check_bounds(summary, scenario.hypotheses)
     summary["hypotheses_passed"] = all(v["passed"] for v in summary["hypotheses"])
     tables = recorder.close()

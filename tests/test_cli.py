@@ -119,9 +119,15 @@ def test_llama3_like_interruptions():
     mu = 16384 * 54 * 24 / 50700  # = 418.8, Llama 3's 419 unexpected interruptions
     assert abs(summary["failures"]["chip_failure"] - mu) < 4 * math.sqrt(mu)
     assert summary["failures"]["island_outage"] == 47
-    # restart costs ~15 min; uptime stays near Llama 3's "more than 90 % effective training time"
+    # restart costs ~15 min; uptime (running time whose work was kept) stays near Llama 3's "more than
+    # 90 % effective training time"
     assert 0.8 < summary["uptime"] < 0.95
     assert summary["hypotheses_passed"]
+    # every arrival either interrupted the job or came while it held no chips, fault by fault
+    assert summary["interruptions"] + summary["absorbed"] == summary["failures_total"]
+    for fault, arrivals in summary["failures_by_fault"].items():
+        got = summary["interruptions_by_fault"].get(fault, 0) + summary["absorbed_by_fault"].get(fault, 0)
+        assert got == arrivals, fault
 
 
 def test_million_chips_sync_collapses():

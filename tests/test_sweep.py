@@ -263,3 +263,18 @@ def test_dask_executor_starts_its_own_cluster(scenario: Path, tmp_path: Path):
     """Without an address the Dask executor runs on a LocalCluster it starts and closes itself."""
     outcome = run_sweep(plan_sweep(scenario, seeds=[1]), tmp_path / "out", DaskExecutor(workers=1))
     assert (outcome.ran, outcome.errors) == (2, 0)
+
+
+def test_batched_runs_keep_their_own_resolved_scenario(tmp_path):
+    """Replications of one point run in one batch, and each run folder's scenario.yaml is that
+    replication's scenario (its own seed), loading back unchanged."""
+    from sim.executors import batches
+    from sim.loading import load_scenario
+
+    plan = plan_sweep(write_scenario(tmp_path / "in"), seeds=[5, 6, 7])
+    assert [len(b) for b in batches(plan.jobs(tmp_path / "out"), workers=1)] == [1] * 6  # 6 jobs, 8 per worker
+    assert [len(b) for b in batches(list(range(100)), workers=2)] == [7] * 14 + [2]
+    run_sweep(plan, tmp_path / "out", SerialExecutor())
+    for job in plan.jobs(tmp_path / "out"):
+        written = load_scenario(Path(job.out_dir) / "scenario.yaml")
+        assert written == Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})

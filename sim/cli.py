@@ -1,4 +1,4 @@
-"""The ``chaossim`` command: run | validate | schema (and the commands other modules add).
+"""The ``chaossim`` command: run | validate | schema | export (and the commands other modules add).
 
 ``run`` plays each variant of a scenario's ``compare:`` section (:mod:`sim.compare`) on the same
 failures, prints one table with a column per variant (or the summary of a single run), and writes the
@@ -110,7 +110,8 @@ def aggregate(summaries: list[dict]) -> dict:
     for key, value in first.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("replication", "seed"):
             values = [s[key] for s in summaries]
-            result[key] = math.fsum(values) / len(values)
+            # a metric some replication has no value for (time-to-train past the horizon) has no mean
+            result[key] = None if None in values else math.fsum(values) / len(values)
         elif isinstance(value, dict) and _numeric_maps([s.get(key) for s in summaries]):
             keys = sorted({k for s in summaries for k in s[key]})
             result[key] = {k: math.fsum(s[key].get(k, 0) for s in summaries) / len(summaries) for k in keys}
@@ -146,6 +147,9 @@ def _rows(results: list[dict]) -> list[tuple[str, list[str]]]:
         if all(v is None for v in values) or (path.startswith("chip_time_fraction.") and not any(values)):
             continue
         rows.append((label, [format_metric(path, v, unit=False) for v in values]))
+    if any("time_to_train_s" in r["runs"][0] for r in results):  # a work-defined run
+        rows.append(("time to train (h)", ["not within the duration" if r.get("time_to_train_s") is None
+                                           else f"{r['time_to_train_s'] / 3600:,.3f}" for r in results]))
     halted = [f"{len(r['halted'])} of {r['replications']}" if r["halted"] else "no" for r in results]
     if any(r["halted"] for r in results):
         rows.append(("halted", halted))
@@ -461,6 +465,27 @@ def bandwidth(
             f"{readable_number(row['required_bandwidth_bps'] / 1e9)} Gbit/s",
         )
     out.print(table)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a results folder of chaossim run")],
+    goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log")] = False,
+    replication: Annotated[int, typer.Option("--replication", "-r", help="which replication")] = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="default: RUN/rep-R/goodput-log.jsonl")] = None,
+) -> None:
+    """Export a run for other tools (--goodput-log: JSON lines for ml-goodput-measurement)."""
+    from .goodput_log import GoodputLogError, write
+
+    if not goodput_log:
+        fail("export: choose what to export (--goodput-log)")
+    rep_dir = run_dir / f"rep-{replication}"
+    target = output or rep_dir / "goodput-log.jsonl"
+    try:
+        n = write(rep_dir, target)
+    except (GoodputLogError, OSError) as problem:
+        fail(str(problem))
+    out.print(f"{n} log entries: {target}", highlight=False)
 
 
 def main() -> None:

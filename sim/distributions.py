@@ -71,7 +71,55 @@ class Weibull:
         return self.scale_s * rng.weibull(self.shape, n)
 
 
-Distribution = Constant | Exponential | LogNormal | Weibull
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """A repair pipeline: an automatic repair, which succeeds with probability ``success``; otherwise
+    the unit escalates to a manual repair that starts when the automatic one ends."""
+
+    auto: Constant | Exponential | LogNormal | Weibull
+    success: float
+    manual: Constant | Exponential | LogNormal | Weibull
+
+    @property
+    def mean(self) -> float:
+        return self.auto.mean + (1.0 - self.success) * self.manual.mean
+
+    def sample_stages(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(repair times, escalated to manual) for ``n`` repairs."""
+        auto = self.auto.sample(rng, n)
+        escalated = rng.random(n) >= self.success
+        manual = self.manual.sample(rng, n)
+        return auto + np.where(escalated, manual, 0.0), escalated
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return self.sample_stages(rng, n)[0]
+
+
+Distribution = Constant | Exponential | LogNormal | Weibull | Pipeline
+
+
+class RepairDraws:
+    """Repair times in blocks, with whether each repair escalated to a manual one (a repair that is
+    not a pipeline is one successful repair: never escalated)."""
+
+    __slots__ = ("_block", "_dist", "_esc", "_pos", "_rng", "_times")
+
+    def __init__(self, dist: Distribution, rng: np.random.Generator, block: int = 1024):
+        self._dist, self._rng, self._block = dist, rng, block
+        self._times, self._esc = np.empty(0), np.empty(0, dtype=bool)
+        self._pos = 0
+
+    def next(self) -> tuple[float, bool]:
+        if self._pos >= len(self._times):
+            if isinstance(self._dist, Pipeline):
+                self._times, self._esc = self._dist.sample_stages(self._rng, self._block)
+            else:
+                self._times = self._dist.sample(self._rng, self._block)
+                self._esc = np.zeros(self._block, dtype=bool)
+            self._pos = 0
+        k = self._pos
+        self._pos += 1
+        return float(self._times[k]), bool(self._esc[k])
 
 
 class BlockSampler:

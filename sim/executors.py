@@ -14,11 +14,14 @@ each result the moment it exists. ``outcome`` is the function's return value, or
 know what happened to this job", never "the replication crashed".
 
 * :class:`LocalExecutor` - a ``concurrent.futures.ProcessPoolExecutor`` over every core. Its
-  multiprocessing context is created and passed explicitly (``forkserver`` where the platform has it,
-  else ``spawn``): workers start clean, import the installed package and share no state with the
-  parent, and the global start method is never touched. Workers ignore Ctrl-C (the parent decides:
-  on an interrupt it terminates them and drops the queued jobs), and each watches the parent's pid:
-  when the parent is gone (killed, even with SIGKILL) a worker exits within
+  multiprocessing context is created and passed explicitly, and the global start method is never
+  touched. When the pool starts in a process that runs no other thread, workers are forked (they
+  start in milliseconds, with the simulator already imported, and there is no thread whose locks a
+  fork could copy half-held); otherwise ``forkserver`` (a server that imports the simulator once and
+  forks each worker from it) where the platform has it, else ``spawn``. Jobs carry all their inputs
+  and the simulator keeps no global state, so the start method never changes a row. Workers ignore
+  Ctrl-C (the parent decides: on an interrupt it terminates them and drops the queued jobs), and each
+  watches the parent's pid: when the parent is gone (killed, even with SIGKILL) a worker exits within
   :data:`PARENT_POLL_S`, so no worker outlives its sweep or writes after it.
 * :class:`DaskExecutor` - a ``distributed.Client`` on an existing cluster (``address``), or on a
   ``LocalCluster`` of single-threaded worker processes that it starts and stops itself.
@@ -30,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -86,18 +91,42 @@ def summary_row(summary: dict) -> dict:
     return row
 
 
-def run_job(job: Job) -> dict:
-    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run."""
+class _Points:
+    """Each point's scenario, validated once, and its resolved YAML, written once (per batch)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Scenario, str]] = {}
+
+    def get(self, job: Job) -> tuple[Scenario, str]:
+        if job.point not in self._cache:
+            point = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+            self._cache[job.point] = (point, scenario_yaml(point))
+        point, text = self._cache[job.point]
+        # points differ from their replications only in the seed: one top-level line of the YAML
+        text, found = _SEED_LINE.subn(f"seed: {job.seed}", text)
+        if found != 1:
+            raise RuntimeError("the resolved scenario YAML must have exactly one top-level seed line")
+        return point.model_copy(update={"seed": job.seed}), text
+
+
+_SEED_LINE = re.compile(r"^seed: .*$", re.MULTILINE)
+
+
+def run_job(job: Job, points: _Points | None = None) -> dict:
+    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run.
+
+    ``points`` shares validated points across the jobs of a batch.
+    """
     from .runner import run_replication
 
     start = time.perf_counter()
     out = Path(job.out_dir)
     try:
-        scenario = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+        scenario, _ = (points or _Points()).get(job)
         if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        (out / "scenario.yaml").write_text(scenario_yaml(scenario, out))
+        (out / "scenario.yaml").write_text(scenario_yaml(scenario, out))  # trace paths relative to it
         rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
         result = {"status": "ok", "error": None, **summary_row(rep.summary)}
     except Exception as problem:  # noqa: BLE001 - any crash of a replication is a result, not a stop
@@ -107,6 +136,20 @@ def run_job(job: Job) -> dict:
             (out / "error.txt").write_text(traceback.format_exc())
     result["row_wall_s"] = time.perf_counter() - start
     return result
+
+
+def run_batch(jobs: Sequence[Job]) -> list[dict]:
+    """Run several replications as one task: a task's own cost (shipping it, starting it, returning
+    its result) is paid once per batch, so sweeps of small replications still gain from workers."""
+    points = _Points()
+    return [run_job(job, points) for job in jobs]
+
+
+def batches(jobs: Sequence[Any], workers: int, most: int = 32) -> list[list[Any]]:
+    """Jobs cut into consecutive batches: about eight per worker (so a slow batch cannot leave the
+    other workers idle for long), at most ``most`` jobs each."""
+    size = max(1, min(most, math.ceil(len(jobs) / (8 * max(workers, 1)))))
+    return [list(jobs[k : k + size]) for k in range(0, len(jobs), size)]
 
 
 # --------------------------------------------------------------------------------------------- executors
@@ -174,16 +217,29 @@ class LocalExecutor:
         self.workers = workers or default_workers()
         if self.workers < 1:
             raise ExecutorError(f"--workers must be >= 1, got {self.workers}")
+        self.start_method = start_method
+
+    def _context(self):
+        """The start method for a pool starting now (see the module docstring)."""
         methods = multiprocessing.get_all_start_methods()
-        # forkserver starts workers faster than spawn and, unlike fork, never copies the parent's
-        # threads or locks; either way the context is local to this pool.
-        self.context = multiprocessing.get_context(start_method or ("forkserver" if "forkserver" in methods else "spawn"))
+        if self.start_method is not None:
+            method = self.start_method
+        elif "fork" in methods and threading.active_count() == 1:
+            method = "fork"
+        else:
+            method = "forkserver" if "forkserver" in methods else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # the fork server imports the simulator once and forks every worker from it, so a worker
+            # does not import numpy, scipy, pyarrow and pydantic again
+            context.set_forkserver_preload(["__main__", "sim.runner"])
+        return context
 
     def imap_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         if not jobs:
             return
         pool = ProcessPoolExecutor(
-            max_workers=min(self.workers, len(jobs)), mp_context=self.context,
+            max_workers=min(self.workers, len(jobs)), mp_context=self._context(),
             initializer=_init_worker, initargs=(os.getpid(),),
         )
         finished = False

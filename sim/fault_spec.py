@@ -12,7 +12,7 @@ import math
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from . import distributions as dist
 from .schema import Bandwidth, LocatedError, Model, PositiveSeconds, Seconds, _schema_also
@@ -110,6 +110,51 @@ class RepairSpec(Model):
         return dist.Weibull.from_mean(self.mean, self.shape)
 
 
+class RepairPipeline(Model):
+    """Automatic repair first (a reset, a reboot); with probability ``1 - success`` it fails and the
+    unit escalates to a manual repair (a technician, a part), which starts when the automatic one ends."""
+
+    auto: RepairSpec = Field(description="automatic repair time")
+    success: float = Field(ge=0, le=1, description="probability that the automatic repair fixes the unit")
+    manual: RepairSpec = Field(description="manual repair time, after a failed automatic one")
+
+    def build(self) -> dist.Pipeline:
+        return dist.Pipeline(self.auto.build(), self.success, self.manual.build())
+
+
+def _repair_kind(data: Any) -> str:
+    auto = data.get("auto") if isinstance(data, dict) else getattr(data, "auto", None)
+    return "pipeline" if auto is not None else "distribution"
+
+
+Repair = Annotated[
+    Annotated[RepairSpec, Tag("distribution")] | Annotated[RepairPipeline, Tag("pipeline")],
+    Discriminator(_repair_kind),
+]
+"""A repair time: a distribution (or a constant shorthand), or a pipeline (``auto`` / ``success`` / ``manual``)."""
+
+
+class Lemons(Model):
+    """Lemon hardware: a fixed share of the targeted hosts (or cubes) fails ``factor`` times as often.
+
+    Chosen once per replication from the fault's random stream. With ``cleared_by_repair`` a lemon
+    becomes a normal unit at its first failure that a repair fixed for good: one escalated to a
+    manual repair under a repair pipeline (the automatic one cannot replace the bad part), any repair
+    otherwise.
+    """
+
+    fraction: float = Field(gt=0, le=1, description="share of the units that are lemons")
+    factor: float = Field(ge=1, description="failure rate of a lemon over a normal unit")
+    unit: BlastRadius = Field(BlastRadius.HOST, description="host or cube")
+    cleared_by_repair: bool = False
+
+    @model_validator(mode="after")
+    def _unit_is_hardware(self) -> Lemons:
+        if self.unit not in (BlastRadius.HOST, BlastRadius.CUBE):
+            raise ValueError(f"lemons.unit must be host or cube, got {self.unit.value}")
+        return self
+
+
 class Schedule(Model):
     """Deterministic injections: at fixed times and/or every period (with uniform jitter)."""
 
@@ -129,6 +174,9 @@ class FaultBase(Model):
     schedule: Schedule | None = None
     mtbf: PositiveSeconds | None = Field(None, description="stochastic arrivals: mean time between failures per target")
     duration: RepairSpec | None = Field(None, description="how long the fault lasts (repair time)")
+    cause: Literal["random", "systematic"] = Field(
+        "random", description="counted apart in failures_by_cause (systematic: a recurring cause, e.g. a bad driver)"
+    )
 
     def arrivals(self) -> Schedule | None:
         """The schedule, merging the ``at``/``every``/``jitter`` shorthands into one object."""
@@ -153,13 +201,23 @@ class ChipFailure(FaultBase):
     mtbf: PositiveSeconds | None = Field(
         None, description="per-chip mean time between failures, e.g. '50000h' (and/or at/every: one random chip)"
     )
-    lifetime: Literal["exponential", "weibull"] = "exponential"
+    lifetime: Literal["exponential", "weibull", "lognormal"] = "exponential"
     shape: float = Field(1.0, gt=0, description="Weibull shape k of chip lifetimes")
+    sigma: float = Field(1.0, gt=0, description="lognormal lifetimes: sigma of the log (the mean is mtbf)")
     start: Literal["new", "stationary"] = Field(
         "new", description="Weibull: every chip new at t = 0, or ages drawn from the renewal equilibrium"
     )
     blast_radius: BlastRadius = BlastRadius.CHIP
-    repair: RepairSpec = RepairSpec(distribution="lognormal", median=7200.0, sigma=0.6)
+    repair: Repair = RepairSpec(distribution="lognormal", median=7200.0, sigma=0.6)
+    lemons: Lemons | None = Field(None, description="a share of the hosts failing more often (exponential lifetimes)")
+
+    @model_validator(mode="after")
+    def _lifetime_options(self) -> ChipFailure:
+        if self.start == "stationary" and self.lifetime == "lognormal":
+            raise ValueError("start: stationary needs weibull lifetimes (lognormal chips start new)")
+        if self.lemons is not None and (self.lifetime != "exponential" or self.mtbf is None):
+            raise ValueError("lemons need stochastic exponential lifetimes (mtbf, lifetime: exponential)")
+        return self
 
 
 class IslandOutage(FaultBase):

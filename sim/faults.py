@@ -27,7 +27,7 @@ import numpy as np
 import simpy
 from scipy.special import gammaincinv
 
-from .distributions import BlockSampler, Exponential
+from .distributions import BlockSampler, Exponential, RepairDraws
 from .recorder import Recorder
 from .rng import Streams
 from .scenario import (
@@ -36,9 +36,11 @@ from .scenario import (
     Fault,
     FaultBase,
     IslandOutage,
+    Lemons,
     LinkDegradation,
     LinkPartition,
     RegionOutage,
+    RepairPipeline,
     SelectMode,
     Slowdown,
     SyncerOutage,
@@ -59,15 +61,65 @@ class Effects(Protocol):
 
 
 class FaultCounter:
-    """Failures by fault kind and name (every arrival, whether or not it hit a running group)."""
+    """Failures by fault kind, name and cause (every arrival, whether or not it hit a running group),
+    and repairs that escalated from automatic to manual."""
 
     def __init__(self) -> None:
         self.by_kind: dict[str, int] = {}
         self.by_fault: dict[str, int] = {}
+        self.by_cause: dict[str, int] = {}
+        self.escalated: dict[str, int] = {}
 
-    def add(self, kind: str, name: str, n: int = 1) -> None:
+    def add(self, kind: str, name: str, n: int = 1, cause: str = "random") -> None:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + n
         self.by_fault[name] = self.by_fault.get(name, 0) + n
+        self.by_cause[cause] = self.by_cause.get(cause, 0) + n
+
+
+class LemonUnits:
+    """The lemon hosts (or cubes) of a chip-failure fault: which units, and victims among them.
+
+    Units are numbered across the fault's islands in order; a lemon is kept as (island position, unit).
+    """
+
+    def __init__(self, spec: Lemons, islands: list[Island], rng: np.random.Generator):
+        self.spec, self.islands = spec, islands
+        counts = [island.units(spec.unit) for island in islands]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        n = max(1, round(spec.fraction * offsets[-1]))
+        picks = np.sort(rng.choice(int(offsets[-1]), size=n, replace=False))
+        self.units = []
+        for g in picks.tolist():
+            k = int(np.searchsorted(offsets, g, side="right")) - 1
+            self.units.append((k, g - int(offsets[k])))
+        self.members = set(self.units)
+        self._sizes()
+
+    def _sizes(self) -> None:
+        sizes = [self.islands[k].chips_in_unit(self.spec.unit, u) for k, u in self.units]
+        self.chips = sum(sizes)
+        self._cumulative = np.cumsum(sizes) / max(self.chips, 1)
+
+    def excess_rate_per_s(self, mtbf_s: float) -> float:
+        """Failure rate on top of the random stream: lemon chips fail (factor - 1) / mtbf more often."""
+        return self.chips * (self.spec.factor - 1.0) / mtbf_s
+
+    def victim(self, u: float) -> tuple[Island, int]:
+        """A chip of a lemon, uniform over the lemons' chips (``u`` uniform in [0, 1))."""
+        j = min(int(np.searchsorted(self._cumulative, u, side="right")), len(self.units) - 1)
+        k, unit = self.units[j]
+        low = self._cumulative[j - 1] if j else 0.0
+        size = self.islands[k].chips_in_unit(self.spec.unit, unit)
+        offset = min(int((u - low) / (self._cumulative[j] - low) * size), size - 1)
+        return self.islands[k], unit * self.islands[k].unit_chips(self.spec.unit) + offset
+
+    def repaired(self, k: int, chip: int, for_good: bool) -> None:
+        """A failure of island ``k``'s ``chip`` was repaired; clear its unit if it was a lemon."""
+        key = (k, chip // self.islands[k].unit_chips(self.spec.unit))
+        if self.spec.cleared_by_repair and for_good and key in self.members:
+            self.members.discard(key)
+            self.units.remove(key)
+            self._sizes()
 
 
 def select(target: Target, pool: list, rng: np.random.Generator) -> list:
@@ -156,8 +208,8 @@ class FaultProcesses:
                     self.env.process(self._scheduled_chips(fault, islands, times, rng))
                 if fault.mtbf is None:
                     continue
-                if fault.lifetime == "weibull" and fault.shape != 1.0:
-                    self.env.process(self._weibull_chips(fault, islands, rng))
+                if fault.lifetime == "lognormal" or (fault.lifetime == "weibull" and fault.shape != 1.0):
+                    self.env.process(self._renewal_chips(fault, islands, rng))
                 else:
                     self.env.process(self._poisson_chips(fault, islands, rng))
             elif isinstance(fault, TraceReplay):
@@ -172,34 +224,62 @@ class FaultProcesses:
     # ------------------------------------------------------------------------------- chip failures
 
     def _poisson_chips(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator):
+        """Every targeted chip fails at 1/mtbf (the random stream); lemon chips fail (factor - 1)/mtbf
+        more often (the systematic stream). Both are Poisson, so their sum is one stream whose next
+        gap is drawn at the rate in force, and each arrival belongs to a stream in proportion."""
         chips = np.array([i.chips for i in islands], dtype=np.float64)
         cumulative = np.cumsum(chips) / chips.sum()
         rate_per_s = chips.sum() / fault.mtbf
-        gaps = BlockSampler(Exponential(1.0 / rate_per_s), rng, 4096)
-        repairs = BlockSampler(fault.repair.build(), rng, 4096)
+        lemons = LemonUnits(fault.lemons, islands, rng) if fault.lemons is not None else None
+        gaps = BlockSampler(Exponential(1.0 / rate_per_s if lemons is None else 1.0), rng, 4096)
+        repairs = RepairDraws(fault.repair.build(), rng, 4096)
+        pipeline = isinstance(fault.repair, RepairPipeline)
         uniforms = BlockSampler(_Uniform(), rng, 4096)
         while True:
-            yield self.env.timeout(gaps.next())
-            u = uniforms.next()
-            k = min(int(np.searchsorted(cumulative, u, side="right")), len(islands) - 1)
-            island = islands[k]
-            # re-use the position of u inside island k's slice of [0, 1) as the chip index
-            low = cumulative[k - 1] if k else 0.0
-            chip = min(int((u - low) / (cumulative[k] - low) * island.chips), island.chips - 1)
-            self._chip(fault, island, chip, repairs.next())
+            if lemons is None:
+                yield self.env.timeout(gaps.next())
+                systematic = False
+            else:
+                excess_per_s = lemons.excess_rate_per_s(fault.mtbf)
+                yield self.env.timeout(gaps.next() / (rate_per_s + excess_per_s))
+                systematic = uniforms.next() * (rate_per_s + excess_per_s) < excess_per_s
+            if systematic:
+                island, chip = lemons.victim(uniforms.next())
+            else:
+                u = uniforms.next()
+                k = min(int(np.searchsorted(cumulative, u, side="right")), len(islands) - 1)
+                island = islands[k]
+                # re-use the position of u inside island k's slice of [0, 1) as the chip index
+                low = cumulative[k - 1] if k else 0.0
+                chip = min(int((u - low) / (cumulative[k] - low) * island.chips), island.chips - 1)
+            repair_s, escalated = repairs.next()
+            if lemons is not None:
+                # a repair fixes for good when it escalated to manual, or always without a pipeline
+                lemons.repaired(islands.index(island), chip, escalated or not pipeline)
+            self._chip(fault, island, chip, repair_s, escalated, "systematic" if systematic else fault.cause)
 
-    def _weibull_chips(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator, batch: int = 4096):
+    def _renewal_chips(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator, batch: int = 4096):
+        """Weibull or lognormal chip lifetimes (mean ``mtbf``): each failed chip is renewed."""
         sizes = np.array([i.chips for i in islands])
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        scale = fault.mtbf / math.gamma(1 + 1 / fault.shape)
         n_chips = int(offsets[-1])
+        if fault.lifetime == "lognormal":
+            mu = math.log(fault.mtbf) - fault.sigma**2 / 2  # so that the mean is mtbf
+
+            def lifetimes(n: int) -> np.ndarray:
+                return rng.lognormal(mu, fault.sigma, n)
+        else:
+            scale = fault.mtbf / math.gamma(1 + 1 / fault.shape)
+
+            def lifetimes(n: int) -> np.ndarray:
+                return scale * rng.weibull(fault.shape, n)
         if fault.start == "new":  # a fresh cluster: every chip's first lifetime starts at t = 0
-            next_fail = scale * rng.weibull(fault.shape, n_chips)
+            next_fail = lifetimes(n_chips)
         else:
             # a cluster that has run for long: residual lives follow the renewal equilibrium, whose CDF
             # is the regularised lower incomplete gamma P(1/k, (x/eta)^k); inverted by gammaincinv
             next_fail = scale * gammaincinv(1.0 / fault.shape, rng.random(n_chips)) ** (1.0 / fault.shape)
-        repairs = BlockSampler(fault.repair.build(), rng, 4096)
+        repairs = RepairDraws(fault.repair.build(), rng, 4096)
         while True:
             k = min(batch, len(next_fail))
             idx = np.argpartition(next_fail, k - 1)[:k] if k < len(next_fail) else np.arange(len(next_fail))
@@ -212,25 +292,27 @@ class FaultProcesses:
                     continue  # stale entry
                 yield self.env.timeout(t - self.env.now)
                 # the failed chip is replaced by a new one: renewal at the failure time
-                renewed = t + scale * float(rng.weibull(fault.shape))
+                renewed = t + float(lifetimes(1)[0])
                 next_fail[j] = renewed
                 if renewed <= threshold:
                     heapq.heappush(heap, (renewed, j))
                 island_k = int(np.searchsorted(offsets, j, side="right")) - 1
-                self._chip(fault, islands[island_k], int(j - offsets[island_k]), repairs.next())
+                self._chip(fault, islands[island_k], int(j - offsets[island_k]), *repairs.next(), fault.cause)
 
     def _scheduled_chips(self, fault: ChipFailure, islands: list[Island], times: list[float], rng: np.random.Generator):
         """Injected chip failures: at each time, one chip drawn uniformly over the selected islands."""
         chips = np.array([i.chips for i in islands], dtype=np.float64)
         cumulative = np.cumsum(chips) / chips.sum()
-        repairs = BlockSampler(fault.repair.build(), rng, 256)
+        repairs = RepairDraws(fault.repair.build(), rng, 256)
         for t in times:
             yield self.env.timeout(t - self.env.now)
             k = min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(islands) - 1)
-            self._chip(fault, islands[k], int(rng.integers(islands[k].chips)), repairs.next())
+            self._chip(fault, islands[k], int(rng.integers(islands[k].chips)), *repairs.next(), fault.cause)
 
-    def _chip(self, fault: ChipFailure, island: Island, chip: int, repair_s: float) -> None:
-        self.counter.add(fault.kind, fault.name)
+    def _chip(self, fault: ChipFailure, island: Island, chip: int, repair_s: float, escalated: bool, cause: str) -> None:
+        self.counter.add(fault.kind, fault.name, cause=cause)
+        if escalated:
+            self.counter.escalated[fault.name] = self.counter.escalated.get(fault.name, 0) + 1
         self.effects.chip_failure(island, chip, fault.blast_radius, repair_s, fault.name)
 
     # ------------------------------------------------------------------------------- other faults
@@ -272,7 +354,7 @@ class FaultProcesses:
         picked = select(fault.target, self._targets(fault), rng)
         if not picked:
             return
-        self.counter.add(fault.kind, fault.name, len(picked))
+        self.counter.add(fault.kind, fault.name, len(picked), fault.cause)
         label = ",".join(str(p) if not isinstance(p, Island) else p.name for p in picked)
         self.recorder.event(self.env.now, f"{fault.kind}_start", fault.name, label, f"for {duration_s:.6g}s")
         self._apply(fault, picked, True)

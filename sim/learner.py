@@ -12,8 +12,9 @@ What a failure does is chosen per scenario (``training.on_failure``):
              reschedule, holding no chips: nothing can fail) and then R (reload on the new
              allocation: failures can strike and start recovery over). Failed hardware is replaced by
              the rescheduling, so only island/region outages keep capacity away.
-``spares``   As ``restart``, but while the group's hot-spare pool covers the failed unit the swap
-             (``spares.swap``) replaces D; the failed unit is repaired and returns to the pool.
+``spares``   As ``restart``, but a spare takes the failed unit's place instead of D: a warm standby
+             after ``spares.swap``, else a spare-pool unit after ``spares.selection``, else (with
+             ``when_empty: wait``) the first unit a repair returns (:mod:`sim.spares`).
 ``elastic``  The failed unit (the larger of the blast radius and ``elastic.unit``) is dropped after a
              downscale pause; the group continues smaller, losing only the step in flight, and re-adds
              the unit after its repair and an upscale pause. A failure during a pause joins it or
@@ -21,6 +22,11 @@ What a failure does is chosen per scenario (``training.on_failure``):
 
 Per island the group keeps only counters and the set of failed units (indices, never objects), so
 state grows with concurrent failures, not with chips.
+
+A lockstep group with periodic checkpoints spends no event per checkpoint either: between chaos
+events it is in a **stretch** (:mod:`sim.stretch`) whose periods are settled when anything looks at
+it; every entry point (a failure, a wake, a repair, a recorder row, the run's end) settles first.
+A work-defined group (``target_steps``) ends its process once that many steps are committed.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import simpy
 from .metrics import Ledger, Phase
 from .recorder import Recorder
 from .scenario import BlastRadius, OnFailure, PauseConflict, Training
+from .spares import SparePools, Tier
+from .stretch import Stretch, exact_delay
 from .topology import Island
 
 _RADIUS_ORDER = [BlastRadius.CHIP, BlastRadius.HOST, BlastRadius.CUBE, BlastRadius.ISLAND]
@@ -49,7 +57,8 @@ class Failure:
     island: str
     kind: str
     fault: str
-    swapped: bool = False  # a hot spare took the failed unit's place
+    swapped: bool = False  # a spare took (or, once repaired, will take) the failed unit's place
+    swap_s: float = 0.0  # how long bringing the spare in takes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +83,22 @@ class Group:
         recorder: Recorder,
         checkpoint_interval_s: float | None,
         base_compute_s: float,
+        *,
+        target_steps: float = math.inf,
+        stretches: bool = True,
     ):
         self.env, self.name, self.islands, self.training, self.mode = env, name, islands, training, mode
         self.step_model, self.recorder = step_model, recorder
         self.checkpoint_interval_s = checkpoint_interval_s
+        self.target_steps = target_steps  # a work-defined job ends when this many steps are committed
+        self.done = False  # the target is committed: the group's process has ended
+        # failure-free stretches settled in closed form (sim.stretch); off: one event per phase end
+        self.stretches = stretches and checkpoint_interval_s is not None
+        self._stretch: Stretch | None = None
+        self._resume_s: float | None = None  # a stretch handed back its phase, which ends then
+        self.uptime_counts_kept = False  # lockstep: uptime is running time whose work was kept
+        self.record_step_rate = False  # lockstep: a "step_rate" event whenever the running rate changes
+        self._recorded_rate = -1.0
         self.base_compute_s = base_compute_s  # step compute time with every chip in the job, no slowdown
         self.elastic_unit = training.elastic.unit
         self.full_flops = sum(i.peak_flops for i in islands)
@@ -89,11 +110,22 @@ class Group:
         self.in_job = {i.index: i.chips for i in islands}
         self.down_units: dict[int, set[int]] = {i.index: set() for i in islands}
         spare_unit = {i.index: i.unit_chips(self.elastic_unit) for i in islands}
-        self.spare_free = {i.index: i.spare_units * spare_unit[i.index] if mode is OnFailure.SPARES else 0 for i in islands}
-        spares = sum(self.spare_free.values())
+        spared = mode is OnFailure.SPARES
+        self.spares = SparePools(
+            {i.index: i.spare_units * spare_unit[i.index] if spared else 0 for i in islands},
+            {i.index: training.spares.pool * spare_unit[i.index] if spared else 0 for i in islands},
+            training.spares.swap, training.spares.selection, training.spares.when_empty == "wait",
+        )
+        self.spare_wait_s = 0.0  # time waiting for a repair to return a spare
+        self._wait_since_s = 0.0
+        self._swap_s = training.spares.swap
+        spares = self.spares.idle_chips()
         self.ledger = Ledger(provisioned_chips=sum(i.chips for i in islands) + spares, start_s=env.now)
         self.interrupts_s: list[float] = []  # times of failures that interrupted the group
         self.absorbed = 0
+        # per fault name: arrivals that interrupted the group, and arrivals it absorbed
+        self.interrupts_by_fault: dict[str, int] = {}
+        self.absorbed_by_fault: dict[str, int] = {}
         self.intent = Phase.RUNNING
         self.phase = Phase.BLOCKED
         self.phase_since_s = env.now
@@ -119,6 +151,8 @@ class Group:
         self._transfer: simpy.Event | None = None
         self.transfer_cancelled: list[Callable[[simpy.Event], None]] = []
         self.process = env.process(self._run())
+        if self.stretches:
+            recorder.before_event.append(lambda _time_s: self.settle())
 
     # ----------------------------------------------------------------------------------- capacity
 
@@ -130,7 +164,7 @@ class Group:
             size = island.unit_chips(self.elastic_unit)
             lost = sum(min(size, island.chips - u * size) for u in self.down_units[island.index])
             return island.chips - lost
-        return island.chips
+        return island.chips - self.spares.owed[island.index]  # (owed: failed chips waiting for a spare)
 
     @property
     def active_chips(self) -> int:
@@ -192,6 +226,7 @@ class Group:
 
     def fail_chip(self, island: Island, chip: int, radius: BlastRadius, repair_s: float, kind: str, fault: str) -> bool:
         """A failure of the unit around ``chip``; returns True if it took capacity from the group."""
+        self.settle()
         if island.outages > 0 or (self.mode is not OnFailure.ELASTIC and not self.holding):
             return self._absorb(island, kind, fault, "group holds no chips there")
         if self.mode is OnFailure.RESTART:
@@ -205,20 +240,27 @@ class Group:
             return self._absorb(island, kind, fault, "unit already down")
         chips = sum(min(size_unit, island.chips - u * size_unit) for u in units)
         if self.mode is OnFailure.SPARES:
-            if self.spare_free[island.index] < chips:
+            taken = self.spares.take(island.index, chips)
+            if taken is None:
                 return self._hit(island, kind, fault, "no spare left: reschedule")
-            self.spare_free[island.index] -= chips
-            self._mark_down(island, units, repair_s, spare=True)
-            return self._hit(island, kind, fault, f"spare swap of {chips} chips", swapped=True)
-        self._mark_down(island, units, repair_s, spare=False)
+            tier, swap_s = taken
+            self._mark_down(island, units, repair_s, tier)
+            if tier is Tier.OWED:
+                self._wait_since_s = self.env.now
+                return self._hit(island, kind, fault, f"no spare for {chips} chips: wait for a repair", True, swap_s)
+            return self._hit(island, kind, fault, f"{tier.value} spare for {chips} chips", True, swap_s)
+        self._mark_down(island, units, repair_s, None)
         return self._hit(island, kind, fault, f"dropped {chips} chips")
 
     def outage_changed(self, islands: list[Island], started: bool, kind: str, fault: str) -> None:
         """An island or region outage took (``island.outages`` already raised) or returned ``islands``."""
+        self.settle()
         if started:
             elastic = self.mode is OnFailure.ELASTIC
             if (elastic and any(self.in_job[i.index] > 0 for i in islands)) or (not elastic and self.holding):
                 self._hit(islands[0], kind, fault, "outage of " + ",".join(i.name for i in islands))
+            else:  # e.g. during detect/reschedule: it keeps the capacity away, but stops nothing
+                self._absorb(islands[0], kind, fault, "outage while the group holds no chips there")
             self._sync_capacity(upscale=False)  # their chips are out (down), whatever follows
             self._book()
         else:
@@ -226,6 +268,7 @@ class Group:
 
     def wake(self, reason: str) -> None:
         """Something changed that may re-time or unblock the group."""
+        self.settle()
         self._compute_s = None
         if self.env.active_process is self.process:
             # told from inside its own process (a listener): re-plan right after this step
@@ -233,17 +276,22 @@ class Group:
         elif self.process.is_alive:
             self.process.interrupt(Wake(reason))
 
-    def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: bool) -> None:
+    def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: Tier | None) -> None:
         self.down_units[island.index] |= units
         size = island.unit_chips(self.elastic_unit)
         chips = sum(min(size, island.chips - u * size) for u in units)
 
         def repaired(_event) -> None:
+            self.settle()
             self.down_units[island.index] -= units
             self.recorder.event(self.env.now, "repair", "", island.name, f"{chips} chips")
-            if spare:
-                self.spare_free[island.index] += chips
-                self._book()
+            if spare is not None:
+                if self.spares.give_back(island.index, chips, spare):
+                    if not self.spares.waiting():
+                        self.spare_wait_s += self.env.now - self._wait_since_s
+                    self.wake(f"spare back on {island.name}")
+                else:
+                    self._book()
             else:
                 self.wake(f"repair on {island.name}")
 
@@ -251,40 +299,89 @@ class Group:
 
     def _absorb(self, island: Island, kind: str, fault: str, why: str) -> bool:
         self.absorbed += 1
+        self.absorbed_by_fault[fault] = self.absorbed_by_fault.get(fault, 0) + 1
         self.recorder.event(self.env.now, "absorbed", fault, island.name, f"{kind}: {why}")
         return False
 
-    def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False) -> bool:
+    def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False, swap_s: float = 0.0) -> bool:
         self.interrupts_s.append(self.env.now)
+        self.interrupts_by_fault[fault] = self.interrupts_by_fault.get(fault, 0) + 1
         self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
         if self.mode is OnFailure.ELASTIC:
             self._discard_step_in_flight()  # at the chip counts and step time it was running with
             self._sync_capacity(upscale=False)
             self._book()
         if self.process.is_alive:
-            self.process.interrupt(Failure(island.name, kind, fault, swapped))
+            self.process.interrupt(Failure(island.name, kind, fault, swapped, swap_s))
         return True
 
     # ----------------------------------------------------------------------------------- the process
 
     def _run(self):
-        while True:
-            phase, duration = self._plan()
-            self._enter(phase)
-            wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
-            if phase in (Phase.RELOAD, Phase.UPSCALE) and self._transfer is not None:
-                wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
+        while not self.done:
+            wait = self._next_wait()
             try:
                 yield wait
             except simpy.Interrupt as irq:
+                self._leave_stretch()
                 self._interrupted(irq.cause)
             else:
-                self._completed()
+                if self._stretch is None:
+                    self._completed()
+                elif not self._stretch.woke():  # near a work-defined job's end: play it event by event
+                    self._resume_s = self._stretch.end_s
+                    self._stretch = None
+
+    def _next_wait(self) -> simpy.Event:
+        if self._stretch is not None:
+            return self._stretch.wait()
+        if self._resume_s is not None:
+            at, self._resume_s = self._resume_s, None
+            return self.env.timeout(exact_delay(self.env.now, at))
+        phase, duration = self._plan()
+        self._enter(phase)
+        if phase in (Phase.RUNNING, Phase.CHECKPOINT, Phase.RELOAD) and self.stretches and self._transfer is None:
+            rates = self.running_rates()
+            if self._stretch_fits(duration, rates[1]):
+                self._stretch = Stretch(self, self.env.now + max(duration, 0.0), rates)
+                return self._stretch.wait()
+        wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
+        if phase in (Phase.RELOAD, Phase.UPSCALE) and self._transfer is not None:
+            wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
+        return wait
+
+    def _stretch_fits(self, duration: float, rate: float) -> bool:
+        """Whether the periods from here can be settled in closed form (nothing watches each one);
+        ``rate``: the steps per second of its running phases."""
+        if self.listeners or self.commit_listeners or self._out or not math.isfinite(duration):
+            return False
+        if rate <= 0 or self.needs_upscale() or (self.record_step_rate and rate != self._recorded_rate):
+            return False  # (a unit waiting to be re-added, or a new step rate to log, changes the next period)
+        return Stretch.far_from_target(self, rate)
+
+    def settle(self) -> None:
+        """Book a stretch's periods up to now (a no-op outside a stretch); see :mod:`sim.stretch`."""
+        if self._stretch is not None:
+            self._stretch.settle(self.env.now)
+
+    def _leave_stretch(self) -> None:
+        if self._stretch is not None:
+            self._stretch.settle(self.env.now)
+            self._stretch = None
+
+    def steps_left(self) -> float:
+        """Steps still to commit before a work-defined job is done (infinite otherwise)."""
+        return self.target_steps - self.ledger.committed_steps - self.ledger.pending_steps
+
+    def target_reached(self) -> bool:
+        return self.target_steps < math.inf and self.steps_left() <= self.target_steps * 1e-12
 
     def _plan(self) -> tuple[Phase, float]:
         now = self.env.now
         if self.mode is not OnFailure.ELASTIC:
             self._sync_capacity(upscale=True)  # rescheduling replaces failed chips; outages keep theirs
+        if self.intent is Phase.DETECT and self.phase_end_s is None and not self.listeners and self._phase_length(Phase.DETECT) == 0:
+            self.intent = Phase.RELOAD  # nothing to detect or reschedule: no empty phase (and no event for it)
         reloading = self.intent is Phase.RELOAD and self.phase_end_s is None
         if reloading and self.mode is not OnFailure.ELASTIC and any(i.outages for i in self.islands):
             return Phase.BLOCKED, math.inf  # waiting for the capacity to come back
@@ -294,6 +391,8 @@ class Group:
             self._sync_capacity(upscale=True)
             if returning and self.reload_transfer is not None:
                 self._transfer = self.reload_transfer(self)
+        if self.intent is Phase.SWAP and self.spares.waiting():
+            return Phase.BLOCKED, math.inf  # no spare anywhere: wait until a repair returns one
         if self.intent in _TIMED:
             if self.phase_end_s is None:
                 self.phase_end_s = now + self._phase_length(self.intent)
@@ -306,6 +405,8 @@ class Group:
         if not math.isfinite(compute_s + comm_s):
             return Phase.BLOCKED, math.inf
         self._step_wall_s = compute_s + comm_s
+        if self.target_steps < math.inf:  # stop running when the work is done
+            return Phase.RUNNING, min(self.work_left_s, self.steps_left() / (1.0 / self._step_wall_s))
         return Phase.RUNNING, self.work_left_s
 
     def _phase_length(self, phase: Phase) -> float:
@@ -313,7 +414,7 @@ class Group:
         return {
             Phase.CHECKPOINT: t.checkpoint.write_time,
             Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
-            Phase.SWAP: t.spares.swap,
+            Phase.SWAP: self._swap_s,
             Phase.RELOAD: t.recovery.reload,
             Phase.DOWNSCALE: t.elastic.downscale,
             Phase.UPSCALE: t.elastic.upscale,
@@ -342,29 +443,45 @@ class Group:
                 self.island_out_s[index] += now - self._islands_since_s
         self._islands_since_s, self._was_running = now, self.phase is Phase.RUNNING
 
+    def up_s(self) -> float:
+        """Wall time the group advanced: running, or (``uptime_counts_kept``) running on work that was
+        not rolled back since (committed, or still pending)."""
+        if self.uptime_counts_kept:
+            return self.ledger.kept_run_s + self.ledger.pending_run_s
+        return self.ledger.advancing_s
+
     def island_downtime_s(self, island: Island) -> float:
         """Wall time the island did not train: the group's downtime plus its own time out of the job."""
-        return self.env.now - self.ledger.advancing_s + self.island_out_s[island.index]
+        return self.env.now - self.up_s() + self.island_out_s[island.index]
 
     def _book(self) -> None:
         """Tell the ledger what the chips are doing now."""
         self._account_islands()
-        active, spare = self.active_chips, sum(self.spare_free.values())
+        active, spare = self.active_chips, self.spares.idle_chips()
         down = self.ledger.provisioned_chips - active - spare
-        self._timeline_row(active, down)
+        # in detect + reschedule the group holds no chips (the ledger still books them as recovery)
+        self._timeline_row(0 if self.phase is Phase.DETECT else active, down)
         if self.phase is Phase.RUNNING:
-            compute_s, comm_s = self.step_times()
-            wall = compute_s + comm_s
-            # an infinite step (a wake to re-plan is already queued) makes no progress meanwhile;
-            # chips idle at the barrier behind a straggler are waiting, not computing
-            fraction, rate = (compute_s / wall, 1.0 / wall) if math.isfinite(wall) else (0.0, 0.0)
-            fraction *= 1.0 - self.barrier_idle_fraction()
+            fraction, rate = self.running_rates()
+            if self.record_step_rate and rate != self._recorded_rate:  # (what sim.goodput_log needs)
+                self.recorder.event(self.env.now, "step_rate", "", self.name, repr(rate))  # steps/s, exact
+                self._recorded_rate = rate
             self.ledger.set_state(
                 self.env.now, Phase.RUNNING, active=active, down=down, spare=spare,
                 compute_fraction=fraction, steps_per_s=rate,
             )
         else:
             self.ledger.set_state(self.env.now, self.phase, active=active, down=down, spare=spare)
+
+    def running_rates(self) -> tuple[float, float]:
+        """(share of running chip-time that is compute, steps per second) with the chips in the job now."""
+        compute_s, comm_s = self.step_times()
+        wall = compute_s + comm_s
+        # an infinite step (a wake to re-plan is already queued) makes no progress meanwhile;
+        # chips idle at the barrier behind a straggler are waiting, not computing
+        fraction, rate = (compute_s / wall, 1.0 / wall) if math.isfinite(wall) else (0.0, 0.0)
+        fraction *= 1.0 - self.barrier_idle_fraction()
+        return fraction, rate
 
     def _timeline_row(self, active: int, down: int) -> None:
         """Close the open timeline row when the phase or the chip counts change (rows carry the
@@ -385,6 +502,8 @@ class Group:
         if phase is Phase.RUNNING:
             self.work_left_s = 0.0
             self.intent = Phase.CHECKPOINT
+            if self.checkpoint_interval_s is None and self.target_reached():
+                self._work_done()  # no checkpoints to write: the work in place is the result
         elif phase is Phase.CHECKPOINT:
             steps = self.ledger.commit(now)
             self.recorder.event(now, "checkpoint", "", self.name, f"{steps:.6g} steps committed")
@@ -392,6 +511,8 @@ class Group:
                 listener(self, steps)
             self.work_left_s = self.checkpoint_interval_s or math.inf
             self.intent = Phase.RUNNING
+            if self.target_reached():
+                self._work_done()
         elif phase in (Phase.DETECT, Phase.SWAP):
             self.intent = Phase.RELOAD
         else:  # RELOAD, DOWNSCALE, UPSCALE
@@ -416,6 +537,7 @@ class Group:
             self.ledger.rollback(now)
         self._abandon_transfer()
         self.intent, self.phase_end_s = (Phase.SWAP if cause.swapped else Phase.DETECT), None
+        self._swap_s = cause.swap_s
         self.work_left_s = self.checkpoint_interval_s or math.inf
 
     def _step_phase_now(self) -> float:
@@ -431,7 +553,7 @@ class Group:
             return
         now, partial = self.env.now, self._step_phase_now()
         chip_s = partial * self._step_wall_s * self.ledger.compute_fraction * self.ledger.active_chips
-        self.ledger.discard_chip_s(now, chip_s, partial)
+        self.ledger.discard_chip_s(now, chip_s, partial, partial * self._step_wall_s)
         self._step_phase, self._run_started_s = 0.0, now
 
     def _elastic_failure(self, phase: Phase, now: float) -> None:
@@ -451,9 +573,16 @@ class Group:
                 listener(self._transfer)
             self._transfer = None
 
+    def _work_done(self) -> None:
+        self.done = True
+        self.recorder.event(self.env.now, "work_done", "", self.name, f"{self.ledger.committed_steps:.6g} steps")
+
     def finish(self) -> None:
         """Close the last timeline interval and the ledger at the end of the run."""
+        self._leave_stretch()
         now = self.env.now
+        if self.spares.waiting():  # still waiting for a spare when the run ends
+            self.spare_wait_s += now - self._wait_since_s
         self._account_islands()
         self._close_row()
         self._row = None

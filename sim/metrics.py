@@ -88,6 +88,8 @@ class Ledger:
     # flight): the outer rounds commit the difference between two of its readings, fragment by fragment
     compute_chip_s: float = 0.0
     compute_steps: float = 0.0
+    pending_run_s: float = 0.0  # wall seconds in RUNNING whose work is not committed yet
+    kept_run_s: float = 0.0  # wall seconds in RUNNING whose work was committed (never rolled back)
     # current state
     phase: Phase = Phase.BLOCKED
     active_chips: int = 0
@@ -114,6 +116,7 @@ class Ledger:
             self.compute_chip_s += compute
             self.compute_steps += dt * self.steps_per_s
             self.advancing_s += dt
+            self.pending_run_s += dt
         else:
             self.buckets[self.phase.bucket] += self.active_chips * dt
         self.buckets[Bucket.DOWN] += self.down_chips * dt
@@ -155,7 +158,8 @@ class Ledger:
         self.buckets[Bucket.USEFUL] += self.pending_chip_s
         steps = self.pending_steps
         self.committed_steps += steps
-        self.pending_chip_s = self.pending_steps = 0.0
+        self.kept_run_s += self.pending_run_s
+        self.pending_chip_s = self.pending_steps = self.pending_run_s = 0.0
         return steps
 
     def commit_part(self, now_s: float, chip_s: float, steps: float) -> None:
@@ -186,11 +190,14 @@ class Ledger:
         self.pending_chip_s -= lost_chip_s
         self.pending_steps -= lost_steps
         self.rolled_back_steps += lost_steps
+        self.pending_run_s -= self.pending_run_s * fraction
         return lost_steps
 
-    def discard_chip_s(self, now_s: float, chip_s: float, steps: float) -> None:
-        """Throw away a given amount of pending compute (the step in flight when a unit died)."""
+    def discard_chip_s(self, now_s: float, chip_s: float, steps: float, wall_s: float = 0.0) -> None:
+        """Throw away a given amount of pending compute (the step in flight when a unit died), which
+        took ``wall_s`` of running time."""
         self.advance(now_s)
+        self.pending_run_s -= min(wall_s, self.pending_run_s)
         chip_s = min(chip_s, self.pending_chip_s)
         steps = min(steps, self.pending_steps)
         self.compute_chip_s -= chip_s

@@ -82,6 +82,14 @@ class _Table:
         if len(next(iter(self.columns.values()))) >= self.flush_rows:
             self.flush()
 
+    def extend(self, columns: tuple[list, ...]) -> None:
+        """Append many rows given column by column (equal lengths)."""
+        for column, values in zip(self.columns.values(), columns):
+            column.extend(values)
+        self.rows += len(columns[0])
+        if len(next(iter(self.columns.values()))) >= self.flush_rows:
+            self.flush()
+
     def flush(self) -> None:
         if not next(iter(self.columns.values())):
             return
@@ -121,13 +129,33 @@ class Recorder:
         self.events = _Table(EVENT_SCHEMA, path("events.parquet"), flush_rows)
         self.series = _Table(SERIES_SCHEMA, path("series.parquet"), flush_rows)
         self.rounds = _Table(ROUND_SCHEMA, path("rounds.parquet"), flush_rows)
+        # called with the row's time before an event row is written: writers that settle lazily (a
+        # group in a failure-free stretch) write their earlier rows first, so rows stay in time order
+        self.before_event: list = []
 
     def interval(self, group: str, phase: str, start_s: float, end_s: float, active: int, down: int) -> None:
         if end_s > start_s:
             self.timeline.append((group, phase, start_s, end_s, active, down))
 
+    def intervals(self, group: str, phases: list[str], starts: list[float], ends: list[float], active: int, down: int) -> None:
+        """Many :meth:`interval` rows of one group at fixed chip counts (empty intervals left out)."""
+        keep = [k for k in range(len(ends)) if ends[k] > starts[k]]
+        if len(keep) < len(ends):
+            phases, starts, ends = [phases[k] for k in keep], [starts[k] for k in keep], [ends[k] for k in keep]
+        n = len(ends)
+        if n:
+            self.timeline.extend(([group] * n, phases, starts, ends, [active] * n, [down] * n))
+
     def event(self, time_s: float, kind: str, fault: str = "", target: str = "", detail: str = "") -> None:
+        for settle in self.before_event:
+            settle(time_s)
         self.events.append((time_s, kind, fault, target, detail))
+
+    def events_at(self, times: list[float], kind: str, target: str, details: list[str]) -> None:
+        """Many event rows of one kind and target, without fault name."""
+        n = len(times)
+        if n:
+            self.events.extend((times, [kind] * n, [""] * n, [target] * n, details))
 
     def point(self, time_s: float, series: str, key: str, value: float, tokens: float = float("nan")) -> None:
         """A sample of a time series (loss, link utilisation, ...)."""

@@ -15,6 +15,7 @@ replication ``rep-<r>/``: ``summary.json``, ``timeline.parquet``, ``events.parqu
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +104,16 @@ def write_learners(summary: dict, path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
+class KeptUptime:
+    """A lockstep job's uptime: running time whose work was kept (committed or still pending)."""
+
+    def __init__(self, job: Group):
+        self.job = job
+
+    def total_s(self) -> float:
+        return self.job.up_s()
+
+
 @dataclass
 class Replication:
     summary: dict
@@ -115,14 +126,19 @@ def run_replication(
     out_dir: Path | None = None,
     scenario_dir: Path | None = None,
     progress: Callable[[float], None] | None = None,
+    *,
+    event_per_checkpoint: bool = False,
 ) -> Replication:
-    """Run one replication to the horizon (or until a halt bound trips) and summarise it."""
+    """Run one replication to the horizon (or until a halt bound trips, or a work-defined job's work
+    is done) and summarise it. ``event_per_checkpoint`` plays failure-free stretches of lockstep
+    training one SimPy event per phase end (the reference the closed-form stretches are tested against)."""
     wall_start = time.perf_counter()
     seed = scenario.seed + replication
     env = simpy.Environment()
     topology = build_topology(scenario)
     recorder = Recorder(out_dir)
     ctx = RunContext(env, scenario, topology, Streams(seed), recorder, LinkState(topology), scenario_dir)
+    ctx.extras["event_per_checkpoint"] = event_per_checkpoint
     policy = POLICIES[scenario.training.policy](ctx)
     groups = policy.build()
     effects = GroupEffects(ctx, groups)
@@ -130,7 +146,9 @@ def run_replication(
         policy.attach(effects)
     faults = FaultProcesses(env, topology, effects, ctx.streams, recorder, scenario.duration, scenario_dir)
     faults.start(scenario.faults)
-    uptime = UptimeClock(env, groups)
+    kept = len(groups) == 1 and groups[0].uptime_counts_kept
+    uptime = KeptUptime(groups[0]) if kept else UptimeClock(env, groups)
+    work_defined = [g for g in groups if g.target_steps < math.inf]
 
     horizon = scenario.duration
     halted = None
@@ -158,7 +176,10 @@ def run_replication(
             break
         env.step()
         events += 1
-    if halted is None:
+        if work_defined and all(g.done for g in work_defined):
+            break
+    work_done = bool(work_defined) and all(g.done for g in work_defined)
+    if halted is None and not work_done:
         env.run(until=horizon)
     if hasattr(policy, "finish"):
         policy.finish()
@@ -168,6 +189,9 @@ def run_replication(
     summary["replication"] = replication
     summary["seed"] = seed
     summary["halted"] = None if halted is None else {**halted, "time_s": env.now}
+    if work_defined:
+        # time-to-train: when the last of the work was committed; None if the horizon came first
+        summary["time_to_train_s"] = env.now if work_done else None
     summary["hypotheses"] = check_bounds(summary, scenario.hypotheses, halted=halted is not None)
     summary["hypotheses_passed"] = all(v["passed"] for v in summary["hypotheses"])
     tables = recorder.close()

@@ -27,9 +27,11 @@ from .fault_spec import (
     Fault,
     FaultBase,
     IslandOutage,
+    Lemons,
     LinkDegradation,
     LinkPartition,
     RegionOutage,
+    RepairPipeline,
     RepairSpec,
     Schedule,
     SelectMode,
@@ -45,9 +47,9 @@ from .syncer import GraceMode, MergeWeighting
 # The fault models live in sim.fault_spec and the field types in sim.schema; they are re-exported here
 # so that ``from sim.scenario import ChipFailure`` names the whole scenario vocabulary in one place.
 __all__ = [
-    "Bandwidth", "BlastRadius", "Bytes", "ChipFailure", "Count", "Fault", "FaultBase", "GraceMode", "IslandOutage",
+    "Bandwidth", "BlastRadius", "Bytes", "ChipFailure", "Count", "Fault", "FaultBase", "GraceMode", "IslandOutage", "Lemons",
     "LinkDegradation", "LinkPartition", "LocatedError", "MergeWeighting", "Model", "PositiveSeconds", "RegionOutage",
-    "RepairSpec", "Scenario", "Schedule", "Seconds", "SelectMode", "Slowdown", "SyncerOutage", "Target", "TraceReplay",
+    "RepairPipeline", "RepairSpec", "Scenario", "Schedule", "Seconds", "SelectMode", "Slowdown", "SyncerOutage", "Target", "TraceReplay",
 ]
 
 
@@ -218,7 +220,12 @@ class Elastic(Model):
 
 
 class Spares(Model):
-    swap: Seconds = Field(60.0, description="time to swap a hot spare in (replaces detect+reschedule)")
+    swap: Seconds = Field(60.0, description="time to swap a warm standby (hot spare) in (replaces detect+reschedule)")
+    pool: int = Field(0, ge=0, description="spare-pool units per island (elastic.unit size), used when its standbys are out")
+    selection: Seconds = Field(600.0, description="host selection time: bringing a spare-pool unit into the job")
+    when_empty: Literal["reschedule", "wait"] = Field(
+        "reschedule", description="no standby or pool unit free: reschedule (D, as restart) or wait for a repair"
+    )
 
 
 class Grace(Model):
@@ -337,6 +344,19 @@ class SweepSpec(Model):
 
 
 
+class Until(Model):
+    """A work-defined job: the replication ends once this much work is committed (time-to-train)."""
+
+    tokens: Count | None = Field(None, description="tokens to train, e.g. '1T'")
+    steps: Count | None = Field(None, description="steps to train")
+
+    @model_validator(mode="after")
+    def _one_measure(self) -> Until:
+        if (self.tokens is None) == (self.steps is None):
+            raise ValueError("until needs exactly one of 'tokens' or 'steps'")
+        return self
+
+
 class Scenario(Model):
     """A scenario file. ``compare`` lists variants that ``chaossim run`` plays side by side on the same
     failures (the same seeds): each dotted key takes its i-th value in variant i (:mod:`sim.compare`)."""
@@ -345,7 +365,10 @@ class Scenario(Model):
     name: str = Field(min_length=1)
     description: str = ""
     seed: int = Field(ge=0)
-    duration: PositiveSeconds = Field(description="simulated time per replication (finite)")
+    duration: PositiveSeconds = Field(
+        description="simulated time per replication (finite); with 'until', the most a replication may take"
+    )
+    until: Until | None = None
     replications: int = Field(1, ge=1)
     chips: dict[str, ChipSpec] = Field({}, description="extra or overriding chip types")
     topology: Topology
@@ -404,6 +427,11 @@ class Scenario(Model):
             raise LocatedError(
                 f"quorum {self.training.quorum} exceeds the {learners} learners (islands) of the topology",
                 ("training", "quorum"),
+            )
+        if self.until is not None and self.training.policy not in (Policy.SYNC_DP, Policy.ELASTIC_DP):
+            raise LocatedError(
+                f"until (a work-defined job) needs policy sync_dp or elastic_dp, got {self.training.policy.value}",
+                ("until",),
             )
         for k, fault in enumerate(self.faults):
             wrong = foreign_selector(fault)

@@ -6,8 +6,11 @@ Names (what ``chaossim run --json`` prints and ``summary.json`` holds):
 * ``uptime`` = fraction of wall time in which at least one learner group runs steps (the global model
   advances); ``global_downtime_s`` = the rest, in seconds;
 * ``chip_time`` (chip-seconds per bucket) and ``chip_time_fraction`` (the same over the total);
-* ``failures`` by fault kind, ``failures_total``, ``interruptions`` (failures that hit a group holding
-  chips) and ``absorbed`` (failures that arrived while nothing could be lost);
+* ``failures`` by fault kind, ``failures_by_cause`` (random | systematic: lemon hardware's excess
+  failures and faults marked ``cause: systematic``), ``repairs_escalated`` per fault (automatic
+  repairs that failed over to manual), ``failures_total``, ``interruptions`` (failures that hit a group holding
+  chips) and ``absorbed`` (failures that arrived while nothing could be lost), and both per fault name
+  (``interruptions_by_fault``, ``absorbed_by_fault``); in a lockstep job every arrival is one or the other;
 * ``steps``, ``tokens``: committed training progress;
 * ``learners``: per group name, chips, downtime, steps, tokens, interruptions;
 * ``islands_detail``: per island its group and downtime (the group's, plus time it sat out of a
@@ -29,6 +32,7 @@ from .metrics import Bucket, combine
 def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, final: bool) -> dict:
     now = ctx.env.now
     for group in groups:
+        group.settle()
         group.ledger.advance(now)
     chip_time = combine([g.ledger for g in groups])
     if not final:  # mid-run: pending compute is not useful yet, but it is not lost either
@@ -44,7 +48,7 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
                 "name": group.name,
                 "islands": [i.name for i in group.islands],
                 "chips": group.ledger.provisioned_chips,
-                "downtime_s": now - group.ledger.advancing_s,
+                "downtime_s": now - group.up_s(),
                 "steps": steps,
                 "tokens": steps * tokens_per_step,
                 "interruptions": len(group.interrupts_s),
@@ -66,8 +70,14 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
         "failures": dict(sorted(faults.counter.by_kind.items())),
         "failures_by_fault": dict(sorted(faults.counter.by_fault.items())),
         "failures_total": sum(faults.counter.by_kind.values()),
+        "failures_by_cause": dict(sorted(faults.counter.by_cause.items())),
+        "repairs_escalated": dict(sorted(faults.counter.escalated.items())),
         "interruptions": sum(len(g.interrupts_s) for g in groups),
         "absorbed": sum(g.absorbed for g in groups),
+        "spare_waits": sum(g.spares.waits for g in groups),
+        "spare_wait_s": math.fsum(g.spare_wait_s for g in groups),
+        "interruptions_by_fault": _by_fault(g.interrupts_by_fault for g in groups),
+        "absorbed_by_fault": _by_fault(g.absorbed_by_fault for g in groups),
         "steps": sum(entry["steps"] for entry in learners) if len(groups) > 1 else learners[0]["steps"],
         "tokens": sum(entry["tokens"] for entry in learners),
         "learners": learners,
@@ -84,6 +94,14 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
     if hasattr(policy, "metrics"):
         summary.update(policy.metrics(final=final))
     return summary
+
+
+def _by_fault(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for group_counts in counts:
+        for fault, n in group_counts.items():
+            total[fault] = total.get(fault, 0) + n
+    return dict(sorted(total.items()))
 
 
 def metric_value(summary: dict, path: str) -> float:

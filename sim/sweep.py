@@ -18,7 +18,9 @@ Concepts
 * A **job** ships ``(index, resolved scenario as a JSON dict, seed, output folder)`` to a worker
   (:mod:`sim.executors`), which needs nothing but the installed package. The worker re-validates the
   scenario, runs it with that seed and returns one flat **row**; a replication that raises becomes a
-  row with ``status: error`` and the exception, and the sweep carries on.
+  row with ``status: error`` and the exception, and the sweep carries on. Jobs travel in **batches**
+  of consecutive replications (about eight per worker, at most 32 each), one task per batch, so a
+  sweep of small replications pays a task's cost once per batch; rows are still one per replication.
 
 Results folder
 --------------
@@ -69,7 +71,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from .executors import Job, run_job
+from .executors import Job, batches, run_batch
 from .loading import (
     ScenarioError,
     apply_override,
@@ -395,14 +397,16 @@ def run_sweep(
         ran = errors = 0
         if progress:
             progress(len(done), plan.total, 0)
-        for job, outcome in executor.imap_unordered(run_job, jobs):
-            if isinstance(outcome, BaseException):  # the worker itself was lost: we know only that
-                outcome = {"status": "error", "error": f"{type(outcome).__name__}: {outcome}"}
-            _write_row(folder / "rows", job.index, {**plan.head(job), **outcome})
-            ran += 1
-            errors += outcome["status"] != "ok"
-            if progress:
-                progress(len(done) + ran, plan.total, errors)
+        # replications travel in batches (sim.executors.run_batch); rows are still written one by one
+        for batch, outcomes in executor.imap_unordered(run_batch, batches(jobs, getattr(executor, "workers", 1))):
+            if isinstance(outcomes, BaseException):  # the worker itself was lost: we know only that
+                outcomes = [{"status": "error", "error": f"{type(outcomes).__name__}: {outcomes}"}] * len(batch)
+            for job, outcome in zip(batch, outcomes):
+                _write_row(folder / "rows", job.index, {**plan.head(job), **outcome})
+                ran += 1
+                errors += outcome["status"] != "ok"
+                if progress:
+                    progress(len(done) + ran, plan.total, errors)
     return SweepOutcome(folder, plan.total, ran, len(done), errors)
 
 

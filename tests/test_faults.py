@@ -301,37 +301,38 @@ def stop_scenario(faults, *sets, **top):
     ],
 )
 def test_island_outage_stops_sync_job(duration_s, downtime_s):
-    """An island outage stops the whole sync job for max(D, outage) + R and loses the work since start."""
+    """An island outage stops the whole sync job for max(D, outage) + R and loses the work since start;
+    the 6 h rolled back are downtime too (the global model did not keep them)."""
     faults = [{"name": "o", "kind": "island_outage", "target": {"islands": ["isl-1"]}, "at": "6h", "duration": duration_s}]
     summary, _ = run(stop_scenario(faults, "topology.regions.0.islands.0.count=2"))
-    assert summary["global_downtime_s"] == pytest.approx(downtime_s, rel=1e-9)
-    assert summary["uptime"] == pytest.approx(1 - downtime_s / DAY, rel=1e-9)
+    assert summary["global_downtime_s"] == pytest.approx(downtime_s + 6 * HOUR, rel=1e-9)
+    assert summary["uptime"] == pytest.approx(1 - (downtime_s + 6 * HOUR) / DAY, rel=1e-9)
     # all 6 h of compute before the outage was never checkpointed: rolled back
     assert summary["chip_time"]["lost"] == pytest.approx(2048 * 6 * HOUR, rel=1e-6)
     assert summary["interruptions"] == 1
 
 
 def test_region_outage_stops_sync_job():
-    """A region outage of one of two regions stops the job for the outage plus R."""
+    """A region outage of one of two regions stops the job for the outage plus R (and rolls back 6 h)."""
     regions = [
         {"name": "east", "islands": [{"name": "e", "chip": "v5p", "chips": 256}]},
         {"name": "west", "islands": [{"name": "w", "chip": "v5p", "chips": 256}]},
     ]
     faults = [{"name": "o", "kind": "region_outage", "target": {"regions": ["east"]}, "at": "6h", "duration": "3h"}]
     summary, tables = run(stop_scenario(faults, topology={"regions": regions}))
-    assert summary["global_downtime_s"] == pytest.approx(3 * HOUR + R, rel=1e-9)
+    assert summary["global_downtime_s"] == pytest.approx(3 * HOUR + R + 6 * HOUR, rel=1e-9)
     assert summary["failures"] == {"region_outage": 1}
     assert events_of(tables, "region_outage_start")["target"].tolist() == ["east"]
 
 
 def test_overlapping_outages_extend_downtime():
-    """Two overlapping island outages keep the job down until the later one ends."""
+    """Two overlapping island outages keep the job down until the later one ends (6 h rolled back)."""
     faults = [
         {"name": "a", "kind": "island_outage", "target": {"islands": ["isl-0"]}, "at": "6h", "duration": "2h"},
         {"name": "b", "kind": "island_outage", "target": {"islands": ["isl-1"]}, "at": "7h", "duration": "2h"},
     ]
     summary, _ = run(stop_scenario(faults, "topology.regions.0.islands.0.count=2"))
-    assert summary["global_downtime_s"] == pytest.approx(3 * HOUR + R, rel=1e-9)
+    assert summary["global_downtime_s"] == pytest.approx(3 * HOUR + R + 6 * HOUR, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------ traces
@@ -341,12 +342,14 @@ def test_trace_replay():
     """tests/data/trace.csv (time,target[,duration][,kind]) replays two chip failures and one island outage."""
     # rows: 1h isl-0 chip_failure (repair 30m); 5h isl-1 island_outage for 2h; 12h isl-0 with defaults
     # (kind chip_failure, duration 1h). Under sync_dp restart each chip failure costs D + R and the
-    # outage costs its length + R.
+    # outage costs its length + R. Nothing is checkpointed, so the running time before each failure is
+    # rolled back and is downtime too: 1 h, then 5 h - (1 h + D + R), then 12 h - (5 h + 2 h + R).
     faults = [{"name": "replay", "kind": "trace", "file": str(DATA / "trace.csv")}]
     summary, tables = run(stop_scenario(faults, "topology.regions.0.islands.0.count=2"))
     assert summary["failures"] == {"chip_failure": 2, "island_outage": 1}
     assert summary["failures_by_fault"] == {"replay": 3}
-    assert summary["global_downtime_s"] == pytest.approx(2 * (D + R) + 2 * HOUR + R, rel=1e-9)
+    rolled_back = HOUR + (4 * HOUR - D - R) + (5 * HOUR - R)
+    assert summary["global_downtime_s"] == pytest.approx(2 * (D + R) + 2 * HOUR + R + rolled_back, rel=1e-9)
     assert events_of(tables, "failure")["time_s"].tolist() == pytest.approx([HOUR, 5 * HOUR, 12 * HOUR])
 
 

@@ -221,3 +221,13 @@ def test_invariants_hold_on_random_scenarios(schedule, quorum, grace, on_failure
     short = rounds[rounds.members.str.count(",") + 1 < quorum]
     assert short.reason.str.contains("round timeout").all()
     assert len(rounds) == s["outer_rounds"]
+
+
+def test_same_seed_same_rounds():
+    """Failures, a straggler, K = 2, both schedules: the same scenario and seed play the same rounds."""
+    for schedule in ("synchronizer", "learner"):
+        sc = deadlock_scenario(schedule, timeout="20s").model_copy(update={"duration": 3600.0})
+        (a, ta), (b, tb) = run(sc), run(sc)
+        assert ta["rounds"].equals(tb["rounds"]) and len(ta["rounds"]) > 100
+        strip = ("wall_time_s", "events_per_s", "sim_speedup")
+        assert {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}

@@ -250,12 +250,12 @@ def test_folder_of_another_sweep_is_refused(scenario: Path, tmp_path: Path):
         run_sweep(plan_sweep(scenario, seeds=[1]), folder, SerialExecutor())
 
 
-def test_quorum_grace_scenario_plans_27_replications():
-    """scenarios/sweeps/quorum-grace.yaml: quorum x grace.max x 3 seeds, every point valid."""
+def test_quorum_grace_scenario_plans_30_replications():
+    """scenarios/sweeps/quorum-grace.yaml: quorum x fixed grace window x 3 seeds, every point valid."""
     plan = plan_sweep(ROOT / "scenarios" / "sweeps" / "quorum-grace.yaml")
-    assert plan.total == 27 and plan.seeds == (1, 2, 3)
-    assert {c["training.quorum"] for c in plan.columns} == {1, 2, 4}
-    assert {c["training.grace.max"] for c in plan.columns} == {0.0, 10.0, 30.0}
+    assert plan.total == 30 and plan.seeds == (1, 2, 3)
+    assert {c["training.quorum"] for c in plan.columns} == {1, 2}
+    assert {c["training.grace.fixed"] for c in plan.columns} == {0.0, 2.0, 5.0, 15.0, 60.0}
     assert {Scenario.model_validate(s).training.policy.value for s in plan.scenarios} == {"decoupled_diloco"}
 
 
@@ -291,3 +291,18 @@ def test_sweep_exits_1_and_counts_failed_hypotheses(scenario: Path, tmp_path: Pa
     plan = json.loads((tmp_path / "0" / "sweep.json").read_text())
     assert plan["provenance"]["command"].startswith("chaossim sweep ")
     assert plan["provenance"]["seeds"] == [1] and plan["provenance"]["chaossim"]
+
+
+def test_batched_runs_keep_their_own_resolved_scenario(tmp_path):
+    """Replications of one point run in one batch, and each run folder's scenario.yaml is that
+    replication's scenario (its own seed), loading back unchanged."""
+    from sim.executors import batches
+    from sim.loading import load_scenario
+
+    plan = plan_sweep(write_scenario(tmp_path / "in"), seeds=[5, 6, 7])
+    assert [len(b) for b in batches(plan.jobs(tmp_path / "out"), workers=1)] == [1] * 6  # 6 jobs, 8 per worker
+    assert [len(b) for b in batches(list(range(100)), workers=2)] == [7] * 14 + [2]
+    run_sweep(plan, tmp_path / "out", SerialExecutor())
+    for job in plan.jobs(tmp_path / "out"):
+        written = load_scenario(Path(job.out_dir) / "scenario.yaml")
+        assert written == Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})

@@ -98,6 +98,13 @@ DECIDE_ROWS = [
          ["quorum unmet", "only 3 alive < quorum"]),
     case("all-zero-weights-uniform-fallback", [rep(0, steps=0), rep(1, tokens=0.0)], SyncConfig(1, N),
          merge(0, 1), ["all weights zero: uniform fallback"]),
+    # the round opened at 0 s: with a 30 s timeout it waits for quorum until 30 s, then merges who is there
+    case("quorum-unmet-waits-until-timeout", reported(1, 4), SyncConfig(2, N, round_timeout_s=30.0),
+         wait_until(30.0), ["quorum unmet", "[1/4 reported, 4 alive, quorum 2]"]),
+    case("timeout-merges-short-of-quorum", reported(1, 4), SyncConfig(2, N, round_timeout_s=30.0), merge(0),
+         ["round timeout after 30.000s", "[1/4 reported, 4 alive, quorum 2]"], now_s=30.0),
+    case("timeout-needs-a-reporter", reported(0, 4), SyncConfig(2, N, round_timeout_s=30.0), WAIT_FOR_REPORT,
+         ["quorum unmet"], now_s=40.0),
 ]  # fmt: skip
 
 

@@ -63,6 +63,14 @@ def checkpoint_interval_s(scenario: Scenario, topology: Topology) -> float | Non
     return young_interval_s(write_s, mtbf_s) if rule == "young" else daly_interval_s(write_s, mtbf_s)
 
 
+def target_steps(scenario: Scenario) -> float:
+    """Steps a work-defined job (``until``) must commit; infinite when the run is time-defined."""
+    until = scenario.until
+    if until is None:
+        return math.inf
+    return until.steps if until.steps is not None else until.tokens / scenario.workload.tokens_per_step
+
+
 def base_step_time_s(scenario: Scenario, flops_per_s: float) -> float:
     """Compute time of one step for a group with ``flops_per_s`` peak, every chip present."""
     workload = scenario.workload
@@ -87,7 +95,10 @@ class SyncDP:
         job = Group(
             ctx.env, "job", topology.islands, ctx.scenario.training, self.on_failure(), self.step_times,
             ctx.recorder, checkpoint_interval_s(ctx.scenario, topology), base_step_time_s(ctx.scenario, flops),
+            target_steps=target_steps(ctx.scenario), stretches=not ctx.extras.get("event_per_checkpoint", False),
         )
+        job.uptime_counts_kept = True  # the global model advances only by work that is kept
+        job.record_step_rate = True
         ctx.links.listeners.append(lambda *_: job.wake("link changed"))
         if ctx.scenario.training.checkpoint.write_time == 0 and job.checkpoint_interval_s is None:
             job.on_restart = lambda group: group.ledger.commit(ctx.env.now)  # continuous checkpoints

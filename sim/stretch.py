@@ -1,0 +1,277 @@
+"""Failure-free stretches of lockstep training, settled without one SimPy event per checkpoint.
+
+Between two chaos events a lockstep job with periodic checkpoints is a deterministic recurrence: run
+for the work left in the period (W, or less when the job's work target is nearer), write for C,
+commit, run again; after a restart the reload on the new allocation opens the stretch. The
+event-per-checkpoint way plays every reload, run and write as a SimPy timeout;
+a **stretch** plays none of them. The group waits for the next chaos event (a work-defined job also
+wakes shortly before its work can be done, and plays its last few periods event by event); whenever
+anything looks at it (a failure, a wake, a recorder row, the run's end) the periods completed since
+are settled at once by :func:`replay`.
+
+``replay`` repeats, in a tight loop (plain Python for a few periods, Numba-compiled for many), the
+exact floating-point operations of the event path: each
+phase end is ``start + delay`` as SimPy computes it, each ledger update is the one
+:meth:`sim.metrics.Ledger.advance` and :meth:`~sim.metrics.Ledger.commit` make, in the same order. So
+the ledger, the timeline rows and the checkpoint events of a stretch are bit-identical to the event
+path's (``tests/test_stretch.py`` holds the two equal); only the SimPy event count differs.
+
+State is one list of floats (indices below) that one call moves in place (copied into a float64
+vector for the compiled kernel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# state vector layout
+SUB, SUB_END, LAST, PENDING_CHIP, PENDING_STEPS, COMMITTED, ADVANCING, USEFUL, WAITING, CHECKPOINT = range(10)
+DOWN, SPARE, PENDING_RUN, KEPT_RUN, RUN_STARTED, PHASE_END, DONE, RECOVERY = range(10, 18)
+STATE_SIZE = 18
+# the phases of a stretch: a reload (after a restart) may open it, then runs and writes alternate
+RUNNING_SUB, CHECKPOINT_SUB, RELOAD_SUB = 0.0, 1.0, 2.0
+SUB_NAMES = {RUNNING_SUB: "running", CHECKPOINT_SUB: "checkpoint", RELOAD_SUB: "reload"}
+
+_kernel = None
+
+
+def _compile():
+    """Compile (or load from Numba's on-disk cache) the replay kernel, once per process."""
+    global _kernel
+    if _kernel is None:
+        import numba
+
+        _kernel = numba.njit(cache=True)(_replay)
+    return _kernel
+
+
+def _replay(state, active, down, spare, compute_fraction, steps_per_s, work_s, write_s, target_steps,
+            limit_s, inclusive, times_out, steps_out, subs_out):
+    """Settle phase ends before ``limit_s`` (at it too if ``inclusive``); returns how many.
+
+    ``times_out[k]`` is the k-th phase end, ``subs_out[k]`` the phase that ended there and
+    ``steps_out[k]`` the steps a checkpoint end committed.
+    Stops early when the output arrays are full or the work target is committed (``state[DONE]``).
+    The state is read into locals and written back once (the loop is the same in plain Python).
+    """
+    sub, sub_end, last = state[SUB], state[SUB_END], state[LAST]
+    pending_chip, pending_steps, committed = state[PENDING_CHIP], state[PENDING_STEPS], state[COMMITTED]
+    advancing, useful, waiting, checkpoint = state[ADVANCING], state[USEFUL], state[WAITING], state[CHECKPOINT]
+    down_chip_s, spare_chip_s, pending_run, kept_run = state[DOWN], state[SPARE], state[PENDING_RUN], state[KEPT_RUN]
+    run_started, phase_end, done, recovery = state[RUN_STARTED], state[PHASE_END], state[DONE], state[RECOVERY]
+    n = 0
+    capacity = len(times_out)
+    while n < capacity and done == 0.0:
+        end = sub_end
+        if end > limit_s or (end == limit_s and not inclusive):
+            break
+        dt = end - last
+        running = sub == RUNNING_SUB
+        if dt > 0:  # Ledger.advance
+            last = end
+            if running:
+                compute = active * dt * compute_fraction
+                pending_chip += compute
+                waiting += active * dt - compute
+                pending_steps += dt * steps_per_s
+                advancing += dt
+                pending_run += dt
+            elif sub == CHECKPOINT_SUB:
+                checkpoint += active * dt
+            else:
+                recovery += active * dt
+            down_chip_s += down * dt
+            spare_chip_s += spare * dt
+        times_out[n] = end
+        subs_out[n] = sub
+        # (``0.0 if 0.0 > x else x`` is what max(x, 0.0) gives, without a call; likewise for min)
+        if running:  # the run's end: write a checkpoint
+            sub = CHECKPOINT_SUB
+            phase_end = end + write_s
+            delay = phase_end - end
+            sub_end = end + (0.0 if 0.0 > delay else delay)  # noqa: FURB136 - no call in the hot loop
+            steps_out[n] = 0.0
+            n += 1
+            continue
+        if sub == CHECKPOINT_SUB:  # the write's end: commit (Ledger.commit), then run the next period
+            useful += pending_chip
+            committed += pending_steps
+            kept_run += pending_run
+            steps_out[n] = pending_steps
+            pending_chip = pending_steps = pending_run = 0.0
+        else:  # the reload's end: run (its work left is a whole period)
+            steps_out[n] = 0.0
+        n += 1
+        left = target_steps - committed - pending_steps
+        if target_steps < math.inf and left <= target_steps * 1e-12:
+            done = 1.0
+            break
+        sub = RUNNING_SUB
+        run_started = end
+        phase_end = math.nan
+        # min(work_left_s, steps_left / rate), as the event path's plan computes it
+        duration = work_s
+        if steps_per_s > 0:
+            to_target_s = left / steps_per_s
+            duration = to_target_s if to_target_s < work_s else work_s  # noqa: FURB136
+        sub_end = end + (0.0 if 0.0 > duration else duration)  # noqa: FURB136
+    state[SUB], state[SUB_END], state[LAST] = sub, sub_end, last
+    state[PENDING_CHIP], state[PENDING_STEPS], state[COMMITTED] = pending_chip, pending_steps, committed
+    state[ADVANCING], state[USEFUL], state[WAITING], state[CHECKPOINT] = advancing, useful, waiting, checkpoint
+    state[DOWN], state[SPARE], state[PENDING_RUN], state[KEPT_RUN] = down_chip_s, spare_chip_s, pending_run, kept_run
+    state[RUN_STARTED], state[PHASE_END], state[DONE], state[RECOVERY] = run_started, phase_end, done, recovery
+    return n
+
+
+COMPILED_FROM = 256
+"""Phase ends above which a settle runs compiled; below, the same function runs as plain Python
+(the same IEEE operations: results are identical), so short stretches never load Numba."""
+
+
+def replay(state: list[float], active: int, down: int, spare: int, compute_fraction: float, steps_per_s: float,
+           work_s: float, write_s: float, target_steps: float, limit_s: float, inclusive: bool,
+           ) -> tuple[list[float], list[float], list[float]]:
+    """Settle every phase end before ``limit_s``; returns (end times, steps committed at each end,
+    the phase that ended at each)."""
+    period = work_s + write_s
+    times_all: list[float] = []
+    steps_all: list[float] = []
+    subs_all: list[float] = []
+    while True:
+        room = int(min(2 * max(limit_s - state[SUB_END], 0.0) / period + 4, 1 << 20))
+        args = (float(active), float(down), float(spare), compute_fraction, steps_per_s, work_s, write_s,
+                target_steps, limit_s, inclusive)
+        if room < COMPILED_FROM:
+            times, steps, subs = [0.0] * room, [0.0] * room, [0.0] * room
+            n = _replay(state, *args, times, steps, subs)
+            times_all += times[:n]
+            steps_all += steps[:n]
+            subs_all += subs[:n]
+        else:
+            vector, times_np, steps_np, subs_np = np.array(state), np.empty(room), np.empty(room), np.empty(room)
+            n = _compile()(vector, *args, times_np, steps_np, subs_np)
+            state[:] = vector.tolist()
+            times_all += times_np[:n].tolist()
+            steps_all += steps_np[:n].tolist()
+            subs_all += subs_np[:n].tolist()
+        if n < room:
+            return times_all, steps_all, subs_all
+
+
+def exact_delay(now_s: float, at_s: float) -> float:
+    """A delay ``d`` with ``now_s + d == at_s`` in floating point (SimPy schedules at ``now + delay``)."""
+    delay = at_s - now_s
+    for _ in range(8):
+        reached = now_s + delay
+        if reached == at_s:
+            return delay
+        delay = math.nextafter(delay, math.inf if reached < at_s else -math.inf)
+    raise ArithmeticError(f"no delay from {now_s!r} reaches {at_s!r}")
+
+
+class Stretch:
+    """The failure-free stretch a group is in: the recurrence's position, and how to settle it.
+
+    The ledger stays the source of truth: every :meth:`settle` loads it, replays the phase ends up to
+    the given time and stores it back, so bookings made in between (a spare returning to its pool)
+    are honoured. Only the recurrence's own position lives here: the current phase (running or
+    writing a checkpoint), the time SimPy would end it at, and when the running phase began.
+    """
+
+    def __init__(self, group, end_s: float, rates: tuple[float, float]):
+        from .metrics import Phase
+
+        self.group = group
+        self.state = [0.0] * STATE_SIZE
+        self.state[SUB] = {Phase.RUNNING: RUNNING_SUB, Phase.CHECKPOINT: CHECKPOINT_SUB, Phase.RELOAD: RELOAD_SUB}[group.phase]
+        self.state[SUB_END] = end_s
+        self.state[RUN_STARTED] = group._run_started_s
+        self.state[PHASE_END] = group.phase_end_s if group.phase_end_s is not None else math.nan
+        # what every running phase of the stretch books (nothing re-times a step without a wake)
+        self.compute_fraction, self.steps_per_s = rates
+
+    @property
+    def end_s(self) -> float:
+        """When the current phase ends (as SimPy would end it)."""
+        return self.state[SUB_END]
+
+    @staticmethod
+    def far_from_target(group, rate: float) -> bool:
+        """True unless a work-defined job is within a few periods of its end (played event by event)."""
+        if group.target_steps == math.inf:
+            return True
+        return rate > 0 and group.steps_left() / rate > 6 * group.checkpoint_interval_s
+
+    def wait(self):
+        """The event the group waits on: the next chaos event (an interrupt), or for a work-defined job
+        a time before its work can possibly be done (all that is left, run at full rate)."""
+        group = self.group
+        env = group.env
+        if group.target_steps == math.inf:
+            return group._never
+        ledger = group.ledger
+        earliest_s = ledger._last_s + group.steps_left() / self.steps_per_s - 4 * group.checkpoint_interval_s
+        return env.timeout(max(earliest_s - env.now, 0.0))
+
+    def woke(self) -> bool:
+        """The wait of a work-defined job ended: settle; True if the stretch goes on."""
+        self.settle(self.group.env.now)
+        return self.far_from_target(self.group, self.steps_per_s)
+
+    def settle(self, now_s: float) -> None:
+        """Book every phase end before ``now_s``: ledger, timeline rows, checkpoint events, group state."""
+        from .metrics import Bucket, Phase
+
+        group, ledger, state = self.group, self.group.ledger, self.state
+        if state[SUB_END] >= now_s:
+            return
+        buckets = ledger.buckets
+        state[LAST], state[PENDING_CHIP], state[PENDING_STEPS] = ledger._last_s, ledger.pending_chip_s, ledger.pending_steps
+        state[COMMITTED], state[ADVANCING] = ledger.committed_steps, ledger.advancing_s
+        state[PENDING_RUN], state[KEPT_RUN] = ledger.pending_run_s, ledger.kept_run_s
+        state[USEFUL], state[WAITING] = buckets[Bucket.USEFUL], buckets[Bucket.WAITING]
+        state[CHECKPOINT], state[DOWN], state[SPARE] = buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]
+        state[RECOVERY] = buckets[Bucket.RECOVERY]
+        times, steps, subs = replay(
+            state, ledger.active_chips, ledger.down_chips, ledger.spare_chips, self.compute_fraction,
+            self.steps_per_s, group.checkpoint_interval_s, group.training.checkpoint.write_time,
+            group.target_steps, now_s, False,
+        )
+        if state[DONE]:
+            raise AssertionError("a stretch must hand a work-defined job back before its work is done")
+        if not times:
+            return
+        ledger._last_s, ledger.pending_chip_s, ledger.pending_steps = state[LAST], state[PENDING_CHIP], state[PENDING_STEPS]
+        ledger.committed_steps, ledger.advancing_s = state[COMMITTED], state[ADVANCING]
+        ledger.pending_run_s, ledger.kept_run_s = state[PENDING_RUN], state[KEPT_RUN]
+        buckets[Bucket.USEFUL], buckets[Bucket.WAITING] = state[USEFUL], state[WAITING]
+        buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE] = state[CHECKPOINT], state[DOWN], state[SPARE]
+        buckets[Bucket.RECOVERY] = state[RECOVERY]
+        self._record(times, steps, subs)
+        last = times[-1]
+        running = state[SUB] == RUNNING_SUB
+        phase = Phase.RUNNING if running else Phase.CHECKPOINT  # (a reload only ever opens a stretch)
+        group.phase = group.intent = ledger.phase = phase
+        # a running phase began: its rates are booked (Group._book)
+        ledger.compute_fraction, ledger.steps_per_s = self.compute_fraction, self.steps_per_s
+        group.phase_since_s = group._islands_since_s = last
+        group.phase_end_s = None if running else state[PHASE_END]
+        group._run_started_s = state[RUN_STARTED]
+        group.work_left_s = group.checkpoint_interval_s if running else 0.0
+        group._step_phase = 0.0
+        group._was_running = running
+        group._row = (phase, ledger.active_chips, ledger.down_chips)
+        group._row_since_s = last
+
+    def _record(self, times: list[float], steps: list[float], subs: list[float]) -> None:
+        """The rows the event path writes at these phase ends: one timeline row per phase, one
+        ``checkpoint`` event per commit."""
+        group, recorder = self.group, self.group.recorder
+        starts = [group._row_since_s, *times[:-1]]
+        phases = [SUB_NAMES[sub] for sub in subs]
+        recorder.intervals(group.name, phases, starts, times, group.ledger.active_chips, group.ledger.down_chips)
+        ends = [k for k, sub in enumerate(subs) if sub == CHECKPOINT_SUB]
+        details = [f"{steps[k]:.6g} steps committed" for k in ends]
+        recorder.events_at([times[k] for k in ends], "checkpoint", group.name, details)

@@ -205,6 +205,9 @@ def _watch_parent(pid: int) -> None:
 def _init_worker(parent_pid: int) -> None:
     """Runs first in every local worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a forked worker inherits the parent's SIGTERM handler (which turns it into an interrupt): put
+    # back the default, so that terminating a worker ends it at once
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
 
 

@@ -241,7 +241,7 @@ def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
     run = load_results(tmp_path / "run")
     ax = figures.timeline(run.timeline, axes(), run.events)
     (window,) = [p for p in ax.patches if p.get_alpha() == pytest.approx(0.12)]
-    assert window.get_x() == pytest.approx(72.0) and window.get_width() == pytest.approx(2.0)
+    assert window.get_x() == pytest.approx(24.0) and window.get_width() == pytest.approx(2.0)
     assert "fault window" in legend_texts(ax)
 
 
@@ -350,8 +350,8 @@ def test_report_of_several_runs_side_by_side(tmp_path, results):
     # one column per run, labelled by what differs between them, and the page names those keys
     labels = [r.label for r in load_many([results["quick"], results["elastic"], results["strict"]])]
     assert labels == [
-        "replications=2, policy=sync_dp, on_failure=restart, hypotheses.0.min=0.75",
-        "replications=1, policy=elastic_dp, on_failure=elastic, hypotheses.0.min=0.75",
+        "replications=2, policy=sync_dp, on_failure=restart, hypotheses.0.min=0.7",
+        "replications=1, policy=elastic_dp, on_failure=elastic, hypotheses.0.min=0.7",
         "replications=1, policy=sync_dp, on_failure=restart, hypotheses.0.min=0.99",
     ]
     assert "<th>metric</th>" + "".join(f"<th>{label}</th>" for label in labels) in page

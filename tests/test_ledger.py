@@ -178,7 +178,7 @@ def test_per_island_downtime_counts_an_island_sitting_out_an_elastic_job():
 
     s = run_replication(load_scenario("scenarios/quickstart.yaml", [
         "training.policy=elastic_dp", "training.on_failure=elastic", "training.checkpoint.interval=30d",
-        "faults=[{name: m, kind: island_outage, target: {islands: [pod-0]}, at: 3d, duration: 2h}]",
+        "faults=[{name: m, kind: island_outage, target: {islands: [pod-0]}, at: 1d, duration: 2h}]",
         "replications=1"])).summary
     downtime = {d["name"]: d["downtime_s"] for d in s["islands_detail"]}
     discarded = s["global_downtime_s"] - 120.0

@@ -44,7 +44,9 @@ def test_estimated_checkpoints_and_events_are_the_right_size(name):
     assert written <= term(cost, "checkpoints")
     if rep.summary["goodput"] > 0.5:
         assert term(cost, "checkpoints") <= 2 * written, (term(cost, "checkpoints"), written)
-    assert 1 / 3 <= cost.work / rep.summary["events"] <= 3, (cost.work, rep.summary["events"])
+    # lockstep checkpoints in a failure-free stretch are counted without an event each (sim/stretch.py)
+    done = rep.summary["events"] + written
+    assert 1 / 3 <= cost.work / done <= 3, (cost.work, done)
 
 
 def test_estimated_rounds_match_the_rounds_played():

@@ -304,5 +304,5 @@ def test_batched_runs_keep_their_own_resolved_scenario(tmp_path):
     assert [len(b) for b in batches(list(range(100)), workers=2)] == [7] * 14 + [2]
     run_sweep(plan, tmp_path / "out", SerialExecutor())
     for job in plan.jobs(tmp_path / "out"):
-        written = load_scenario(Path(job.out_dir) / "scenario.yaml")
+        written = load_scenario(Path(job.out_dir) / "scenario.yaml", trace_dirs=[tmp_path / "in"])
         assert written == Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})

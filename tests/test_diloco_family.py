@@ -167,7 +167,7 @@ def test_under_heavy_failures_decoupled_keeps_training_while_lockstep_stalls():
     assert late[-1] < late[0]  # still falling in the second half
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(
     outages=st.lists(st.tuples(st.sampled_from(["east-1", "central-0", "central-1", "west-0", "west-1", "south-0", "south-1"]),
                                st.floats(0, 900), st.floats(60, 900)), min_size=1, max_size=6),
@@ -178,7 +178,9 @@ def test_under_heavy_failures_decoupled_keeps_training_while_lockstep_stalls():
 )
 def test_quorum_one_never_stops_while_a_learner_lives(outages, on_failure, chip_mtbf_days, quorum_grace, schedule):
     """Property: K = 1 and one learner (east-0) that nothing can take down, on links that carry the
-    rounds: zero global downtime, and the ledger still adds up, whatever else fails."""
+    rounds and a grace window inside the slack: zero global downtime, and the ledger still adds up,
+    whatever else fails. (A fixed window beyond tau x step makes every learner that reported wait it
+    out, and they can all wait at once: that is downtime the protocol really has.)"""
     faults = [
         f"{{name: o{k}, kind: island_outage, target: {{islands: [{name}]}}, at: {at}, duration: {length}}}"
         for k, (name, at, length) in enumerate(outages)
@@ -188,7 +190,7 @@ def test_quorum_one_never_stops_while_a_learner_lives(outages, on_failure, chip_
         " target: {islands: [east-1, central-0, central-1, west-0, west-1, south-0, south-1]}}"
     )
     s = run(FOUR, *WIDE, f"faults=[{', '.join(faults)}]", f"training.on_failure={on_failure}", "training.quorum=1",
-            f"training.grace.mode={quorum_grace}", "training.grace.fixed=5s", f"training.schedule={schedule}",
+            f"training.grace.mode={quorum_grace}", "training.grace.fixed=0.5s", f"training.schedule={schedule}",
             "duration=20m")
     assert s["global_downtime_s"] == 0.0
     assert math.isclose(sum(s["chip_time"].values()), s["chips"] * 1200, rel_tol=1e-12)

@@ -6,8 +6,12 @@ A :class:`Recorder` collects two kinds of typed rows:
   active_chips, down_chips``), the source of the learner-state timeline figure and of downtimes;
 * **events**: one row per thing that happened (``time_s, kind, fault, target, detail``):
   failures, repairs, checkpoints, merges, link changes;
-* **rounds**: one row per outer round played by the DiLoCo family (``fragment, opened_s, closed_s,
-  merged_s, members, weights, reason``; members and weights comma-separated, sorted by learner id).
+* **rounds**: one row per outer round played by the DiLoCo family (``round, fragment, opened_s,
+  closed_s, merged_s, members, weights, reason``; ``round`` numbers the merged rounds from 0; members and
+  weights comma-separated, sorted by learner id);
+* **surrogate_merges** (only with ``surrogate.log_rounds``): one row per played round as the surrogate
+  saw it (``round, fragment, members, weights, merged``; ``merged`` false when the surrogate's resolution
+  skipped the round whole), so a test can hold it equal to the rounds table.
 
 Rows are buffered and flushed to Parquet in row groups as the run goes, into ``<table>.parquet.partial``;
 :meth:`Recorder.close` finishes the file and renames it to ``<table>.parquet``. A replication that is
@@ -54,6 +58,7 @@ SERIES_SCHEMA = pa.schema(
 )
 ROUND_SCHEMA = pa.schema(
     [
+        ("round", pa.int64()),
         ("fragment", pa.int64()),
         ("opened_s", pa.float64()),
         ("closed_s", pa.float64()),
@@ -61,6 +66,15 @@ ROUND_SCHEMA = pa.schema(
         ("members", pa.string()),
         ("weights", pa.string()),
         ("reason", pa.string()),
+    ]
+)
+MERGE_LOG_SCHEMA = pa.schema(
+    [
+        ("round", pa.int64()),
+        ("fragment", pa.int64()),
+        ("members", pa.string()),
+        ("weights", pa.string()),
+        ("merged", pa.bool_()),
     ]
 )
 
@@ -121,7 +135,7 @@ class _Table:
 
 
 class Recorder:
-    def __init__(self, folder: Path | None = None, flush_rows: int = 4096):
+    def __init__(self, folder: Path | None = None, flush_rows: int = 4096, merge_log: bool = False):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         path = (lambda name: folder / name) if folder is not None else (lambda name: None)
@@ -129,6 +143,7 @@ class Recorder:
         self.events = _Table(EVENT_SCHEMA, path("events.parquet"), flush_rows)
         self.series = _Table(SERIES_SCHEMA, path("series.parquet"), flush_rows)
         self.rounds = _Table(ROUND_SCHEMA, path("rounds.parquet"), flush_rows)
+        self.merge_log = _Table(MERGE_LOG_SCHEMA, path("surrogate_merges.parquet"), flush_rows) if merge_log else None
         # called with the row's time before an event row is written: writers that settle lazily (a
         # group in a failure-free stretch) write their earlier rows first, so rows stay in time order
         self.before_event: list = []
@@ -161,12 +176,28 @@ class Recorder:
         """A sample of a time series (loss, link utilisation, ...)."""
         self.series.append((time_s, series, key, value, tokens))
 
-    def round(self, fragment: int, opened_s: float, closed_s: float, merged_s: float,
+    def round(self, round_: int, fragment: int, opened_s: float, closed_s: float, merged_s: float,
               members: tuple[int, ...], weights: tuple[float, ...], reason: str) -> None:
         """One merged outer round (``reason``: why the synchronizer closed it)."""
-        self.rounds.append((fragment, opened_s, closed_s, merged_s, ",".join(map(str, members)),
-                            ",".join(f"{w:.17g}" for w in weights), reason))
+        self.rounds.append((round_, fragment, opened_s, closed_s, merged_s, _ids(members), _floats(weights), reason))
+
+    def surrogate_merge(self, round_: int, fragment: int, members: tuple[int, ...], weights: tuple[float, ...],
+                        merged: bool) -> None:
+        """The surrogate's view of one played round (kept only with ``surrogate.log_rounds``)."""
+        if self.merge_log is not None:
+            self.merge_log.append((round_, fragment, _ids(members), _floats(weights), merged))
 
     def close(self) -> dict[str, pa.Table | None]:
-        return {"timeline": self.timeline.close(), "events": self.events.close(), "series": self.series.close(),
-                "rounds": self.rounds.close()}
+        tables = {"timeline": self.timeline.close(), "events": self.events.close(), "series": self.series.close(),
+                  "rounds": self.rounds.close()}
+        if self.merge_log is not None:
+            tables["surrogate_merges"] = self.merge_log.close()
+        return tables
+
+
+def _ids(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+def _floats(values: tuple[float, ...]) -> str:
+    return ",".join(f"{w:.17g}" for w in values)

@@ -136,7 +136,7 @@ def run_replication(
     seed = scenario.seed + replication
     env = simpy.Environment()
     topology = build_topology(scenario)
-    recorder = Recorder(out_dir)
+    recorder = Recorder(out_dir, merge_log=scenario.surrogate.model != "off" and scenario.surrogate.log_rounds)
     ctx = RunContext(env, scenario, topology, Streams(seed), recorder, LinkState(topology), scenario_dir)
     ctx.extras["event_per_checkpoint"] = event_per_checkpoint
     policy = POLICIES[scenario.training.policy](ctx)

@@ -303,6 +303,8 @@ class Surrogate(Model):
     resolution: float = Field(0.1, gt=0, le=1, description="surrogate steps per simulated step")
     max_steps_per_learner: int = Field(20000, ge=1, description="cap on surrogate steps per learner per run")
     eval_every: Seconds = Field(0.0, description="evaluation period of the global model (0: 1/200 of the run)")
+    log_rounds: bool = Field(False, description="write surrogate_merges.parquet: every played round as the "
+                             "surrogate saw it (round, fragment, members, weights, merged or skipped)")
 
     __get_pydantic_json_schema__ = _schema_also({"enum": ["off", False, None]})
 

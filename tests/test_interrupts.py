@@ -184,10 +184,12 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
     """While a sweep holds its folder, a run or a sweep -o that folder is refused, naming the owner's pid."""
     scenario = write_scenario(tmp_path / "in", duration="60d")
     folder = tmp_path / "out"
-    sweep = start("sweep", str(scenario), "--seeds", "1-8", "--workers", "1", "-q", "-o", str(folder))
+    # enough seeds that the sweep still holds the folder when the second writer comes (a 60-day
+    # replication of this scenario takes well under a second)
+    sweep = start("sweep", str(scenario), "--seeds", "1-400", "--workers", "1", "-q", "-o", str(folder))
     try:
         wait_for(lambda: (folder / LOCK_NAME).exists() and (folder / "sweep.json").exists(), sweep)
-        for command in (["sweep", str(scenario), "--seeds", "1-8", "--resume"], ["run", str(SMALL)]):
+        for command in (["sweep", str(scenario), "--seeds", "1-400", "--resume"], ["run", str(SMALL)]):
             refused = subprocess.run([str(CHAOSSIM), *command, "-q", "-o", str(folder)], check=False, capture_output=True, text=True, timeout=60)
             assert refused.returncode == 2 and f"pid {sweep.pid}" in refused.stderr, refused.stderr
             assert len(refused.stderr.strip().splitlines()) == 1

@@ -8,23 +8,45 @@ reported, or the transfers are still crossing the WAN. What a round is and how i
 :mod:`sim.rounds`; this module wires the groups, the engine and the surrogate together and reports
 the engine's metrics.
 
-The surrogate (:class:`SurrogateDriver`) sees the rounds played: at each merged round its members
-first run the inner steps they owe (``surrogate.resolution`` surrogate steps per simulated step,
-within ``max_steps_per_learner``), then fragment p is merged with the round's members and weights
-(each member's outer gradient is its progress since it last received p) and sent back to them. A round in which no member has trained since it last received p is skipped
-whole (its outer gradient would be zero), never merged with other members.
+The surrogate (:class:`SurrogateDriver`) sees every round played (DESIGN.md, "Surrogate training"):
+
+* a learner's surrogate runs the inner steps it owes (``surrogate.resolution`` surrogate steps per
+  simulated step, within ``max_steps_per_learner``) when its parameters are next looked at;
+* its **report** of fragment p snapshots theta_{m,p} at the report's step: that is what the round pulls;
+* a merged round merges fragment p with exactly the round's members and token weights; each member's
+  outer gradient is anchor_{m,p} - snapshot_{m,p}, its progress since it last received p (the anchor
+  is the Theta_p it received); RDA or mean, outer Nesterov on the synchronizer's Theta_p;
+* the result is applied when the member applies it (``training.apply``): ``keep_local`` keeps the
+  steps taken since the report, ``overwrite`` discards them; a member whose result is lost keeps its
+  parameters and counts only its progress since the snapshot next time;
+* a rejoiner takes a peer's parameters, AdamW state and anchors (or Theta without a live peer).
+
+Round resolution: a round is merged only when every member has trained at least H surrogate steps
+since it last received p (the outer optimizer's cadence, as published); otherwise it is skipped
+**whole** (its members carry their progress, as a non-member does), never merged with other members.
+``surrogate.log_rounds`` writes what the surrogate did with each round (``surrogate_merges.parquet``).
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..context import RunContext
 from ..learner import Group
 from .lockstep import base_step_time_s
+
+
+@dataclass(slots=True, eq=False)
+class FragmentSnapshot:
+    """A learner's fragment as reported (what the synchronizer pulls), and the round's result once merged."""
+
+    values: np.ndarray
+    fresh: int  # surrogate steps it had trained since it last received the fragment, at the report
+    result: np.ndarray | None = None
 
 
 class SurrogateDriver:
@@ -79,27 +101,65 @@ class SurrogateDriver:
                 model.train(m, n)
             self.fresh[m, :] += n
 
-    def merge(self, p: int, members: tuple[int, ...], weights: tuple[float, ...]) -> None:
-        ids = list(members)
-        if (self.fresh[ids, p] < self.inner_per_merge).any():
+    def report(self, m: int, p: int) -> FragmentSnapshot:
+        """Learner m reports fragment p: the synchronizer will pull these values (once trained to the report)."""
+        sl = self.model.fragment_slices[p]
+        return FragmentSnapshot(self.model.params[m, sl].copy(), int(self.fresh[m, p]))
+
+    def merge(self, round_id: int, p: int, members: tuple[int, ...], weights: tuple[float, ...],
+              snaps: list[FragmentSnapshot]) -> None:
+        """One played round of p: merged with exactly its members and weights, or skipped whole."""
+        merged = all(snap.fresh >= self.inner_per_merge for snap in snaps)
+        self.ctx.recorder.surrogate_merge(round_id, p, members, weights, merged)
+        if not merged:
             self.skipped += 1
             return
+        ids = list(members)
         with self.timed() as model:
             sl = model.fragment_slices[p]
-            # Theta_p - pulled = anchor_m,p - theta_m,p: each member's own progress since it received p
-            pulled = model.params[ids, sl] - self.anchor[ids, sl] + model.theta[sl]
-            model.merge_fragment(p, ids, weights, pulled=pulled)
-            model.broadcast_fragment(p, ids)
-            self.anchor[ids, sl] = model.theta[sl]
-        self.fresh[ids, p] = 0
+            # Theta_p - pulled = anchor_m,p - snapshot_m,p: each member's own progress since it received p
+            pulled = np.stack([snap.values for snap in snaps]) - self.anchor[ids, sl] + model.theta[sl]
+            result = model.merge_fragment(p, ids, weights, pulled=pulled)
+        for snap in snaps:
+            snap.result = result
         self.merges += 1
         self.record(self.ctx.scenario.training.policy.value, self.tokens_fn())
+
+    def apply(self, m: int, p: int, snap: FragmentSnapshot, overwrite: bool) -> None:
+        """The merged Theta_p reaches learner m (``training.apply``): ``keep_local`` keeps the steps it took
+        since the report (theta = Theta_p + theta - snapshot), ``overwrite`` discards them."""
+        with self.timed() as model:
+            sl = model.fragment_slices[p]
+            if overwrite:
+                model.params[m, sl] = snap.result
+                self.fresh[m, p] = 0
+            else:
+                model.params[m, sl] += snap.result - snap.values
+                self.fresh[m, p] -= snap.fresh  # what it trained since the report is not merged yet
+            self.anchor[m, sl] = snap.result
+
+    def result_lost(self, m: int, p: int, snap: FragmentSnapshot) -> None:
+        """A merged report whose result never reaches learner m: what it reported is in Theta_p already,
+        so its next outer gradient starts from the snapshot (counted once, not twice)."""
+        sl = self.model.fragment_slices[p]
+        self.anchor[m, sl] = snap.values
+        self.fresh[m, p] -= snap.fresh
 
     def copy_learner(self, src: int, dst: int) -> None:
         with self.timed() as model:
             model.copy_learner(src, dst)
         self.anchor[dst] = self.anchor[src]
         self.fresh[dst] = self.fresh[src]
+
+    def adopt_global(self, m: int) -> None:
+        """Learner m restarts without a live peer: from the synchronizer's Theta, fresh AdamW state."""
+        model = self.model
+        model.params[m] = model.theta
+        model.adam_m[m] = 0.0
+        model.adam_v[m] = 0.0
+        model.steps[m] = 0
+        self.anchor[m] = model.theta
+        self.fresh[m] = 0
 
     def record(self, key: str, tokens: float, force: bool = False) -> None:
         """Evaluate the global model, at most every ``eval_every`` of simulated time."""

@@ -113,16 +113,10 @@ class AllReduceRounds(RoundEngine):
                 lambda _e: attempt == rnd.attempt and self._complete(rnd))
 
     def _complete(self, rnd: RingRound) -> None:
-        now = self.env.now
         self.rounds.pop((rnd.fragment, rnd.step), None)
         members = tuple(sorted(rnd.reports))
-        for index in members:
-            self.commit(rnd.reports[index], now)
-        self.merged_rounds += 1
-        self.member_merges += len(members)
         weights = tuple(1.0 / len(members) for _ in members)
-        self.surrogate_merge(rnd.fragment, members, weights)
-        self.ctx.recorder.round(rnd.fragment, rnd.opened_s, rnd.opened_s, now, members, weights, "all-reduce")
+        self.merged(rnd.fragment, rnd.reports, weights, rnd.opened_s, rnd.opened_s, "all-reduce")
         for index in members:
             self.result_arrived(rnd.reports[index])
 

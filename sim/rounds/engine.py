@@ -55,6 +55,7 @@ class Report:
     round: object = None
     transfer: simpy.Event | None = None  # its pull or its result, while in flight
     resolved: bool = False  # applied, or released (no result will come)
+    surrogate: object = None  # the surrogate's snapshot of the fragment (and, once merged, the result)
 
 
 @dataclass(slots=True, eq=False)
@@ -217,11 +218,14 @@ class RoundEngine:
         peers = [p for p in self.learners if p.alive and p is not ls]
         if not peers:
             ls.rejoin_steps = ls.clock.steps
+            if self.surrogate is not None:
+                self.surrogate.adopt_global(ls.index)
             return None
         peer = max(peers, key=lambda p: (self.channels.capacity_bps(p.region, ls.region), -p.index))
         peer.clock.settle(now)
         ls.rejoin_steps = peer.clock.steps
         if self.surrogate is not None:
+            self._train_to(peer, peer.clock.steps)
             self.surrogate.copy_learner(peer.index, ls.index)
         nbytes = self.ctx.scenario.workload.params * STATE_BYTES_PER_PARAM
         return self.channels.send(peer.region, ls.region, nbytes, tag=("rejoin", ls.name))
@@ -290,6 +294,9 @@ class RoundEngine:
         """``rep`` is in flight: its result must come back within the overlap bound."""
         ls.in_flight[rep.fragment] = rep
         ls.clock.settle(self.env.now)
+        if self.surrogate is not None:
+            self._train_to(ls, rep.step)
+            rep.surrogate = self.surrogate.report(ls.index, rep.fragment)
         self.check_deadline(ls)  # a report learned of late can be past its deadline already
 
     def release(self, rep: Report) -> None:
@@ -303,7 +310,23 @@ class RoundEngine:
         ls = self.learners[rep.learner]
         if ls.in_flight.get(rep.fragment) is rep:
             del ls.in_flight[rep.fragment]
+        if self.surrogate is not None and rep.surrogate is not None and rep.surrogate.result is not None:
+            self.surrogate.result_lost(ls.index, rep.fragment, rep.surrogate)
         self._maybe_unblock(ls)
+
+    def merged(self, p: int, reports: dict[int, Report], weights: tuple[float, ...], opened_s: float,
+               closed_s: float, reason: str) -> None:
+        """A round of p merged ``reports`` (members sorted by id, ``weights`` normalised, same order)."""
+        now = self.env.now
+        members = tuple(sorted(reports))
+        for m in members:
+            self.commit(reports[m], now)
+        round_id = self.merged_rounds
+        self.merged_rounds += 1
+        self.member_merges += len(members)
+        if self.surrogate is not None:
+            self.surrogate.merge(round_id, p, members, weights, [reports[m].surrogate for m in members])
+        self.ctx.recorder.round(round_id, p, opened_s, closed_s, now, members, weights, reason)
 
     def commit(self, rep: Report, now: float) -> None:
         """``rep`` was merged: its fragment's share of the steps since the last merged point is useful."""
@@ -327,6 +350,7 @@ class RoundEngine:
             self._schedule(ls)
         else:
             ls.group.ledger.advance(self.env.now)
+            ls.clock.settle(self.env.now)
             self._apply(ls, rep)
 
     def _apply(self, ls: Learner, rep: Report) -> None:
@@ -340,20 +364,22 @@ class RoundEngine:
             ledger.rollback_part(self.env.now, (ledger.compute_chip_s - rep.chip_s) / p,
                                  (ledger.compute_steps - rep.compute_steps) / p)
             ls.points[rep.fragment] = Point(ls.clock.steps, ledger.compute_chip_s, ledger.compute_steps)
+        if self.surrogate is not None and rep.surrogate is not None and rep.surrogate.result is not None:
+            self._train_to(ls, ls.clock.steps)  # the steps before the apply are trained on the old values
+            self.surrogate.apply(ls.index, rep.fragment, rep.surrogate, self.training.apply is ApplyMode.OVERWRITE)
         self._maybe_unblock(ls)
 
     # ------------------------------------------------------------------------- surrogate
 
-    def surrogate_merge(self, p: int, members: tuple[int, ...], weights: tuple[float, ...]) -> None:
-        """The surrogate plays the round: members train what they owe, then fragment p is merged."""
-        if self.surrogate is None:
-            return
-        for m in members:
-            ls = self.learners[m]
-            ls.clock.settle(self.env.now)
-            self.surrogate.train_owed(m, ls.clock.steps - ls.trained_to)
-            ls.trained_to = ls.clock.steps
-        self.surrogate.merge(p, members, weights)
+    def _train_to(self, ls: Learner, step: int) -> None:
+        """The surrogate trains what ``ls`` owes up to its simulated step ``step``.
+
+        Training is lazy: a learner's surrogate steps are run when its parameters are next looked at
+        (a report's snapshot, an apply, a peer copy), so a snapshot is taken at the report's step up
+        to one surrogate step (``1 / resolution`` simulated steps) of granularity."""
+        if step > ls.trained_to:
+            self.surrogate.train_owed(ls.index, step - ls.trained_to)
+            ls.trained_to = step
 
     # ------------------------------------------------------------------------- results
 

@@ -233,16 +233,10 @@ class SynchronizerRounds(RoundEngine):
             self._merge(rnd)
 
     def _merge(self, rnd: Round) -> None:
-        now = self.env.now
         members = tuple(sorted(rnd.members))
         total = math.fsum(rnd.weights[m] for m in members)
         weights = tuple(rnd.weights[m] / total for m in members) if total > 0 else tuple(1.0 / len(members) for _ in members)
-        for m in members:
-            self.commit(rnd.members[m], now)
-        self.merged_rounds += 1
-        self.member_merges += len(members)
-        self.surrogate_merge(rnd.fragment, members, weights)
-        self.ctx.recorder.round(rnd.fragment, rnd.opened_s, rnd.closed_s, now, members, weights, rnd.reason)
+        self.merged(rnd.fragment, rnd.members, weights, rnd.opened_s, rnd.closed_s, rnd.reason)
         rnd.state = "sending"
         for m in members:
             rep = rnd.members[m]

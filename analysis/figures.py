@@ -20,6 +20,10 @@ figure               frame                                      reads as
 ``loss_curves``      series (``loss``)                          surrogate eval loss against
                                                                 simulated hours or tokens
 ``link_utilisation`` series (``link_utilisation``)              WAN link use over time
+``loss_vs_goodput``  sweep rows (with ``final_loss``)           the quality / goodput trade-off:
+                                                                a dot per seed, a ring per setting
+``loss_per_setting`` series + sweep rows                        loss against tokens, one curve per
+                                                                setting (its first seed)
 ===================  =========================================  ===================================
 
 Nothing here touches ``pyplot`` or a global backend: :func:`new_axes` builds a ``Figure`` on the Agg
@@ -378,6 +382,49 @@ def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
     if data.empty or not _series_lines(data, ax, "tokens" if tokens else "time_s", 1.0 if tokens else 1 / HOURS, 1.0, False):
         return _empty(ax, "no surrogate loss recorded")
     ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def loss_vs_goodput(rows: pd.DataFrame, ax: Axes, setting: str) -> Axes:
+    """Final surrogate loss against goodput: one dot per replication, one ring (the mean over seeds)
+    per level of ``setting``, so the trade-off a user chooses on reads off one figure."""
+    data = ok_rows(rows).dropna(subset=["goodput", "final_loss"])
+    if data.empty:
+        return _empty(ax, "no finished replication with a surrogate loss")
+    for level in ordered_levels(data[setting]):
+        sub = data[data[setting] == level]
+        (dots,) = ax.plot(sub["goodput"], sub["final_loss"], "o", alpha=0.45, markersize=4)
+        ax.plot(sub["goodput"].mean(), sub["final_loss"].mean(), "o", markersize=11, markerfacecolor="none",
+                markeredgewidth=2, color=dots.get_color(), label=str(level))
+    ax.set_xlabel(metric_quantity("goodput").label)
+    ax.set_ylabel(metric_quantity("final_loss").label)
+    ax.set_title("Final surrogate loss vs goodput\n(dots: seeds; rings: mean over seeds)")
+    ax.legend(title=setting, fontsize=7, title_fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def loss_per_setting(series: pd.DataFrame, rows: pd.DataFrame, ax: Axes, setting: str, key: str = "index") -> Axes:
+    """Surrogate eval loss against tokens, one curve per level of ``setting`` (the replication with the
+    lowest seed of that setting: curves are not averaged)."""
+    loss = series[series["series"] == "loss"] if "series" in series else series.iloc[0:0]
+    ok = ok_rows(rows)
+    if loss.empty or ok.empty:
+        return _empty(ax, "no surrogate loss recorded")
+    drawn = 0
+    for level in ordered_levels(ok[setting]):
+        first = ok[ok[setting] == level].sort_values("seed").iloc[0]
+        sub = loss[loss[key] == first[key]].sort_values("time_s").dropna(subset=["tokens"])
+        if len(sub):
+            ax.plot(sub["tokens"], sub["value"], label=f"{level} (seed {first['seed']})")
+            drawn += 1
+    if not drawn:
+        return _empty(ax, "no surrogate loss recorded")
+    ax.set_xlabel("tokens (count)")
+    ax.set_ylabel("surrogate eval loss (nats)")
+    ax.set_title("Surrogate loss vs tokens, one curve per setting")
+    ax.legend(title=setting, fontsize=7, title_fontsize=8)
     ax.grid(alpha=0.3)
     return ax
 

@@ -294,6 +294,20 @@ def _sweep_plots(r: Results) -> list[Plot]:
         plots.append(Plot(
             f"{slug}-ledger", "Where the chip-seconds went at each sweep point (mean over seeds; green = goodput).",
             lambda ax: fig.chip_time_bars(ledger, ax, by=setting.name), (9.0, 4.5)))
+    if axes and "final_loss" in rows and rows["final_loss"].notna().any():
+        point = "; ".join(axes)
+        named = rows.assign(**{point: rows[axes].astype(str).agg("; ".join, axis=1)})
+        plots.append(Plot(
+            f"{slug}-loss-vs-goodput",
+            "Final surrogate loss against goodput at each sweep point: small dots are seeds, rings the mean "
+            "over seeds (lower right is better on both).",
+            lambda ax: fig.loss_vs_goodput(named, ax, point), (8.0, 5.0)))
+        series = r.table("series")
+        if len(series):
+            plots.append(Plot(
+                f"{slug}-loss-per-setting",
+                "Surrogate eval loss against tokens trained, one curve per sweep point (its lowest seed).",
+                lambda ax: fig.loss_per_setting(series, named, ax, point, r.key), (8.0, 5.0)))
     timeline = r.table("timeline", first=1)
     if len(timeline):
         events = r.with_groups(r.table("events", first=1))

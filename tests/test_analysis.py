@@ -431,3 +431,26 @@ def test_learners_are_a_tidy_table(results):
         assert list(mine["name"]) == [entry["name"] for entry in summary["learners"]]
         assert mine["tokens"].sum() == pytest.approx(summary["tokens"])
         assert mine["chips"].sum() == summary["chips"]
+
+
+def test_a_quality_sweep_reports_loss_against_goodput_and_loss_per_setting(tmp_path):
+    """A sweep with the surrogate on: the report plots final loss against goodput (a dot per seed, a
+    ring per setting, axes not clipped) and one loss-over-tokens curve per setting."""
+    text = (ROOT / "scenarios" / "sweeps" / "quality-averaging.yaml").read_text()
+    scenario = tmp_path / "quality-averaging.yaml"  # its own sweep replaced by a small one
+    scenario.write_text(text[: text.index("\nsweep:")] + "\nsweep: {grid: {training.averaging: [rda, mean]}, seeds: [1, 2]}\n")
+    plan = plan_sweep(scenario, ["duration=1h"])
+    folder = run_sweep(plan, tmp_path / "sweep", SerialExecutor()).folder
+    r = load_results(folder)
+    rows = r.summaries.assign(setting=r.summaries["training.averaging"])
+    assert rows["final_loss"].notna().all() and len(rows) == 4
+    ax = figures.loss_vs_goodput(rows, axes(), "setting")
+    assert legend_texts(ax) == ["rda", "mean"] and len(ax.lines) == 4  # per setting: dots, then its ring
+    assert sum(len(line.get_xdata()) for line in ax.lines[::2]) == 4
+    low, high = ax.get_ylim()
+    assert low <= rows["final_loss"].min() and high >= rows["final_loss"].max()
+    ax = figures.loss_per_setting(r.series, rows, axes(), "setting")
+    assert legend_texts(ax) == ["rda (seed 1)", "mean (seed 1)"]
+    write_report([folder], tmp_path / "report")
+    names = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"sweep-loss-vs-goodput.png", "sweep-loss-per-setting.png"} <= names  # named by the folder

@@ -108,6 +108,14 @@ def test_run_table_output(tmp_path):
         assert word in result.stdout
 
 
+def test_run_without_faults_prints_no_failures(tmp_path):
+    """A scenario with ``faults: []`` has no failures to count: the table says so instead of failing."""
+    result = cli("run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(tmp_path / "o"), "-q",
+                 "--set", "duration=2h", "--set", "faults=[]", "--set", "compare={}")
+    assert result.exit_code == 0, result.stdout
+    assert "failures by kind" in result.stdout and "none" in result.stdout
+
+
 def test_failed_hypothesis_exits_1(tmp_path):
     """A steady-state hypothesis that fails makes ``run`` exit 1 (the CI gate)."""
     result = cli("run", str(SCENARIO_DIR / "quickstart.yaml"), "-o", str(tmp_path / "o"), "--json",

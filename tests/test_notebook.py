@@ -21,6 +21,7 @@ NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.xdist_group("notebook")  # both write the repository's results/walkthrough
 def test_walkthrough_runs_top_to_bottom_in_under_a_minute():
     """Every cell runs without error, the figures come out as PNGs, and the report is written."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -38,6 +39,7 @@ def test_walkthrough_runs_top_to_bottom_in_under_a_minute():
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.xdist_group("notebook")  # both write the repository's results/walkthrough
 def test_walkthrough_runs_from_its_own_folder():
     """``jupyter execute walkthrough.ipynb`` from notebooks/ works too (the notebook finds the repository)."""
     jupyter = Path(sys.executable).parent / "jupyter"  # installed by .[dev] next to this interpreter

@@ -239,6 +239,9 @@ class Grace(Model):
 class Outer(Model):
     lr: float = Field(0.7, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
+    anchor: Literal["synchronizer", "received"] = Field(
+        "synchronizer", description="what a member's outer gradient is measured from: the synchronizer's "
+        "Theta_p before the merge (as published), or the Theta_p the member last received (its own progress only)")
 
 
 LOCKSTEP_ROUND_TIMEOUT_S = 600.0  # diloco / streaming_diloco: how long a round waits for a down member

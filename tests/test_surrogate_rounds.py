@@ -76,9 +76,9 @@ def test_without_the_option_no_merge_log_is_written(tmp_path):
     assert (tmp_path / "rounds.parquet").exists()
 
 
-def driver(**training):
+def driver(anchor="received"):
     """A surrogate driver on its own, halfway through a run (its step budget grows with time)."""
-    sc = scenario({"averaging": "mean", "outer": {"lr": 1.0, "momentum": 0.0}, **training},
+    sc = scenario({"averaging": "mean", "outer": {"lr": 1.0, "momentum": 0.0, "anchor": anchor}},
                   surrogate={"resolution": 1.0})
     topology = build_topology(sc)
     env = simpy.Environment()
@@ -134,6 +134,25 @@ def test_a_lost_result_does_not_send_the_merged_progress_twice():
     d.merge(1, 2, (3,), (1.0,), [again])
     # lr 1, mean of one: Theta_p moves by exactly (again - snapshot), the progress not yet merged
     np.testing.assert_allclose(model.theta[sl] - theta_before, again.values - snap.values, rtol=0, atol=1e-12)
+
+
+def test_the_published_anchor_is_the_synchronizers_theta_and_received_is_the_members_own():
+    """Learner 0 is merged (Theta_p moves), then learner 1, who never received that result, is merged
+    alone. Anchored at the synchronizer (as published) its outer gradient Theta_p - theta_1 includes
+    the lag: lr 1 sets Theta_p to its snapshot. Anchored at what it received, Theta_p moves by its own
+    progress only."""
+    for anchor in ("synchronizer", "received"):
+        d = driver(anchor)
+        model, sl, H = d.model, d.model.fragment_slices[0], d.inner_per_merge
+        start = model.theta[sl].copy()
+        d.train_owed(0, H)
+        d.train_owed(1, H)
+        d.merge(0, 0, (0,), (1.0,), [d.report(0, 0)])
+        moved = model.theta[sl].copy()
+        snap = d.report(1, 0)
+        d.merge(1, 0, (1,), (1.0,), [snap])
+        expected = snap.values if anchor == "synchronizer" else moved + (snap.values - start)
+        np.testing.assert_allclose(model.theta[sl], expected, rtol=0, atol=1e-12)
 
 
 def test_a_round_the_resolution_skips_is_skipped_whole():

@@ -14,8 +14,9 @@ The surrogate (:class:`SurrogateDriver`) sees every round played (DESIGN.md, "Su
   simulated step, within ``max_steps_per_learner``) when its parameters are next looked at;
 * its **report** of fragment p snapshots theta_{m,p} at the report's step: that is what the round pulls;
 * a merged round merges fragment p with exactly the round's members and token weights; each member's
-  outer gradient is anchor_{m,p} - snapshot_{m,p}, its progress since it last received p (the anchor
-  is the Theta_p it received); RDA or mean, outer Nesterov on the synchronizer's Theta_p;
+  outer gradient is Theta_p - snapshot_{m,p}, anchored at the synchronizer's Theta_p before the
+  merge as published (``training.outer.anchor: synchronizer``), or anchor_{m,p} - snapshot_{m,p}, its
+  own progress since it last received p (``received``); RDA or mean, outer Nesterov on Theta_p;
 * the result is applied when the member applies it (``training.apply``): ``keep_local`` keeps the
   steps taken since the report, ``overwrite`` discards them; a member whose result is lost keeps its
   parameters and counts only its progress since the snapshot next time;
@@ -63,8 +64,10 @@ class SurrogateDriver:
             non_iid=cfg.non_iid, outer_lr=training.outer.lr, outer_momentum=training.outer.momentum,
             averaging=training.averaging,
         )
-        # what each learner last received of the global model: its pseudo-gradient is measured from
-        # there (progress since it received Theta_p), not from a Theta_p that has moved on since
+        # what each learner last received of the global model: with training.outer.anchor: received its
+        # outer gradient is measured from there (its progress since it received Theta_p); as published
+        # (synchronizer) it is measured from the synchronizer's Theta_p before the merge
+        self.anchor_received = training.outer.anchor == "received"
         self.anchor = np.repeat(self.model.theta[None, :], n_learners, axis=0)
         self.carry = np.zeros(n_learners)
         self.done = np.zeros(n_learners, dtype=np.int64)
@@ -117,8 +120,10 @@ class SurrogateDriver:
         ids = list(members)
         with self.timed() as model:
             sl = model.fragment_slices[p]
-            # Theta_p - pulled = anchor_m,p - snapshot_m,p: each member's own progress since it received p
-            pulled = np.stack([snap.values for snap in snaps]) - self.anchor[ids, sl] + model.theta[sl]
+            pulled = np.stack([snap.values for snap in snaps])  # outer gradients Theta_p - snapshot_m,p
+            if self.anchor_received:
+                # Theta_p - pulled = anchor_m,p - snapshot_m,p: each member's own progress since it received p
+                pulled += model.theta[sl] - self.anchor[ids, sl]
             result = model.merge_fragment(p, ids, weights, pulled=pulled)
         for snap in snaps:
             snap.result = result

@@ -32,6 +32,7 @@ from typer._click.exceptions import (  # typer's own copy of click raises these
 from typer.core import TyperGroup
 
 from .loading import ScenarioError, scenario_yaml
+from .outputs import write_text_atomic
 from .provenance import header, provenance
 from .quantities import format_metric, readable_number, verdict_text
 from .scenario import Scenario
@@ -223,7 +224,7 @@ def _play(variant, file: Path, folder: Path, bar: Progress, record: dict, summar
         bar.remove_task(task)
         summaries.append(rep.summary)
         result = aggregate(summaries) | {"variant": variant.label, "setting": variant.setting, "provenance": record}
-        (folder / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+        write_text_atomic(folder / "summary.json", json.dumps(result, indent=2, default=str))
     return result
 
 
@@ -310,9 +311,9 @@ def run(
         out.print(comparison_table(results, base) if compared else summary_table(results[0]))
         for result in results:
             _print_verdicts(result["runs"], result["variant"])
-        out.print(f"results: {folder}", highlight=False)
+        out.print(f"results: {folder}", highlight=False, soft_wrap=True)  # a path stays one copyable line
         if page:
-            out.print(f"report: {page}", highlight=False)
+            out.print(f"report: {page}", highlight=False, soft_wrap=True)
     # a halted replication failed its health check, as in chaos tools: it gates like a failed hypothesis
     if not passed:
         raise typer.Exit(EXIT_HYPOTHESIS)
@@ -418,7 +419,7 @@ def report(
         page = write_report(results, output)
     except ResultsError as problem:
         fail(str(problem))
-    out.print(f"report: {page}", highlight=False)
+    out.print(f"report: {page}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .loading import apply_override, check_cost, mistakes, read_yaml, validate, variant
+from .loading import ScenarioError, _where, apply_override, check_cost, mistakes, read_yaml, validate, variant
 from .scenario import Scenario
 
 
@@ -81,7 +81,11 @@ def variants_of(
             setting = {key: values[i] for key, values in compared.items()}
             label = ", ".join(str(value) for value in setting.values())
             where = f"{path} [compare variant {i}: {label}]"
-            variants.append(Variant(label, setting, variant(data, setting, where, f"{path}: compare", roots, path.parent)))
+            try:
+                scenario = variant(data, setting, where, f"{path}: compare", roots, path.parent)
+            except ScenarioError as err:
+                raise _compare_value_error(err, data, path, where, setting, i) from None
+            variants.append(Variant(label, setting, scenario))
         if len({v.folder_name for v in variants}) != len(variants):  # e.g. values that differ only in case
             variants = [Variant(f"{i} {v.label}", v.setting, v.scenario) for i, v in enumerate(variants)]
     if not allow_large:
@@ -90,3 +94,13 @@ def variants_of(
         for v in variants:
             warnings.extend(line for line in mistakes(v.scenario, data, str(path)) if line not in warnings)
     return base, variants
+
+
+def _compare_value_error(err: ScenarioError, data: dict, path: Path, where: str, setting: dict, i: int) -> ScenarioError:
+    """A variant refused at one of its compared keys is the compare list's fault: name that entry
+    (``compare.training.policy[0] (line 44)``), not the base scenario's key."""
+    found = re.match(rf"{re.escape(where)}: (?P<key>\S+)(?: \(line \d+\))?: (?P<message>.*)", str(err))
+    if found is None or found["key"] not in setting:
+        return err
+    return ScenarioError(f"{_where(data, ('compare', found['key'], i), str(path))}: {found['message']}")
+

@@ -304,10 +304,12 @@ class DaskExecutor:
             if self.address is None:
                 # one thread per worker process: a replication is single-threaded Python, so more
                 # threads would only contend for the GIL
-                # silence_logs=ERROR: a stopped sweep cancels tasks, which workers would log as warnings
+                # silence_logs=CRITICAL: a stopped sweep forgets its pending tasks, which the scheduler
+                # and workers would log as warnings and errors ("Couldn't gather keys"); a replication
+                # that really fails is recorded in its row with its error
                 cluster = LocalCluster(
                     n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True,
-                    dashboard_address=None, local_directory=scratch.name, silence_logs=logging.ERROR,
+                    dashboard_address=None, local_directory=scratch.name, silence_logs=logging.CRITICAL,
                 )
                 client = Client(cluster)
             else:

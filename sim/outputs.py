@@ -106,3 +106,11 @@ class FolderLock:
                 self.path.unlink()
             os.close(self.fd)
             self.fd = None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a reader (or a kill) never meets a half-written file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+

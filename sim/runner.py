@@ -27,6 +27,7 @@ from .context import LinkState, RunContext
 from .faults import FaultProcesses
 from .learner import Group
 from .metrics import Phase
+from .outputs import write_text_atomic
 from .policies import POLICIES
 from .recorder import Recorder
 from .rng import Streams
@@ -197,7 +198,7 @@ def run_replication(
     tables = recorder.close()
     if out_dir is not None:
         write_learners(summary, out_dir / "learners.parquet")
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     if progress:
         progress(1.0)
     return Replication(summary, tables)

@@ -295,7 +295,8 @@ def mutations(data):
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         unit = isinstance(value, str) and bool(UNIT.match(value))
         yield "wrong type", path, {"bogus": 1}
-        yield "boolean", path, True
+        if not isinstance(value, bool):  # a switch set to true is no mistake
+            yield "boolean", path, True
         if (numeric or unit) and key not in FREE_NUMBERS and str(value).strip("0.") != "":
             yield "negative", path, -value if numeric else f"-{value}"
         if (numeric or unit) and key in POSITIVE and (key != "duration" or len(path) == 1):

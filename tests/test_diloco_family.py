@@ -108,14 +108,14 @@ def test_surrogate_loss_falls_for_every_policy_and_repeats_with_the_seed():
     for policy in ("sync_dp", "elastic_dp", "diloco", "streaming_diloco", "decoupled_diloco"):
         on_failure = "restart" if policy == "sync_dp" else "elastic"
         overrides = ["surrogate.model=mlp", f"training.policy={policy}", f"training.on_failure={on_failure}",
-                     "duration=3h", "surrogate.resolution=0.05", *WIDE]
+                     "duration=90m", "surrogate.resolution=0.1", *WIDE]
         rep = run_replication(load_scenario(FOUR, overrides))
         series = rep.tables["series"].to_pandas()
         loss = series[series.series == "loss"].sort_values("time_s")
         assert len(loss) >= 2, policy
         assert loss.value.iloc[-1] < 0.6 * loss.value.iloc[0], policy
         losses[policy] = rep.summary["final_loss"]
-    common = ["surrogate.model=mlp", "duration=3h", "surrogate.resolution=0.05", *WIDE]
+    common = ["surrogate.model=mlp", "duration=90m", "surrogate.resolution=0.1", *WIDE]
     first, again = (run_replication(load_scenario(FOUR, common)) for _ in range(2))
     assert first.summary["final_loss"] == losses["decoupled_diloco"]
     curve = [rep.tables["series"].to_pandas().query("series == 'loss'")[["time_s", "value", "tokens"]] for rep in (first, again)]

@@ -39,7 +39,7 @@ class SurrogateDriver:
             ctx.streams.get("surrogate"), n_learners, fragments, dim=cfg.dim, hidden=cfg.hidden,
             classes=cfg.classes, batch=cfg.batch, inner_lr=cfg.inner_lr, weight_decay=cfg.weight_decay,
             non_iid=cfg.non_iid, outer_lr=training.outer.lr, outer_momentum=training.outer.momentum,
-            averaging=training.averaging,
+            averaging=training.averaging, bits=training.bits,
         )
         # what each learner last received of the global model: its pseudo-gradient is measured from
         # there (progress since it received Theta_p), not from a Theta_p that has moved on since

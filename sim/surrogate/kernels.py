@@ -273,3 +273,43 @@ def rda(deltas, weights, out):
     a = radius / un if un > 0.0 else 0.0
     for i in range(out.size):
         out[i] *= a
+
+
+# Outer gradients sent at this many bits per value or more are merged as computed (bf16 and wider: the
+# rounding of a 16-bit float, relative 2^-9, is far below the quantisation studied here).
+FULL_PRECISION_BITS = 16
+
+
+@numba.njit(cache=True, error_model="numpy")
+def quantize(deltas, bits):
+    """Quantise each row of ``deltas`` (one member's outer gradient of one fragment) in place to ``bits``.
+
+    bits >= 16: unchanged. 2 <= bits < 16: symmetric uniform absmax quantisation with
+    ``L = 2^(bits-1) - 1`` levels on each side of zero: step ``s = max|x| / L`` (one scale per row, sent
+    with it), ``q = sign(x) * floor(|x| / s + 1/2) * s`` (round to nearest, halves away from zero), so
+    ``|q - x| <= s / 2``. bits = 1: ``q = sign(x) * mean|x|`` (the scaled sign of EF-signSGD; zeros stay
+    zero). Deterministic: no random rounding. Not compiled with ``fastmath``, so the result equals the
+    NumPy twin (``reference.quantize``) exactly for bits >= 2.
+    """
+    if bits >= FULL_PRECISION_BITS:
+        return
+    for k in range(deltas.shape[0]):
+        row = deltas[k]
+        if bits == 1:
+            total = 0.0
+            for i in range(row.size):
+                total += abs(row[i])
+            scale = total / row.size
+            for i in range(row.size):
+                x = row[i]
+                row[i] = scale if x > 0.0 else (-scale if x < 0.0 else 0.0)
+            continue
+        amax = 0.0
+        for i in range(row.size):
+            amax = max(amax, abs(row[i]))
+        if amax == 0.0:
+            continue
+        step = amax / ((1 << (bits - 1)) - 1)
+        for i in range(row.size):
+            x = row[i]
+            row[i] = math.copysign(math.floor(abs(x) / step + 0.5), x) * step

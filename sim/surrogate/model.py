@@ -12,10 +12,14 @@ numbers those decisions act on:
 
 Outer step for fragment p (DiLoCo Alg. 1; Decoupled DiLoCo Alg. 2, anchored at the syncer's own copy)::
 
-    delta_m = Theta_p - theta_{m,p}                      for each merged member m
+    delta_m = Q_b(Theta_p - theta_{m,p})                 for each merged member m
     delta   = Merge_w(delta_m)                           weighted mean or RDA, weights normalised
     v_p     = mu * v_p + delta
     Theta_p = Theta_p - lr * (delta + mu * v_p)          torch SGD(nesterov=True), lr 0.7, mu 0.9
+
+Q_b quantises each member's outer gradient of the fragment to ``bits`` per value as it would cross the
+wire (``kernels.quantize``: per-fragment absmax with 2^(b-1)-1 levels a side, scaled sign for b = 1,
+unchanged for b >= 16), so the bits that save bandwidth also cost the quality they cost.
 
 Learners receiving the result overwrite theta_{m,p} (or mix it in, Streaming-DiLoCo style) and keep their
 AdamW state. Everything random derives from the generator passed to the constructor, so a seed fixes the
@@ -81,6 +85,7 @@ class Surrogate:
         inner_lr, beta1, beta2, eps, weight_decay: inner AdamW (also used by ``train_data_parallel``).
         outer_lr, outer_momentum: outer Nesterov SGD (DiLoCo defaults 0.7 / 0.9).
         averaging: ``"rda"`` (radial-directional) or ``"mean"`` (weighted mean) merge of outer gradients.
+        bits: bits per value of the outer gradients merged (``kernels.quantize``; >= 16: unquantised).
         non_iid, samples_per_learner, eval_samples, clusters_per_class, noise, separation: the synthetic
             task, see ``data.make_dataset``.
 
@@ -107,6 +112,7 @@ class Surrogate:
         outer_lr: float = 0.7,
         outer_momentum: float = 0.9,
         averaging: str = "rda",
+        bits: int = K.FULL_PRECISION_BITS,
         non_iid: float = 0.5,
         samples_per_learner: int = 2048,
         eval_samples: int = 4096,
@@ -118,6 +124,8 @@ class Surrogate:
             raise ValueError(f"averaging must be one of {AVERAGING}, got {averaging!r}")
         if batch < 1 or hidden < 1:
             raise ValueError("need batch >= 1 and hidden >= 1")
+        if bits < 1:
+            raise ValueError(f"bits must be >= 1, got {bits}")
         # Independent child streams: data, init, then one minibatch stream per learner.
         data_rng, init_rng, *learner_rngs = rng.spawn(2 + n_learners)
         self.data: Dataset = make_dataset(
@@ -129,6 +137,7 @@ class Surrogate:
         self.inner_lr, self.beta1, self.beta2, self.eps = inner_lr, beta1, beta2, eps
         self.weight_decay = weight_decay
         self.outer_lr, self.outer_momentum, self.averaging = outer_lr, outer_momentum, averaging
+        self.bits = bits
         self.n_params = K.param_count(dim, hidden, classes)
         self.fragment_slices = balanced_slices(self.n_params, fragments)
 
@@ -232,7 +241,7 @@ class Surrogate:
 
     def merge_fragment(self, p: int, members: Sequence[int], weights: Sequence[float] | None = None,
                        pulled: np.ndarray | None = None, averaging: str | None = None) -> np.ndarray:
-        """Outer step on Theta_p from the members' outer gradients; returns a copy of the new Theta_p.
+        """Outer step on Theta_p from the members' quantised outer gradients; returns a copy of Theta_p.
 
         ``weights`` (default uniform) are normalised here. ``pulled`` are fragments captured earlier by
         ``pull_fragment`` (same member order); by default the members' current theta_{m,p} are used.
@@ -253,6 +262,7 @@ class Surrogate:
             if pulled.shape != (idx.size, hi - lo):
                 raise ValueError(f"pulled has shape {pulled.shape}, expected {(idx.size, hi - lo)}")
             np.subtract(self.theta[s], pulled, out=deltas)
+        K.quantize(deltas, self.bits)
         delta = np.empty(hi - lo)
         (K.rda if averaging == "rda" else K.weighted_mean)(deltas, w, delta)
         K.nesterov_step(self.theta[s], self.outer_velocity[s], delta, self.outer_lr, self.outer_momentum)

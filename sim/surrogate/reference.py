@@ -88,3 +88,15 @@ def rda(deltas, weights):
     direction = (w @ unit) / w.sum()
     dn = np.linalg.norm(direction)
     return radius * direction / dn if dn > 0 else np.zeros(deltas.shape[1])
+
+
+def quantize(deltas, bits):
+    """Per-row absmax quantisation to ``bits`` (1: scaled sign; >= 16: unchanged), as a new array."""
+    if bits >= 16:
+        return deltas.copy()
+    mag = np.abs(deltas)
+    if bits == 1:
+        return np.sign(deltas) * mag.mean(axis=1, keepdims=True)
+    amax = mag.max(axis=1, keepdims=True)
+    step = np.where(amax > 0, amax / (2 ** (bits - 1) - 1), 1.0)
+    return np.sign(deltas) * np.floor(mag / step + 0.5) * step

@@ -200,10 +200,10 @@ def test_train_matches_numpy_reference_loop():
     rng_copy.bit_generator.state = s._rngs[1].bit_generator.state  # replay learner 1's minibatch stream
     p, m, v, g = s.params[1].copy(), np.zeros(s.n_params), np.zeros(s.n_params), np.empty(s.n_params)
     s.train(1, 5)
-    n = s.data.shard_size
+    n = s.task.data.shard_size
     rows = np.minimum((rng_copy.random((5, s.batch)) * n).astype(np.int64), n - 1) + n
     for t in range(5):
-        R.loss_grad(p, s.data.x, s.data.y, rows[t], s.hidden, s.classes, g)
+        R.loss_grad(p, s.task.data.x, s.task.data.y, rows[t], s.task.hidden, s.task.classes, g)
         R.adamw_step(p, g, m, v, t + 1, s.inner_lr, s.beta1, s.beta2, s.eps, s.weight_decay)
     np.testing.assert_allclose(s.params[1], p, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(s.adam_v[1], v, rtol=1e-9, atol=1e-15)

@@ -100,3 +100,28 @@ def quantize(deltas, bits):
     amax = mag.max(axis=1, keepdims=True)
     step = np.where(amax > 0, amax / (2 ** (bits - 1) - 1), 1.0)
     return np.sign(deltas) * np.floor(mag / step + 0.5) * step
+
+
+def bigram_loss_grad(params, pairs, vocab, grad):
+    """Mean cross-entropy of the (context, next) ``pairs`` under the logit table, gradient into ``grad``."""
+    W = params.reshape(vocab, vocab)
+    ctx, nxt = pairs[:, 0], pairs[:, 1]
+    n = len(ctx)
+    z = W[ctx] - W[ctx].max(axis=1, keepdims=True)
+    e = np.exp(z)
+    tot = e.sum(axis=1)
+    pick = np.arange(n)
+    loss = float(np.mean(np.log(tot) - z[pick, nxt]))
+    dz = e / tot[:, None]
+    dz[pick, nxt] -= 1.0
+    g = np.zeros((vocab, vocab))
+    np.add.at(g, ctx, dz / n)
+    grad[:] = g.ravel()
+    return loss
+
+
+def bigram_evaluate(params, target, vocab):
+    """(expected cross-entropy, expected accuracy) of the table against ``target``, contexts uniform."""
+    W = params.reshape(vocab, vocab)
+    log_p = W - (np.log(np.exp(W - W.max(axis=1, keepdims=True)).sum(axis=1)) + W.max(axis=1))[:, None]
+    return float(-np.sum(target * log_p) / vocab), float(np.mean(target[np.arange(vocab), W.argmax(axis=1)]))

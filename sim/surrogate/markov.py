@@ -57,6 +57,19 @@ def _search(cdf, u):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _search_row(cdf, j, key, ctx, u):
+    """``_search(cdf[j, key, ctx], u)`` without building the row view in the sampling loop."""
+    lo, hi = 0, cdf.shape[3] - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if u < cdf[j, key, ctx, mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@numba.njit(cache=True, error_model="numpy")
 def sample_pairs(u, mix_cdf, key_cdf, phases, drift_steps, out):
     """(context, next) pairs into ``out`` (steps, batch, 2) from uniforms ``u`` (steps, batch, 4).
 
@@ -74,32 +87,34 @@ def sample_pairs(u, mix_cdf, key_cdf, phases, drift_steps, out):
             j = _search(mix_cdf, u[s, b, 1])
             key = r if u[s, b, 2] >= f else (r + 1) % n_keys
             out[s, b, 0] = ctx
-            out[s, b, 1] = _search(key_cdf[j, key, ctx], u[s, b, 3])
+            out[s, b, 1] = _search_row(key_cdf, j, key, ctx, u[s, b, 3])
 
 
 @numba.njit(cache=True, fastmath=K.FASTMATH, error_model="numpy")
 def _loss_grad_ws(params, pairs, vocab, grad, z):
     """Mean cross-entropy of ``pairs`` (n, 2); mean gradient into ``grad``; ``z`` (vocab,) is scratch."""
+    W = params.reshape((vocab, vocab))
+    G = grad.reshape((vocab, vocab))
     grad[:] = 0.0
     scale = 1.0 / pairs.shape[0]
     loss = 0.0
     for b in range(pairs.shape[0]):
-        o = pairs[b, 0] * vocab
+        ctx = pairs[b, 0]
         nxt = pairs[b, 1]
         zmax = -np.inf
         for c in range(vocab):
-            zmax = max(zmax, params[o + c])
+            zmax = max(zmax, W[ctx, c])
         tot = 0.0
         for c in range(vocab):
-            e = math.exp(params[o + c] - zmax)
+            e = math.exp(W[ctx, c] - zmax)
             z[c] = e
             tot += e
-        loss += math.log(tot) + zmax - params[o + nxt]
+        loss += math.log(tot) + zmax - W[ctx, nxt]
         # d loss / d W[ctx, c] = softmax_c - [c == next], pre-scaled by 1/batch (only row ctx is touched)
         inv = scale / tot
         for c in range(vocab):
-            grad[o + c] += z[c] * inv
-        grad[o + nxt] -= scale
+            G[ctx, c] += z[c] * inv
+        G[ctx, nxt] -= scale
     return loss * scale
 
 

@@ -104,21 +104,21 @@ def _loss_grad_ws(params, X, y, rows, hidden, classes, grad, h, z, dh):
             z[c] = e
             tot += e
         loss += math.log(tot) + zmax - zlabel
-        # dL/dz_c = softmax_c - [c == label], pre-scaled by 1/batch so grad ends up as the mean.
+        # dL/dz_c = softmax_c - [c == label], pre-scaled by 1/batch so grad ends up as the mean; taking
+        # tot off the label's exponential first gives both terms in one pass, without a branch per class.
         inv = scale / tot
+        z[label] -= tot
         for j in range(hidden):
             dh[j] = 0.0
         for c in range(classes):
             d = z[c] * inv
-            if c == label:
-                d -= scale
             gb2[c] += d
             for j in range(hidden):
                 gW2[c, j] += d * h[j]
                 dh[j] += d * W2[c, j]
         for j in range(hidden):
-            if h[j] <= 0.0:  # ReLU gate (h was clamped, so h == 0 means inactive)
-                dh[j] = 0.0
+            # ReLU gate (h was clamped, so h == 0 means inactive), as a select so the loop vectorises
+            dh[j] = dh[j] if h[j] > 0.0 else 0.0
             gb1[j] += dh[j]
         for i in range(dim):
             xi = X[r, i]

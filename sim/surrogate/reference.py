@@ -19,24 +19,29 @@ def split(flat: np.ndarray, dim: int, hidden: int, classes: int):
             flat[o3:o3 + classes])
 
 
+def softmax_cross_entropy(z, labels):
+    """(mean cross-entropy, its gradient w.r.t. the logits) for logits ``z`` (n, k), overwritten."""
+    n = len(labels)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    tot = e.sum(axis=1)
+    pick = np.arange(n)
+    loss = float(np.mean(np.log(tot) - z[pick, labels]))
+    dz = e / tot[:, None]
+    dz[pick, labels] -= 1.0
+    dz /= n
+    return loss, dz
+
+
 def loss_grad(params, X, y, rows, hidden, classes, grad):
     """Mean softmax cross-entropy of ``X[rows]`` and its gradient written into ``grad``."""
     dim = X.shape[1]
     W1, b1, W2, b2 = split(params, dim, hidden, classes)
     gW1, gb1, gW2, gb2 = split(grad, dim, hidden, classes)
     xb, yb = X[rows], y[rows]
-    n = len(rows)
     pre = xb @ W1 + b1
     h = np.maximum(pre, 0.0)
-    z = h @ W2.T + b2
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    tot = e.sum(axis=1)
-    pick = np.arange(n)
-    loss = float(np.mean(np.log(tot) - z[pick, yb]))
-    dz = e / tot[:, None]
-    dz[pick, yb] -= 1.0
-    dz /= n
+    loss, dz = softmax_cross_entropy(h @ W2.T + b2, yb)
     gW2[:] = dz.T @ h
     gb2[:] = dz.sum(axis=0)
     dh = dz @ W2
@@ -104,18 +109,10 @@ def quantize(deltas, bits):
 
 def bigram_loss_grad(params, pairs, vocab, grad):
     """Mean cross-entropy of the (context, next) ``pairs`` under the logit table, gradient into ``grad``."""
-    W = params.reshape(vocab, vocab)
-    ctx, nxt = pairs[:, 0], pairs[:, 1]
-    n = len(ctx)
-    z = W[ctx] - W[ctx].max(axis=1, keepdims=True)
-    e = np.exp(z)
-    tot = e.sum(axis=1)
-    pick = np.arange(n)
-    loss = float(np.mean(np.log(tot) - z[pick, nxt]))
-    dz = e / tot[:, None]
-    dz[pick, nxt] -= 1.0
+    ctx = pairs[:, 0]
+    loss, dz = softmax_cross_entropy(params.reshape(vocab, vocab)[ctx], pairs[:, 1])
     g = np.zeros((vocab, vocab))
-    np.add.at(g, ctx, dz / n)
+    np.add.at(g, ctx, dz)
     grad[:] = g.ravel()
     return loss
 

@@ -493,3 +493,19 @@ def test_bits_cost_follows_the_published_direction():
     cost = {b: final[b] - final[16] for b in (4, 2, 1)}
     assert cost[2] > 0.01 and cost[1] > 0.01
     assert cost[4] < 0.25 * min(cost[2], cost[1])
+
+
+def test_training_bits_reach_the_merges_of_a_simulated_run():
+    """The scenario's ``training.bits`` quantises the merges of a decoupled run: at 2 bits the same rounds
+    (same merges, same tokens) end at another loss than at 16."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    common = ["compare={}", "training.policy=decoupled_diloco", "duration=30m", "faults=[]",
+              "surrogate.model=mlp", "surrogate.resolution=0.5"]
+    runs = {bits: run_replication(load_scenario("scenarios/quickstart.yaml", [*common, f"training.bits={bits}"]))
+            .summary for bits in (16, 2)}
+    for key in ("surrogate_merges", "tokens", "steps"):
+        assert runs[2][key] == runs[16][key], key
+    assert runs[16]["surrogate_merges"] > 10
+    assert runs[2]["final_loss"] != runs[16]["final_loss"]

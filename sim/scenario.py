@@ -259,7 +259,7 @@ class Training(Model):
     merge: MergeWeighting = MergeWeighting.TOKEN_WEIGHTED
     averaging: Literal["rda", "mean"] = "rda"
     outer: Outer = Outer()
-    bits: int = Field(16, ge=1, le=32, description="bits per value of synced (outer) gradients")
+    bits: int = Field(16, ge=1, le=32, description="bits per value of synced (outer) gradients: bytes on the wire and the surrogate's quantiser")
     schedule: RoundSchedule = Field(RoundSchedule.SYNCHRONIZER, description="decoupled: who opens fragment rounds")
     apply: ApplyMode = Field(ApplyMode.KEEP_LOCAL, description="decoupled: how a merged fragment is applied")
     round_timeout: PositiveSeconds | None = Field(

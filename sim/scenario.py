@@ -262,7 +262,7 @@ class Training(Model):
     merge: MergeWeighting = MergeWeighting.TOKEN_WEIGHTED
     averaging: Literal["rda", "mean"] = "rda"
     outer: Outer = Outer()
-    bits: int = Field(16, ge=1, le=32, description="bits per value of synced (outer) gradients")
+    bits: int = Field(16, ge=1, le=32, description="bits per value of synced (outer) gradients: bytes on the wire and the surrogate's quantiser")
     schedule: RoundSchedule = Field(RoundSchedule.SYNCHRONIZER, description="decoupled: who opens fragment rounds")
     apply: ApplyMode = Field(ApplyMode.KEEP_LOCAL, description="decoupled: how a merged fragment is applied")
     round_timeout: PositiveSeconds | None = Field(
@@ -295,10 +295,14 @@ class Training(Model):
 
 
 class Surrogate(Model):
-    model: Literal["mlp", "off"] = "off"
-    dim: int = Field(16, ge=1)
-    hidden: int = Field(32, ge=1)
-    classes: int = Field(8, ge=2)
+    model: Literal["mlp", "markov", "off"] = Field(
+        "off", description="mlp: classifier on a stationary mixture; markov: bigram model on drifting Markov text")
+    dim: int = Field(16, ge=1, description="mlp: input features")
+    hidden: int = Field(32, ge=1, description="mlp: hidden units")
+    classes: int = Field(8, ge=2, description="mlp: classes")
+    vocab: int = Field(32, ge=2, description="markov: vocabulary size (parameters: vocab^2)")
+    components: int = Field(4, ge=1, description="markov: text sources, dealt to learners by non_iid")
+    drift_steps: int = Field(1000, ge=0, description="markov: steps for a source to move to its next key (0: no drift)")
     batch: int = Field(16, ge=1)
     inner_lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

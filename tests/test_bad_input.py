@@ -140,7 +140,7 @@ def test_folder_instead_of_file(tmp_path):
         ("name.first=x", ["--set name.first", "is a value, not a section"]),
         ("seed=abc", ["seed (line 4)", "valid integer"]),
         ("training.nonsense=1", ["training.nonsense", "unknown key 'nonsense'"]),
-        ("surrogate.model=big", ["surrogate.model", "'mlp' or 'off'"]),
+        ("surrogate.model=big", ["surrogate.model", "'mlp', 'markov' or 'off'"]),
         ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (line 10)", "greater than 0"]),
     ],
 )

@@ -82,3 +82,13 @@ def test_patterns_accept_what_the_parsers_accept(parser):
         except ValueError:
             accepted = False
         assert bool(re.search(UNIT_PATTERNS[parser], text)) == accepted, text
+
+
+def test_schema_knows_the_surrogate_tasks(validator):
+    """Both surrogate tasks and their knobs pass the schema; an unknown task or a one-token vocabulary fail."""
+    data = load(ROOT / "scenarios" / "quickstart.yaml")
+    for surrogate, valid in [({"model": "markov", "vocab": 16, "components": 2, "drift_steps": 0}, True),
+                             ({"model": "mlp", "hidden": 8}, True), ("off", True),
+                             ({"model": "rnn"}, False), ({"model": "markov", "vocab": 1}, False)]:
+        errors = list(validator.iter_errors({**data, "surrogate": surrogate}))
+        assert (errors == []) == valid, surrogate

@@ -59,10 +59,11 @@ class SurrogateDriver:
         cfg, training = ctx.scenario.surrogate, ctx.scenario.training
         self.ctx, self.cfg, self.tokens_fn = ctx, cfg, tokens_fn
         self.model = Surrogate(
-            ctx.streams.get("surrogate"), n_learners, fragments, dim=cfg.dim, hidden=cfg.hidden,
-            classes=cfg.classes, batch=cfg.batch, inner_lr=cfg.inner_lr, weight_decay=cfg.weight_decay,
+            ctx.streams.get("surrogate"), n_learners, fragments, task=cfg.model, dim=cfg.dim, hidden=cfg.hidden,
+            classes=cfg.classes, vocab=cfg.vocab, components=cfg.components, drift_steps=cfg.drift_steps,
+            batch=cfg.batch, inner_lr=cfg.inner_lr, weight_decay=cfg.weight_decay,
             non_iid=cfg.non_iid, outer_lr=training.outer.lr, outer_momentum=training.outer.momentum,
-            averaging=training.averaging,
+            averaging=training.averaging, bits=training.bits,
         )
         # what each learner last received of the global model: with training.outer.anchor: received its
         # outer gradient is measured from there (its progress since it received Theta_p); as published

@@ -59,25 +59,27 @@ def _split(flat, dim, hidden, classes):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward(W1, b1, W2, b2, x, h, z):
-    """Hidden activations into ``h`` and logits into ``z`` for one sample; returns max(z)."""
+def _forward(W1, b1, W2, b2, X, r, h, z):
+    """Hidden activations into ``h`` and logits into ``z`` for sample ``X[r]``; returns max(z).
+
+    Matrices are indexed ``W1[i, j]`` rather than through row views (``w = W1[i]``): a view per row is a
+    small object built in the loop, and indices that are all loop counters need no negative-index
+    check, so the inner loops vectorise (measured: the forward pass in half the time)."""
     dim, hidden = W1.shape
     for j in range(hidden):
         h[j] = b1[j]
     # x @ W1 as a sum of scaled rows: an axpy per input, vectorised over hidden without reassociation.
     for i in range(dim):
-        xi = x[i]
-        w = W1[i]
+        xi = X[r, i]
         for j in range(hidden):
-            h[j] += xi * w[j]
+            h[j] += xi * W1[i, j]
     for j in range(hidden):
         h[j] = max(h[j], 0.0)
     zmax = -np.inf
     for c in range(b2.size):
-        w = W2[c]
         s = b2[c]
         for j in range(hidden):
-            s += w[j] * h[j]
+            s += W2[c, j] * h[j]
         z[c] = s
         zmax = max(zmax, s)
     return zmax
@@ -93,9 +95,8 @@ def _loss_grad_ws(params, X, y, rows, hidden, classes, grad, h, z, dh):
     scale = 1.0 / rows.size
     loss = 0.0
     for r in rows:
-        x = X[r]
         label = y[r]
-        zmax = _forward(W1, b1, W2, b2, x, h, z)
+        zmax = _forward(W1, b1, W2, b2, X, r, h, z)
         zlabel = z[label]
         tot = 0.0
         for c in range(classes):
@@ -103,29 +104,26 @@ def _loss_grad_ws(params, X, y, rows, hidden, classes, grad, h, z, dh):
             z[c] = e
             tot += e
         loss += math.log(tot) + zmax - zlabel
-        # dL/dz_c = softmax_c - [c == label], pre-scaled by 1/batch so grad ends up as the mean.
+        # dL/dz_c = softmax_c - [c == label], pre-scaled by 1/batch so grad ends up as the mean; taking
+        # tot off the label's exponential first gives both terms in one pass, without a branch per class.
         inv = scale / tot
+        z[label] -= tot
         for j in range(hidden):
             dh[j] = 0.0
         for c in range(classes):
             d = z[c] * inv
-            if c == label:
-                d -= scale
             gb2[c] += d
-            g = gW2[c]
-            w = W2[c]
             for j in range(hidden):
-                g[j] += d * h[j]
-                dh[j] += d * w[j]
+                gW2[c, j] += d * h[j]
+                dh[j] += d * W2[c, j]
         for j in range(hidden):
-            if h[j] <= 0.0:  # ReLU gate (h was clamped, so h == 0 means inactive)
-                dh[j] = 0.0
+            # ReLU gate (h was clamped, so h == 0 means inactive), as a select so the loop vectorises
+            dh[j] = dh[j] if h[j] > 0.0 else 0.0
             gb1[j] += dh[j]
         for i in range(dim):
-            xi = x[i]
-            g = gW1[i]
+            xi = X[r, i]
             for j in range(hidden):
-                g[j] += xi * dh[j]
+                gW1[i, j] += xi * dh[j]
     return loss * scale
 
 
@@ -148,7 +146,7 @@ def mlp_evaluate(params, X, y, hidden, classes):
     loss = 0.0
     correct = 0
     for r in range(X.shape[0]):
-        zmax = _forward(W1, b1, W2, b2, X[r], h, z)
+        zmax = _forward(W1, b1, W2, b2, X, r, h, z)
         label = y[r]
         tot = 0.0
         best = 0
@@ -273,3 +271,43 @@ def rda(deltas, weights, out):
     a = radius / un if un > 0.0 else 0.0
     for i in range(out.size):
         out[i] *= a
+
+
+# Outer gradients sent at this many bits per value or more are merged as computed (bf16 and wider: the
+# rounding of a 16-bit float, relative 2^-9, is far below the quantisation studied here).
+FULL_PRECISION_BITS = 16
+
+
+@numba.njit(cache=True, error_model="numpy")
+def quantize(deltas, bits):
+    """Quantise each row of ``deltas`` (one member's outer gradient of one fragment) in place to ``bits``.
+
+    bits >= 16: unchanged. 2 <= bits < 16: symmetric uniform absmax quantisation with
+    ``L = 2^(bits-1) - 1`` levels on each side of zero: step ``s = max|x| / L`` (one scale per row, sent
+    with it), ``q = sign(x) * floor(|x| / s + 1/2) * s`` (round to nearest, halves away from zero), so
+    ``|q - x| <= s / 2``. bits = 1: ``q = sign(x) * mean|x|`` (the scaled sign of EF-signSGD; zeros stay
+    zero). Deterministic: no random rounding. Not compiled with ``fastmath``, so the result equals the
+    NumPy twin (``reference.quantize``) exactly for bits >= 2.
+    """
+    if bits >= FULL_PRECISION_BITS:
+        return
+    for k in range(deltas.shape[0]):
+        row = deltas[k]
+        if bits == 1:
+            total = 0.0
+            for i in range(row.size):
+                total += abs(row[i])
+            scale = total / row.size
+            for i in range(row.size):
+                x = row[i]
+                row[i] = scale if x > 0.0 else (-scale if x < 0.0 else 0.0)
+            continue
+        amax = 0.0
+        for i in range(row.size):
+            amax = max(amax, abs(row[i]))
+        if amax == 0.0:
+            continue
+        step = amax / ((1 << (bits - 1)) - 1)
+        for i in range(row.size):
+            x = row[i]
+            row[i] = math.copysign(math.floor(abs(x) / step + 0.5), x) * step

@@ -7,20 +7,36 @@ numbers those decisions act on:
 * global parameters Theta (the synchronizer's copy) and one outer Nesterov momentum buffer per fragment
   (stored as one flat vector, so fragment p's momentum is ``outer_velocity[fragment_slices[p]]``);
 * per-learner parameters theta_m with their AdamW state and step count, and a per-learner minibatch
-  generator over the learner's own shard;
+  stream over the learner's own shard of the task;
 * an AdamW state for Theta itself, used only by the data-parallel baseline (``train_data_parallel``).
 
 Outer step for fragment p (DiLoCo Alg. 1; Decoupled DiLoCo Alg. 2, anchored at the syncer's own copy)::
 
-    delta_m = Theta_p - theta_{m,p}                      for each merged member m
+    delta_m = Q_b(Theta_p - theta_{m,p})                 for each merged member m
     delta   = Merge_w(delta_m)                           weighted mean or RDA, weights normalised
     v_p     = mu * v_p + delta
     Theta_p = Theta_p - lr * (delta + mu * v_p)          torch SGD(nesterov=True), lr 0.7, mu 0.9
 
+Q_b quantises each member's outer gradient of the fragment to ``bits`` per value as it would cross the
+wire (``kernels.quantize``: per-fragment absmax with 2^(b-1)-1 levels a side, scaled sign for b = 1,
+unchanged for b >= 16), so the bits that save bandwidth also cost the quality they cost.
+
 Learners receiving the result overwrite theta_{m,p} (or mix it in, Streaming-DiLoCo style) and keep their
 AdamW state. Everything random derives from the generator passed to the constructor, so a seed fixes the
-whole trajectory; minibatches are drawn from per-learner streams as uniform floats (one draw per sample),
-so ``train(m, 10)`` equals ten calls of ``train(m, 1)``.
+whole trajectory; minibatches are drawn from per-learner streams as uniform floats (a fixed number per
+sample), so ``train(m, 10)`` equals ten calls of ``train(m, 1)``.
+
+Tasks. What the parameters mean is the task's business (``mlp``: a classifier on a stationary
+Gaussian mixture; ``markov``: a bigram model on drifting Markov text). A task supplies ``n_params``,
+``init_params(rng)``, ``draw(rng, m, phases)`` (learner m's minibatches, one per phase),
+``train(...)`` (fused AdamW steps on them) and ``evaluate(params, phase)``; everything above works
+on the flat vector whatever the task.
+
+Phase. A drifting task needs the data's time. The surrogate has no clock, so it counts training
+progress: the *frontier* is the most steps any learner (or the data-parallel model) has trained, which
+grows with simulated time as the fastest live learner trains. A learner's step reads data at its own
+step count but never behind the frontier (a slow or rejoining learner reads today's data, not the
+past), and the held-out loss is measured at the frontier. ``copy_learner`` copies the step count.
 """
 
 from __future__ import annotations
@@ -32,9 +48,11 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
-from .data import Dataset, make_dataset
+from .markov import MarkovTask
+from .mlp import MLPTask
 
 AVERAGING = ("rda", "mean")
+TASKS = ("mlp", "markov")
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,23 +88,27 @@ def balanced_slices(n: int, parts: int) -> tuple[slice, ...]:
 
 
 class Surrogate:
-    """A small MLP trained by ``n_learners`` learners on sharded synthetic data; see the module doc.
+    """A small model trained by ``n_learners`` learners on sharded synthetic data; see the module doc.
 
     Args:
         rng: the only source of randomness (data, initialisation, minibatch streams are spawned from it).
         n_learners: M, number of learners (islands); learner ids are ``0..M-1``.
         fragments: P, number of balanced contiguous fragments of the flat parameter vector.
-        dim, hidden, classes: MLP sizes ``dim -> hidden (ReLU) -> classes``; layout in ``kernels``.
+        task: ``"mlp"`` (``mlp.MLPTask``) or ``"markov"`` (``markov.MarkovTask``).
+        dim, hidden, classes: mlp: sizes ``dim -> hidden (ReLU) -> classes``; layout in ``kernels``.
+        vocab, components, drift_steps: markov: vocabulary, text sources, steps per key of the drift.
         batch: samples per inner step per learner (``tokens_per_step``).
         inner_lr, beta1, beta2, eps, weight_decay: inner AdamW (also used by ``train_data_parallel``).
         outer_lr, outer_momentum: outer Nesterov SGD (DiLoCo defaults 0.7 / 0.9).
         averaging: ``"rda"`` (radial-directional) or ``"mean"`` (weighted mean) merge of outer gradients.
-        non_iid, samples_per_learner, eval_samples, clusters_per_class, noise, separation: the synthetic
-            task, see ``data.make_dataset``.
+        bits: bits per value of the outer gradients merged (``kernels.quantize``; >= 16: unquantised).
+        non_iid: how far the learners' shards differ (both tasks; 0: IID).
+        samples_per_learner, eval_samples, clusters_per_class, noise, separation: mlp: the synthetic
+            data, see ``data.make_dataset``.
 
     Public state (NumPy arrays, mutate only through the methods): ``theta`` (Theta, shape (n,)),
     ``outer_velocity`` (n,), ``params``/``adam_m``/``adam_v`` (M, n), ``steps`` (M,) AdamW step counts,
-    ``fragment_slices`` (P slices), ``data`` (the ``Dataset``).
+    ``fragment_slices`` (P slices), ``task`` (the task object, e.g. ``task.data`` of the mlp).
     """
 
     def __init__(
@@ -95,6 +117,7 @@ class Surrogate:
         n_learners: int,
         fragments: int = 1,
         *,
+        task: str = "mlp",
         dim: int = 16,
         hidden: int = 32,
         classes: int = 8,
@@ -107,32 +130,44 @@ class Surrogate:
         outer_lr: float = 0.7,
         outer_momentum: float = 0.9,
         averaging: str = "rda",
+        bits: int = K.FULL_PRECISION_BITS,
         non_iid: float = 0.5,
         samples_per_learner: int = 2048,
         eval_samples: int = 4096,
         clusters_per_class: int = 4,
         noise: float = 0.8,
         separation: float = 4.0,
+        vocab: int = 32,
+        components: int = 4,
+        drift_steps: int = 1000,
     ):
         if averaging not in AVERAGING:
             raise ValueError(f"averaging must be one of {AVERAGING}, got {averaging!r}")
-        if batch < 1 or hidden < 1:
-            raise ValueError("need batch >= 1 and hidden >= 1")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if batch < 1:
+            raise ValueError("need batch >= 1")
+        if bits < 1:
+            raise ValueError(f"bits must be >= 1, got {bits}")
         # Independent child streams: data, init, then one minibatch stream per learner.
         data_rng, init_rng, *learner_rngs = rng.spawn(2 + n_learners)
-        self.data: Dataset = make_dataset(
-            data_rng, n_learners, dim=dim, classes=classes, samples_per_learner=samples_per_learner,
-            eval_samples=eval_samples, non_iid=non_iid, clusters_per_class=clusters_per_class, noise=noise,
-            separation=separation)
-        self.n_learners = n_learners
-        self.dim, self.hidden, self.classes, self.batch = dim, hidden, classes, batch
+        if task == "mlp":
+            self.task = MLPTask(data_rng, n_learners, batch, dim=dim, hidden=hidden, classes=classes,
+                                non_iid=non_iid, samples_per_learner=samples_per_learner,
+                                eval_samples=eval_samples, clusters_per_class=clusters_per_class,
+                                noise=noise, separation=separation)
+        else:
+            self.task = MarkovTask(data_rng, n_learners, batch, vocab=vocab, components=components,
+                                   drift_steps=drift_steps, non_iid=non_iid)
+        self.n_learners, self.batch = n_learners, batch
         self.inner_lr, self.beta1, self.beta2, self.eps = inner_lr, beta1, beta2, eps
         self.weight_decay = weight_decay
         self.outer_lr, self.outer_momentum, self.averaging = outer_lr, outer_momentum, averaging
-        self.n_params = K.param_count(dim, hidden, classes)
+        self.bits = bits
+        self.n_params = self.task.n_params
         self.fragment_slices = balanced_slices(self.n_params, fragments)
 
-        self.theta = self._init_params(init_rng)
+        self.theta = self.task.init_params(init_rng)
         self.outer_velocity = np.zeros(self.n_params)
         # Learners start from Theta, as every DiLoCo replica starts from the same initialisation.
         self.params = np.tile(self.theta, (n_learners, 1))  # row m is theta_m
@@ -149,15 +184,6 @@ class Surrogate:
         self._deltas = np.empty(n_learners * longest)  # outer-gradient scratch, reshaped per fragment
 
     # ------------------------------------------------------------------ setup helpers
-    def _init_params(self, rng: np.random.Generator) -> np.ndarray:
-        """He-normal weights (ReLU layer), Glorot-scaled output layer, zero biases."""
-        theta = np.zeros(self.n_params)
-        d, h, c = self.dim, self.hidden, self.classes
-        theta[: d * h] = rng.standard_normal(d * h) * np.sqrt(2.0 / d)
-        o2 = d * h + h
-        theta[o2: o2 + c * h] = rng.standard_normal(c * h) * np.sqrt(1.0 / h)
-        return theta
-
     @property
     def fragments(self) -> int:
         return len(self.fragment_slices)
@@ -188,23 +214,24 @@ class Surrogate:
             raise ValueError(f"weights must be finite, >= 0 and not all zero, got {weights}")
         return w
 
-    def _draw_rows(self, m: int, n_steps: int) -> np.ndarray:
-        """(n_steps, batch) row indices into ``data.x`` from learner m's shard, with replacement.
+    @property
+    def frontier(self) -> int:
+        """The most steps any learner (or the data-parallel model) has trained: the data's present."""
+        return max(int(self.steps.max()), self.dp_steps)
 
-        Uniform floats (one 64-bit draw each, no buffering) make the stream chunking-invariant."""
-        n = self.data.shard_size
-        local = np.minimum((self._rngs[m].random((n_steps, self.batch)) * n).astype(np.int64), n - 1)
-        return local + m * n
+    def _phases(self, steps_done: int, n_steps: int) -> np.ndarray:
+        """Data phase of each of the next ``n_steps`` steps of a model that has trained ``steps_done``:
+        its own count, but never behind the frontier (a lagging learner reads today's data)."""
+        return np.maximum(self.frontier, steps_done + np.arange(n_steps, dtype=np.int64))
 
     # ------------------------------------------------------------------ inner training
     def train(self, m: int, n_steps: int) -> float:
         """``n_steps`` inner AdamW steps of learner m on its shard; returns their mean training loss."""
         if n_steps <= 0:
             return float("nan")
-        rows = self._draw_rows(m, n_steps)
-        loss = K.train_steps(self.params[m], self.adam_m[m], self.adam_v[m], int(self.steps[m]),
-                             self.data.x, self.data.y, rows, self.hidden, self.classes, self.inner_lr,
-                             self.beta1, self.beta2, self.eps, self.weight_decay, self._grad)
+        samples = self.task.draw(self._rngs[m], m, self._phases(int(self.steps[m]), n_steps))
+        loss = self.task.train(self.params[m], self.adam_m[m], self.adam_v[m], int(self.steps[m]), samples,
+                               self.inner_lr, self.beta1, self.beta2, self.eps, self.weight_decay, self._grad)
         self.steps[m] += n_steps
         return float(loss)
 
@@ -217,10 +244,11 @@ class Surrogate:
         idx = self._members(range(self.n_learners) if members is None else members)
         if n_steps <= 0:
             return float("nan")
-        rows = np.concatenate([self._draw_rows(int(m), n_steps) for m in idx], axis=1)
-        loss = K.train_steps(self.theta, self.dp_adam_m, self.dp_adam_v, self.dp_steps, self.data.x,
-                             self.data.y, np.ascontiguousarray(rows), self.hidden, self.classes,
-                             self.inner_lr, self.beta1, self.beta2, self.eps, self.weight_decay, self._grad)
+        phases = self._phases(self.dp_steps, n_steps)
+        samples = np.concatenate([self.task.draw(self._rngs[m], int(m), phases) for m in idx], axis=1)
+        loss = self.task.train(self.theta, self.dp_adam_m, self.dp_adam_v, self.dp_steps,
+                               np.ascontiguousarray(samples), self.inner_lr, self.beta1, self.beta2, self.eps,
+                               self.weight_decay, self._grad)
         self.dp_steps += n_steps
         return float(loss)
 
@@ -232,7 +260,7 @@ class Surrogate:
 
     def merge_fragment(self, p: int, members: Sequence[int], weights: Sequence[float] | None = None,
                        pulled: np.ndarray | None = None, averaging: str | None = None) -> np.ndarray:
-        """Outer step on Theta_p from the members' outer gradients; returns a copy of the new Theta_p.
+        """Outer step on Theta_p from the members' quantised outer gradients; returns a copy of Theta_p.
 
         ``weights`` (default uniform) are normalised here. ``pulled`` are fragments captured earlier by
         ``pull_fragment`` (same member order); by default the members' current theta_{m,p} are used.
@@ -253,6 +281,7 @@ class Surrogate:
             if pulled.shape != (idx.size, hi - lo):
                 raise ValueError(f"pulled has shape {pulled.shape}, expected {(idx.size, hi - lo)}")
             np.subtract(self.theta[s], pulled, out=deltas)
+        K.quantize(deltas, self.bits)
         delta = np.empty(hi - lo)
         (K.rda if averaging == "rda" else K.weighted_mean)(deltas, w, delta)
         K.nesterov_step(self.theta[s], self.outer_velocity[s], delta, self.outer_lr, self.outer_momentum)
@@ -321,11 +350,11 @@ class Surrogate:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, params: np.ndarray | None = None) -> tuple[float, float]:
-        """(loss, accuracy) on the held-out IID set; ``params`` defaults to Theta (e.g. ``s.params[m]``)."""
+        """(loss, accuracy) held out, at the frontier; ``params`` defaults to Theta (e.g. ``s.params[m]``)."""
         p = self.theta if params is None else np.ascontiguousarray(params, dtype=np.float64)
         if p.shape != (self.n_params,):
             raise ValueError(f"params has shape {p.shape}, expected {(self.n_params,)}")
-        loss, acc = K.mlp_evaluate(p, self.data.x_eval, self.data.y_eval, self.hidden, self.classes)
+        loss, acc = self.task.evaluate(p, self.frontier)
         return float(loss), float(acc)
 
     def eval_loss(self, params: np.ndarray | None = None) -> float:

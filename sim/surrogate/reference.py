@@ -19,24 +19,29 @@ def split(flat: np.ndarray, dim: int, hidden: int, classes: int):
             flat[o3:o3 + classes])
 
 
+def softmax_cross_entropy(z, labels):
+    """(mean cross-entropy, its gradient w.r.t. the logits) for logits ``z`` (n, k), overwritten."""
+    n = len(labels)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    tot = e.sum(axis=1)
+    pick = np.arange(n)
+    loss = float(np.mean(np.log(tot) - z[pick, labels]))
+    dz = e / tot[:, None]
+    dz[pick, labels] -= 1.0
+    dz /= n
+    return loss, dz
+
+
 def loss_grad(params, X, y, rows, hidden, classes, grad):
     """Mean softmax cross-entropy of ``X[rows]`` and its gradient written into ``grad``."""
     dim = X.shape[1]
     W1, b1, W2, b2 = split(params, dim, hidden, classes)
     gW1, gb1, gW2, gb2 = split(grad, dim, hidden, classes)
     xb, yb = X[rows], y[rows]
-    n = len(rows)
     pre = xb @ W1 + b1
     h = np.maximum(pre, 0.0)
-    z = h @ W2.T + b2
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    tot = e.sum(axis=1)
-    pick = np.arange(n)
-    loss = float(np.mean(np.log(tot) - z[pick, yb]))
-    dz = e / tot[:, None]
-    dz[pick, yb] -= 1.0
-    dz /= n
+    loss, dz = softmax_cross_entropy(h @ W2.T + b2, yb)
     gW2[:] = dz.T @ h
     gb2[:] = dz.sum(axis=0)
     dh = dz @ W2
@@ -88,3 +93,32 @@ def rda(deltas, weights):
     direction = (w @ unit) / w.sum()
     dn = np.linalg.norm(direction)
     return radius * direction / dn if dn > 0 else np.zeros(deltas.shape[1])
+
+
+def quantize(deltas, bits):
+    """Per-row absmax quantisation to ``bits`` (1: scaled sign; >= 16: unchanged), as a new array."""
+    if bits >= 16:
+        return deltas.copy()
+    mag = np.abs(deltas)
+    if bits == 1:
+        return np.sign(deltas) * mag.mean(axis=1, keepdims=True)
+    amax = mag.max(axis=1, keepdims=True)
+    step = np.where(amax > 0, amax / (2 ** (bits - 1) - 1), 1.0)
+    return np.sign(deltas) * np.floor(mag / step + 0.5) * step
+
+
+def bigram_loss_grad(params, pairs, vocab, grad):
+    """Mean cross-entropy of the (context, next) ``pairs`` under the logit table, gradient into ``grad``."""
+    ctx = pairs[:, 0]
+    loss, dz = softmax_cross_entropy(params.reshape(vocab, vocab)[ctx], pairs[:, 1])
+    g = np.zeros((vocab, vocab))
+    np.add.at(g, ctx, dz)
+    grad[:] = g.ravel()
+    return loss
+
+
+def bigram_evaluate(params, target, vocab):
+    """(expected cross-entropy, expected accuracy) of the table against ``target``, contexts uniform."""
+    W = params.reshape(vocab, vocab)
+    log_p = W - (np.log(np.exp(W - W.max(axis=1, keepdims=True)).sum(axis=1)) + W.max(axis=1))[:, None]
+    return float(-np.sum(target * log_p) / vocab), float(np.mean(target[np.arange(vocab), W.argmax(axis=1)]))

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -307,10 +308,14 @@ class DaskExecutor:
                 # silence_logs=CRITICAL: a stopped sweep forgets its pending tasks, which the scheduler
                 # and workers would log as warnings and errors ("Couldn't gather keys"); a replication
                 # that really fails is recorded in its row with its error
-                cluster = LocalCluster(
-                    n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True,
-                    dashboard_address=None, local_directory=scratch.name, silence_logs=logging.CRITICAL,
-                )
+                with warnings.catch_warnings():
+                    # the scheduler's HTTP endpoint moves to a free port when another cluster holds 8787
+                    # (two sweeps at once): nothing for the user to act on
+                    warnings.filterwarnings("ignore", message="Port .* is already in use")
+                    cluster = LocalCluster(
+                        n_workers=min(self.workers, len(jobs)), threads_per_worker=1, processes=True,
+                        dashboard_address=None, local_directory=scratch.name, silence_logs=logging.CRITICAL,
+                    )
                 client = Client(cluster)
             else:
                 client = Client(self.address, timeout="10s")

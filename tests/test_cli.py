@@ -281,8 +281,10 @@ def test_terminal_output_fits_80_columns(tmp_path):
         assert result.exit_code in (0, 1), result.output
         outputs.append(result.stdout)
         for line in result.stdout.splitlines():
-            assert cell_len(line) <= 80, line
             assert "…" not in line, line
+            if line.startswith(("results: ", "report: ")):
+                continue  # a path stays on one line, however long, so it can be copied whole
+            assert cell_len(line) <= 80, line
     assert "variants of training.policy, training.on_failure" in outputs[0]
     assert "training.policy +" in outputs[2]  # zip partners are one row (folded in its cell)
     help_text = CliRunner().invoke(app, ["run", "--help"], env=env).stdout

@@ -45,7 +45,7 @@ def test_variants_see_the_same_failures(tmp_path):
 
 
 @pytest.mark.parametrize(("compare", "expected"), [
-    ("{training.policy: [sync_dp, bogus]}", "[compare variant 1: bogus]: training.policy (line "),
+    ("{training.policy: [sync_dp, bogus]}", "compare.training.policy[1] (line "),
     ("{seed: [1, 2]}", "compare (line 42): seed cannot vary between variants"),
     ("{training.policy: [sync_dp], training.on_failure: [restart, elastic]}", "all of one length"),
 ])

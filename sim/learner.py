@@ -119,6 +119,11 @@ class Group:
         self.spare_wait_s = 0.0  # time waiting for a repair to return a spare
         self._wait_since_s = 0.0
         self._swap_s = training.spares.swap
+        t = training  # the lengths of the timed phases (a swap's depends on the spare: _swap_s)
+        self._lengths_s = {
+            Phase.CHECKPOINT: t.checkpoint.write_time, Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
+            Phase.RELOAD: t.recovery.reload, Phase.DOWNSCALE: t.elastic.downscale, Phase.UPSCALE: t.elastic.upscale,
+        }
         spares = self.spares.idle_chips()
         self.ledger = Ledger(provisioned_chips=sum(i.chips for i in islands) + spares, start_s=env.now)
         self.interrupts_s: list[float] = []  # times of failures that interrupted the group
@@ -410,15 +415,7 @@ class Group:
         return Phase.RUNNING, self.work_left_s
 
     def _phase_length(self, phase: Phase) -> float:
-        t = self.training
-        return {
-            Phase.CHECKPOINT: t.checkpoint.write_time,
-            Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
-            Phase.SWAP: self._swap_s,
-            Phase.RELOAD: t.recovery.reload,
-            Phase.DOWNSCALE: t.elastic.downscale,
-            Phase.UPSCALE: t.elastic.upscale,
-        }[phase]
+        return self._swap_s if phase is Phase.SWAP else self._lengths_s[phase]
 
     def _enter(self, phase: Phase) -> None:
         now = self.env.now

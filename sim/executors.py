@@ -2,8 +2,8 @@
 
 A **job** (:class:`Job`) is everything one replication needs, as plain data: its index, the resolved
 scenario as a JSON dict, the seed and the output folder. :func:`run_job` is the worker side: it
-re-validates the scenario, runs it with that seed (as replication 0) into the folder, and returns one
-flat row of status and metrics. It catches the simulation's exceptions and returns them as an
+re-validates the scenario (once per point in a worker process), runs it with that seed (as
+replication 0) into the folder, and returns one flat row of status and metrics. It catches the simulation's exceptions and returns them as an
 ``error`` row, so one crashing replication never stops a sweep. Because a job carries all its inputs,
 the same job gives the same row on whatever worker runs it.
 
@@ -95,7 +95,7 @@ def summary_row(summary: dict) -> dict:
 class _Points:
     """Each point's scenario, validated once, and its ``scenario.yaml``, rendered once per folder of run
     folders: a worker keeps the last few points it ran, so a point's next batch costs no validation
-    and no YAML rendering either (a rendering is ~50 ms, more than a small replication)."""
+    and no YAML rendering either (a rendering costs tens of ms, as much as a small replication)."""
 
     KEPT = 8  # points kept; a sweep sends consecutive replications of one point to a worker in turn
 

@@ -8,7 +8,8 @@ Usage: ``python bench/bench_lockstep.py [--replications N] [--workers W]``
   (``run_replication`` in a loop, after one warm-up replication whose extra cost, the one-time
   loading of lazy imports and compiled code, is printed apart) and through ``sweep`` on ``--workers``
   processes against the serial executor (every figure includes the sweep's rows and per-replication
-  results folders). Targets: >= 150 replications/s in one process, parallel speed-up >= 1.7.
+  results folders), with each run's CPU seconds and cores busy: a speed-up can be no larger than the
+  ratio of cores the two runs got. Targets: >= 150 replications/s in one process, parallel speed-up >= 1.7.
 * **AIReSim-sized case**: 4,096 servers for 256 days, 50,000 h per server, free checkpoints (the
   no-lost-work regime) and a 20 min restart: wall time per replication, target <= 0.1 s.
 

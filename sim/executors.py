@@ -3,9 +3,10 @@
 A **job** (:class:`Job`) is everything one replication needs, as plain data: its index, the resolved
 scenario as a JSON dict, the seed and the output folder. :func:`run_job` is the worker side: it
 re-validates the scenario (once per point in a worker process), runs it with that seed (as
-replication 0) into the folder, and returns one flat row of status and metrics. It catches the simulation's exceptions and returns them as an
-``error`` row, so one crashing replication never stops a sweep. Because a job carries all its inputs,
-the same job gives the same row on whatever worker runs it.
+replication 0) into the folder, and returns one flat row of status and metrics. It catches the
+simulation's exceptions and returns them as an ``error`` row, so one crashing replication never
+stops a sweep. Because a job carries all its inputs, the same job gives the same row on whatever
+worker runs it.
 
 An **executor** takes a picklable function and a list of jobs, calls the function on every job
 somewhere, and yields ``(job, outcome)`` pairs in the order they *finish*, so the caller can store

@@ -26,6 +26,8 @@ state grows with concurrent failures, not with chips.
 A lockstep group with periodic checkpoints spends no event per checkpoint either: between chaos
 events it is in a **stretch** (:mod:`sim.stretch`) whose periods are settled when anything looks at
 it; every entry point (a failure, a wake, a repair, a recorder row, the run's end) settles first.
+A restart that strikes a stretch is handled at once, without interrupting the process
+(:meth:`Group._restart_at_once`).
 A work-defined group (``target_steps``) ends its process once that many steps are committed.
 """
 

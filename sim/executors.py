@@ -2,10 +2,11 @@
 
 A **job** (:class:`Job`) is everything one replication needs, as plain data: its index, the resolved
 scenario as a JSON dict, the seed and the output folder. :func:`run_job` is the worker side: it
-re-validates the scenario, runs it with that seed (as replication 0) into the folder, and returns one
-flat row of status and metrics. It catches the simulation's exceptions and returns them as an
-``error`` row, so one crashing replication never stops a sweep. Because a job carries all its inputs,
-the same job gives the same row on whatever worker runs it.
+re-validates the scenario (once per point in a worker process), runs it with that seed (as
+replication 0) into the folder, and returns one flat row of status and metrics. It catches the
+simulation's exceptions and returns them as an ``error`` row, so one crashing replication never
+stops a sweep. Because a job carries all its inputs, the same job gives the same row on whatever
+worker runs it.
 
 An **executor** takes a picklable function and a list of jobs, calls the function on every job
 somewhere, and yields ``(job, outcome)`` pairs in the order they *finish*, so the caller can store
@@ -32,6 +33,7 @@ know what happened to this job", never "the replication crashed".
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import multiprocessing
@@ -93,16 +95,27 @@ def summary_row(summary: dict) -> dict:
 
 
 class _Points:
-    """Each point's scenario, validated once, and its resolved YAML, written once (per batch)."""
+    """Each point's scenario, validated once, and its ``scenario.yaml``, rendered once per folder of run
+    folders: a worker keeps the last few points it ran, so a point's next batch costs no validation
+    and no YAML rendering either (a rendering costs tens of ms, as much as a small replication)."""
+
+    KEPT = 8  # points kept; a sweep sends consecutive replications of one point to a worker in turn
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[Scenario, str]] = {}
+        self._cache: dict[tuple[str, Path], tuple[Scenario, str]] = {}
 
     def get(self, job: Job) -> tuple[Scenario, str]:
-        if job.point not in self._cache:
+        """(the point with the job's seed, the text of its run folder's ``scenario.yaml``)."""
+        out = Path(job.out_dir)
+        # keyed on the point's content (a worker may serve several sweeps) and on the parent of the run
+        # folder: trace paths in the YAML are relative to the run folder, the same from every sibling
+        key = (json.dumps(job.scenario, sort_keys=True), out.parent)
+        if key not in self._cache:
             point = Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
-            self._cache[job.point] = (point, scenario_yaml(point))
-        point, text = self._cache[job.point]
+            if len(self._cache) >= self.KEPT:
+                del self._cache[next(iter(self._cache))]  # the oldest
+            self._cache[key] = (point, scenario_yaml(point, out))
+        point, text = self._cache[key]
         # points differ from their replications only in the seed: one top-level line of the YAML
         text, found = _SEED_LINE.subn(f"seed: {job.seed}", text)
         if found != 1:
@@ -110,24 +123,22 @@ class _Points:
         return point.model_copy(update={"seed": job.seed}), text
 
 
+_POINTS = _Points()  # this process's points (a cache of pure results: no row depends on what it holds)
 _SEED_LINE = re.compile(r"^seed: .*$", re.MULTILINE)
 
 
-def run_job(job: Job, points: _Points | None = None) -> dict:
-    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run.
-
-    ``points`` shares validated points across the jobs of a batch.
-    """
+def run_job(job: Job) -> dict:
+    """Run one replication (in a worker); return its status and metrics. Never raises for a bad run."""
     from .runner import run_replication
 
     start = time.perf_counter()
     out = Path(job.out_dir)
     try:
-        scenario, _ = (points or _Points()).get(job)
+        scenario, text = _POINTS.get(job)
         if out.exists():  # a re-run (resume) starts from an empty folder, not on top of a partial one
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        (out / "scenario.yaml").write_text(scenario_yaml(scenario, out))  # trace paths relative to it
+        (out / "scenario.yaml").write_text(text)  # trace paths relative to it
         rep = run_replication(scenario, 0, out, Path(job.scenario_dir) if job.scenario_dir else None)
         result = {"status": "ok", "error": None, **summary_row(rep.summary)}
     except Exception as problem:  # noqa: BLE001 - any crash of a replication is a result, not a stop
@@ -142,8 +153,7 @@ def run_job(job: Job, points: _Points | None = None) -> dict:
 def run_batch(jobs: Sequence[Job]) -> list[dict]:
     """Run several replications as one task: a task's own cost (shipping it, starting it, returning
     its result) is paid once per batch, so sweeps of small replications still gain from workers."""
-    points = _Points()
-    return [run_job(job, points) for job in jobs]
+    return [run_job(job) for job in jobs]
 
 
 def batches(jobs: Sequence[Any], workers: int, most: int = 32) -> list[list[Any]]:

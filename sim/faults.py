@@ -17,6 +17,7 @@ runner), which knows which group owns an island and what links and the synchroni
 
 from __future__ import annotations
 
+import bisect
 import csv
 import heapq
 import math
@@ -228,7 +229,8 @@ class FaultProcesses:
         more often (the systematic stream). Both are Poisson, so their sum is one stream whose next
         gap is drawn at the rate in force, and each arrival belongs to a stream in proportion."""
         chips = np.array([i.chips for i in islands], dtype=np.float64)
-        cumulative = np.cumsum(chips) / chips.sum()
+        # as Python floats: bisect_right on them is np.searchsorted(side="right") without a numpy call
+        cumulative = (np.cumsum(chips) / chips.sum()).tolist()
         rate_per_s = chips.sum() / fault.mtbf
         lemons = LemonUnits(fault.lemons, islands, rng) if fault.lemons is not None else None
         gaps = BlockSampler(Exponential(1.0 / rate_per_s if lemons is None else 1.0), rng, 4096)
@@ -247,7 +249,7 @@ class FaultProcesses:
                 island, chip = lemons.victim(uniforms.next())
             else:
                 u = uniforms.next()
-                k = min(int(np.searchsorted(cumulative, u, side="right")), len(islands) - 1)
+                k = min(bisect.bisect_right(cumulative, u), len(islands) - 1)
                 island = islands[k]
                 # re-use the position of u inside island k's slice of [0, 1) as the chip index
                 low = cumulative[k - 1] if k else 0.0

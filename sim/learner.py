@@ -26,6 +26,8 @@ state grows with concurrent failures, not with chips.
 A lockstep group with periodic checkpoints spends no event per checkpoint either: between chaos
 events it is in a **stretch** (:mod:`sim.stretch`) whose periods are settled when anything looks at
 it; every entry point (a failure, a wake, a repair, a recorder row, the run's end) settles first.
+A restart that strikes a stretch is handled at once, without interrupting the process
+(:meth:`Group._restart_at_once`).
 A work-defined group (``target_steps``) ends its process once that many steps are committed.
 """
 
@@ -66,6 +68,14 @@ class Wake:
     """Interrupt cause: something changed (repair, outage end, slowdown, link); re-plan."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """Interrupt cause: the group already planned its next phase (a failure handled at once, see
+    :meth:`Group._restart_at_once`); wait for ``wait``."""
+
+    wait: simpy.Event
 
 
 StepModel = Callable[["Group"], tuple[float, float]]  # -> (compute_s, exposed_comm_s) per step
@@ -119,6 +129,11 @@ class Group:
         self.spare_wait_s = 0.0  # time waiting for a repair to return a spare
         self._wait_since_s = 0.0
         self._swap_s = training.spares.swap
+        t = training  # the lengths of the timed phases (a swap's depends on the spare: _swap_s)
+        self._lengths_s = {
+            Phase.CHECKPOINT: t.checkpoint.write_time, Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
+            Phase.RELOAD: t.recovery.reload, Phase.DOWNSCALE: t.elastic.downscale, Phase.UPSCALE: t.elastic.upscale,
+        }
         spares = self.spares.idle_chips()
         self.ledger = Ledger(provisioned_chips=sum(i.chips for i in islands) + spares, start_s=env.now)
         self.interrupts_s: list[float] = []  # times of failures that interrupted the group
@@ -230,7 +245,7 @@ class Group:
         if island.outages > 0 or (self.mode is not OnFailure.ELASTIC and not self.holding):
             return self._absorb(island, kind, fault, "group holds no chips there")
         if self.mode is OnFailure.RESTART:
-            return self._hit(island, kind, fault, "restart")
+            return self._hit(island, kind, fault, "restart", at_once=self._stretch is not None)
         eff = max(radius, self.elastic_unit, key=_RADIUS_ORDER.index)
         size_eff, size_unit = island.unit_chips(eff), island.unit_chips(self.elastic_unit)
         first = (chip // size_eff) * size_eff
@@ -303,7 +318,8 @@ class Group:
         self.recorder.event(self.env.now, "absorbed", fault, island.name, f"{kind}: {why}")
         return False
 
-    def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False, swap_s: float = 0.0) -> bool:
+    def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False, swap_s: float = 0.0,
+             at_once: bool = False) -> bool:
         self.interrupts_s.append(self.env.now)
         self.interrupts_by_fault[fault] = self.interrupts_by_fault.get(fault, 0) + 1
         self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
@@ -311,18 +327,38 @@ class Group:
             self._discard_step_in_flight()  # at the chip counts and step time it was running with
             self._sync_capacity(upscale=False)
             self._book()
-        if self.process.is_alive:
+        if at_once and self.process.is_alive and self.env.active_process is not self.process:
+            self._restart_at_once(Failure(island.name, kind, fault, swapped, swap_s))
+        elif self.process.is_alive:
             self.process.interrupt(Failure(island.name, kind, fault, swapped, swap_s))
         return True
+
+    def _restart_at_once(self, cause: Failure) -> None:
+        """A restart that strikes a stretch, handled now, as the interrupt would handle it, without one.
+
+        The process waits on the stretch's event (never, or a work-defined job's earliest end, which a
+        restart only moves later: waking early just settles and waits again). It keeps waiting on it when
+        the restart opens a new stretch (one reload, then periods: the usual case), and is told what to
+        wait for otherwise. Saves an interrupt, a resume and a timeout per failure.
+        """
+        self._leave_stretch()
+        self._interrupted(cause)
+        wait = self._plan_next()
+        if wait is not None:
+            self.process.interrupt(Planned(wait))
 
     # ----------------------------------------------------------------------------------- the process
 
     def _run(self):
+        planned = None
         while not self.done:
-            wait = self._next_wait()
+            wait, planned = planned or self._next_wait(), None
             try:
                 yield wait
             except simpy.Interrupt as irq:
+                if isinstance(irq.cause, Planned):
+                    planned = irq.cause.wait
+                    continue
                 self._leave_stretch()
                 self._interrupted(irq.cause)
             else:
@@ -338,13 +374,18 @@ class Group:
         if self._resume_s is not None:
             at, self._resume_s = self._resume_s, None
             return self.env.timeout(exact_delay(self.env.now, at))
+        wait = self._plan_next()
+        return self._stretch.wait() if wait is None else wait
+
+    def _plan_next(self) -> simpy.Event | None:
+        """Plan and enter the next phase; returns what to wait for, or None when it opens a stretch."""
         phase, duration = self._plan()
         self._enter(phase)
         if phase in (Phase.RUNNING, Phase.CHECKPOINT, Phase.RELOAD) and self.stretches and self._transfer is None:
             rates = self.running_rates()
             if self._stretch_fits(duration, rates[1]):
                 self._stretch = Stretch(self, self.env.now + max(duration, 0.0), rates)
-                return self._stretch.wait()
+                return None
         wait = self._never if duration == math.inf else self.env.timeout(max(duration, 0.0))
         if phase in (Phase.RELOAD, Phase.UPSCALE) and self._transfer is not None:
             wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
@@ -410,15 +451,7 @@ class Group:
         return Phase.RUNNING, self.work_left_s
 
     def _phase_length(self, phase: Phase) -> float:
-        t = self.training
-        return {
-            Phase.CHECKPOINT: t.checkpoint.write_time,
-            Phase.DETECT: t.recovery.detect + t.recovery.reschedule,
-            Phase.SWAP: self._swap_s,
-            Phase.RELOAD: t.recovery.reload,
-            Phase.DOWNSCALE: t.elastic.downscale,
-            Phase.UPSCALE: t.elastic.upscale,
-        }[phase]
+        return self._swap_s if phase is Phase.SWAP else self._lengths_s[phase]
 
     def _enter(self, phase: Phase) -> None:
         now = self.env.now

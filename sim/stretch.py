@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from .metrics import Bucket, Phase
+
 # state vector layout
 SUB, SUB_END, LAST, PENDING_CHIP, PENDING_STEPS, COMMITTED, ADVANCING, USEFUL, WAITING, CHECKPOINT = range(10)
 DOWN, SPARE, PENDING_RUN, KEPT_RUN, RUN_STARTED, PHASE_END, DONE, RECOVERY = range(10, 18)
@@ -33,6 +35,7 @@ STATE_SIZE = 18
 # the phases of a stretch: a reload (after a restart) may open it, then runs and writes alternate
 RUNNING_SUB, CHECKPOINT_SUB, RELOAD_SUB = 0.0, 1.0, 2.0
 SUB_NAMES = {RUNNING_SUB: "running", CHECKPOINT_SUB: "checkpoint", RELOAD_SUB: "reload"}
+_PHASE_SUB = {Phase.RUNNING: RUNNING_SUB, Phase.CHECKPOINT: CHECKPOINT_SUB, Phase.RELOAD: RELOAD_SUB}
 
 _kernel = None
 
@@ -181,11 +184,9 @@ class Stretch:
     """
 
     def __init__(self, group, end_s: float, rates: tuple[float, float]):
-        from .metrics import Phase
-
         self.group = group
         self.state = [0.0] * STATE_SIZE
-        self.state[SUB] = {Phase.RUNNING: RUNNING_SUB, Phase.CHECKPOINT: CHECKPOINT_SUB, Phase.RELOAD: RELOAD_SUB}[group.phase]
+        self.state[SUB] = _PHASE_SUB[group.phase]
         self.state[SUB_END] = end_s
         self.state[RUN_STARTED] = group._run_started_s
         self.state[PHASE_END] = group.phase_end_s if group.phase_end_s is not None else math.nan
@@ -222,8 +223,6 @@ class Stretch:
 
     def settle(self, now_s: float) -> None:
         """Book every phase end before ``now_s``: ledger, timeline rows, checkpoint events, group state."""
-        from .metrics import Bucket, Phase
-
         group, ledger, state = self.group, self.group.ledger, self.state
         if state[SUB_END] >= now_s:
             return

@@ -85,6 +85,25 @@ def test_stretches_save_events():
     assert fast.summary["events"] < checkpoints / 8  # what is left: the run's own 1 % progress checks
 
 
+def test_restarts_in_a_stretch_are_handled_without_an_interrupt(monkeypatch):
+    """A restart that strikes a failure-free stretch is handled at once: no failure interrupts the
+    job's process (the event path interrupts it once per restart), with results held equal above."""
+    import simpy
+
+    from sim.learner import Failure
+
+    interrupts = []
+    interrupt = simpy.events.Process.interrupt
+    monkeypatch.setattr(simpy.events.Process, "interrupt",
+                        lambda process, cause=None: (interrupts.append(cause), interrupt(process, cause))[1])
+    sets, faults = CASES["restart-daly"]
+    fast = run_replication(make_scenario(*sets, "seed=1", faults=faults), 0)
+    assert fast.summary["interruptions"] > 20
+    assert not any(isinstance(cause, Failure) for cause in interrupts)
+    slow = run_replication(make_scenario(*sets, "seed=1", faults=faults), 0, event_per_checkpoint=True)
+    assert sum(isinstance(cause, Failure) for cause in interrupts) == slow.summary["interruptions"]
+
+
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))
 
 

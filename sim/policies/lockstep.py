@@ -85,6 +85,7 @@ class SyncDP:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.gradient_bytes = ctx.scenario.workload.params * ctx.scenario.workload.bytes_per_value
+        self._allreduce: tuple[tuple[int, ...], float] | None = None  # (islands in the job, seconds)
 
     def on_failure(self) -> OnFailure:
         return self.mode or self.ctx.scenario.training.on_failure
@@ -99,7 +100,7 @@ class SyncDP:
         )
         job.uptime_counts_kept = True  # the global model advances only by work that is kept
         job.record_step_rate = True
-        ctx.links.listeners.append(lambda *_: job.wake("link changed"))
+        ctx.links.listeners.append(self._links_changed)
         if ctx.scenario.training.checkpoint.write_time == 0 and job.checkpoint_interval_s is None:
             job.on_restart = lambda group: group.ledger.commit(ctx.env.now)  # continuous checkpoints
         self.job = job
@@ -148,7 +149,18 @@ class SyncDP:
         """(compute_s, exposed_comm_s): the all-reduce is not overlapped with compute."""
         return group.compute_time_s(), self.allreduce_s(group)
 
+    def _links_changed(self, *_) -> None:
+        self._allreduce = None  # the all-reduce time depends on the links
+        self.job.wake("link changed")
+
     def allreduce_s(self, group: Group) -> float:
+        """Exposed all-reduce time per step; kept until the islands in the job or the links change."""
+        key = tuple(i.index for i in group.islands if group.in_job[i.index] > 0)
+        if self._allreduce is None or self._allreduce[0] != key:
+            self._allreduce = key, self._allreduce_now(group)
+        return self._allreduce[1]
+
+    def _allreduce_now(self, group: Group) -> float:
         links = self.ctx.links
         live = [i for i in group.islands if group.in_job[i.index] > 0]
         regions = sorted({i.region for i in live}, key=self.ctx.topology.regions.index)

@@ -22,7 +22,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .loading import ScenarioError, _where, apply_override, check_cost, mistakes, read_yaml, validate, variant
+from .loading import (
+    ScenarioError,
+    apply_override,
+    check_cost,
+    located,
+    mistakes,
+    read_yaml,
+    validate,
+    variant,
+)
 from .scenario import Scenario
 
 
@@ -102,5 +111,5 @@ def _compare_value_error(err: ScenarioError, data: dict, path: Path, where: str,
     found = re.match(rf"{re.escape(where)}: (?P<key>\S+)(?: \(line \d+\))?: (?P<message>.*)", str(err))
     if found is None or found["key"] not in setting:
         return err
-    return ScenarioError(f"{_where(data, ('compare', found['key'], i), str(path))}: {found['message']}")
+    return ScenarioError(f"{located(data, ('compare', found['key'], i), str(path))}: {found['message']}")
 

@@ -179,7 +179,7 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
     return path or "(top level)", line
 
 
-def _where(data: Any, loc: tuple, file: str) -> str:
+def located(data: Any, loc: tuple, file: str) -> str:
     """``file: yaml.path (line N)`` for a location, the start of every message about it."""
     path, line = _locate(data, loc)
     return f"{file}: {path}" + (f" (line {line})" if line else "")
@@ -262,7 +262,7 @@ def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> 
     ctx = err.get("ctx") or {}
     # a cross-field check (sim.scenario.LocatedError) says where below its model the problem is
     loc = _clean(tuple(err["loc"])) + tuple(getattr(ctx.get("error"), "loc", ()))
-    where = _where(data, loc, file)
+    where = located(data, loc, file)
     kind, msg = err["type"], err["msg"]
     tag = str(ctx.get("discriminator", "kind")).strip("'")
     if kind == "union_tag_invalid":
@@ -338,10 +338,10 @@ def check_targets(scenario: Scenario, data: Any, file: str) -> None:
     topology = build_topology(scenario)
     for index, fault in enumerate(scenario.faults):
         if isinstance(fault, TraceReplay):
-            where = _where(data, ("faults", index), file)
+            where = located(data, ("faults", index), file)
             read_trace(fault, topology, Path(file).parent, where)
             continue
-        where = _where(data, ("faults", index, "target"), file)
+        where = located(data, ("faults", index, "target"), file)
         try:
             if isinstance(fault, (LinkDegradation, LinkPartition)):
                 matching_links(fault.target, topology, where)
@@ -378,7 +378,7 @@ def mistakes(scenario: Scenario, data: Any, file: str) -> list[str]:
     """The likely mistakes (:mod:`sim.lint`) of ``scenario``, read from ``data`` in ``file``, one line each."""
     from .lint import likely_mistakes
 
-    return [f"{_where(data, loc, file)}: {message}" for loc, message in likely_mistakes(scenario)]
+    return [f"{located(data, loc, file)}: {message}" for loc, message in likely_mistakes(scenario)]
 
 
 def check_trace_roots(scenario: Scenario, file: str, roots: tuple[Path, ...]) -> None:
@@ -403,7 +403,7 @@ def check_cost(plans: list[tuple[Scenario, int]], data: Any, file: str, replicat
     try:
         check([(estimate(scenario), n) for scenario, n in plans], replications_loc)
     except CostError as err:
-        raise ScenarioError(f"{_where(data, err.loc, file)}: {err}") from None
+        raise ScenarioError(f"{located(data, err.loc, file)}: {err}") from None
 
 
 def scenario_yaml(scenario: Scenario, folder: Path | None = None) -> str:

@@ -57,6 +57,11 @@ class Report:
     resolved: bool = False  # applied, or released (no result will come)
     surrogate: object = None  # the surrogate's snapshot of the fragment (and, once merged, the result)
 
+    @property
+    def surrogate_merged(self) -> bool:
+        """The surrogate merged this report: a result exists for the learner to apply (or to lose)."""
+        return self.surrogate is not None and self.surrogate.result is not None
+
 
 @dataclass(slots=True, eq=False)
 class Point:
@@ -310,7 +315,7 @@ class RoundEngine:
         ls = self.learners[rep.learner]
         if ls.in_flight.get(rep.fragment) is rep:
             del ls.in_flight[rep.fragment]
-        if self.surrogate is not None and rep.surrogate is not None and rep.surrogate.result is not None:
+        if rep.surrogate_merged:
             self.surrogate.result_lost(ls.index, rep.fragment, rep.surrogate)
         self._maybe_unblock(ls)
 
@@ -364,7 +369,7 @@ class RoundEngine:
             ledger.rollback_part(self.env.now, (ledger.compute_chip_s - rep.chip_s) / p,
                                  (ledger.compute_steps - rep.compute_steps) / p)
             ls.points[rep.fragment] = Point(ls.clock.steps, ledger.compute_chip_s, ledger.compute_steps)
-        if self.surrogate is not None and rep.surrogate is not None and rep.surrogate.result is not None:
+        if rep.surrogate_merged:
             self._train_to(ls, ls.clock.steps)  # the steps before the apply are trained on the old values
             self.surrogate.apply(ls.index, rep.fragment, rep.surrogate, self.training.apply is ApplyMode.OVERWRITE)
         self._maybe_unblock(ls)

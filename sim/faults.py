@@ -185,6 +185,59 @@ def schedule_times(fault: FaultBase, horizon_s: float, rng: np.random.Generator)
     return sorted(t for t in times if t < horizon_s)
 
 
+class PoissonChips:
+    """The arrivals of one chip-failure fault with exponential lifetimes.
+
+    Every targeted chip fails at 1/mtbf (the random stream); lemon chips fail (factor - 1)/mtbf more
+    often (the systematic stream). Both are Poisson, so their sum is one stream whose next gap is drawn
+    at the rate in force, and each arrival belongs to a stream in proportion. :meth:`gap_s` and
+    :meth:`strike` are called alternately (the gap to an arrival, then its victim and repair), which
+    fixes the order of draws from the fault's stream.
+    """
+
+    def __init__(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator):
+        self.fault, self.islands = fault, islands
+        chips = np.array([i.chips for i in islands], dtype=np.float64)
+        # as Python floats: bisect_right on them is np.searchsorted(side="right") without a numpy call
+        self._cumulative = (np.cumsum(chips) / chips.sum()).tolist()
+        self.rate_per_s = chips.sum() / fault.mtbf
+        self.lemons = LemonUnits(fault.lemons, islands, rng) if fault.lemons is not None else None
+        self._gaps = BlockSampler(Exponential(1.0 / self.rate_per_s if self.lemons is None else 1.0), rng, 4096)
+        self._repairs = RepairDraws(fault.repair.build(), rng, 4096)
+        self._pipeline = isinstance(fault.repair, RepairPipeline)
+        self._uniforms = BlockSampler(_Uniform(), rng, 4096)
+        self._excess_per_s = 0.0
+
+    def gap_s(self) -> float:
+        """Seconds from the last arrival to the next."""
+        if self.lemons is None:
+            return self._gaps.next()
+        self._excess_per_s = self.lemons.excess_rate_per_s(self.fault.mtbf)
+        return self._gaps.next() / (self.rate_per_s + self._excess_per_s)
+
+    def strike(self) -> tuple[Island, int, float, bool, str]:
+        """The arrival that gap led to: (island, chip, repair seconds, escalated, cause)."""
+        systematic = False
+        if self.lemons is not None:
+            total_per_s = self.rate_per_s + self._excess_per_s
+            systematic = self._uniforms.next() * total_per_s < self._excess_per_s
+        if systematic:
+            island, chip = self.lemons.victim(self._uniforms.next())
+        else:
+            u = self._uniforms.next()
+            cumulative, islands = self._cumulative, self.islands
+            k = min(bisect.bisect_right(cumulative, u), len(islands) - 1)
+            island = islands[k]
+            # re-use the position of u inside island k's slice of [0, 1) as the chip index
+            low = cumulative[k - 1] if k else 0.0
+            chip = min(int((u - low) / (cumulative[k] - low) * island.chips), island.chips - 1)
+        repair_s, escalated = self._repairs.next()
+        if self.lemons is not None:
+            # a repair fixes for good when it escalated to manual, or always without a pipeline
+            self.lemons.repaired(self.islands.index(island), chip, escalated or not self._pipeline)
+        return island, chip, repair_s, escalated, "systematic" if systematic else self.fault.cause
+
+
 class FaultProcesses:
     """Builds one SimPy process per fault (never per chip, island or event source)."""
 
@@ -201,7 +254,7 @@ class FaultProcesses:
             where = f"faults[{index}] ({fault.name})"
             rng = self.streams.get(f"fault/{fault.name}")
             if isinstance(fault, ChipFailure):
-                islands = select(fault.target, matching_islands(fault.target, self.topology, where), rng)
+                islands = self._chip_islands(fault, where, rng)
                 if not islands:
                     continue
                 if fault.arrivals() is not None:
@@ -224,41 +277,27 @@ class FaultProcesses:
 
     # ------------------------------------------------------------------------------- chip failures
 
+    def _chip_islands(self, fault: ChipFailure, where: str, rng: np.random.Generator) -> list[Island]:
+        """The islands a chip-failure fault strikes (a random subset for ``target.mode`` one or some)."""
+        return select(fault.target, matching_islands(fault.target, self.topology, where), rng)
+
+    def poisson_chip_arrivals(self, faults: list[ChipFailure]) -> list[PoissonChips]:
+        """The arrivals of Poisson chip-failure faults, for a caller that plays them without SimPy
+        processes (:mod:`sim.restart_loop`); each draws from its fault's stream exactly as
+        :meth:`start` would."""
+        sources = []
+        for index, fault in enumerate(faults):
+            rng = self.streams.get(f"fault/{fault.name}")
+            islands = self._chip_islands(fault, f"faults[{index}] ({fault.name})", rng)
+            if islands:
+                sources.append(PoissonChips(fault, islands, rng))
+        return sources
+
     def _poisson_chips(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator):
-        """Every targeted chip fails at 1/mtbf (the random stream); lemon chips fail (factor - 1)/mtbf
-        more often (the systematic stream). Both are Poisson, so their sum is one stream whose next
-        gap is drawn at the rate in force, and each arrival belongs to a stream in proportion."""
-        chips = np.array([i.chips for i in islands], dtype=np.float64)
-        # as Python floats: bisect_right on them is np.searchsorted(side="right") without a numpy call
-        cumulative = (np.cumsum(chips) / chips.sum()).tolist()
-        rate_per_s = chips.sum() / fault.mtbf
-        lemons = LemonUnits(fault.lemons, islands, rng) if fault.lemons is not None else None
-        gaps = BlockSampler(Exponential(1.0 / rate_per_s if lemons is None else 1.0), rng, 4096)
-        repairs = RepairDraws(fault.repair.build(), rng, 4096)
-        pipeline = isinstance(fault.repair, RepairPipeline)
-        uniforms = BlockSampler(_Uniform(), rng, 4096)
+        arrivals = PoissonChips(fault, islands, rng)
         while True:
-            if lemons is None:
-                yield self.env.timeout(gaps.next())
-                systematic = False
-            else:
-                excess_per_s = lemons.excess_rate_per_s(fault.mtbf)
-                yield self.env.timeout(gaps.next() / (rate_per_s + excess_per_s))
-                systematic = uniforms.next() * (rate_per_s + excess_per_s) < excess_per_s
-            if systematic:
-                island, chip = lemons.victim(uniforms.next())
-            else:
-                u = uniforms.next()
-                k = min(bisect.bisect_right(cumulative, u), len(islands) - 1)
-                island = islands[k]
-                # re-use the position of u inside island k's slice of [0, 1) as the chip index
-                low = cumulative[k - 1] if k else 0.0
-                chip = min(int((u - low) / (cumulative[k] - low) * island.chips), island.chips - 1)
-            repair_s, escalated = repairs.next()
-            if lemons is not None:
-                # a repair fixes for good when it escalated to manual, or always without a pipeline
-                lemons.repaired(islands.index(island), chip, escalated or not pipeline)
-            self._chip(fault, island, chip, repair_s, escalated, "systematic" if systematic else fault.cause)
+            yield self.env.timeout(arrivals.gap_s())
+            self._chip(fault, *arrivals.strike())
 
     def _renewal_chips(self, fault: ChipFailure, islands: list[Island], rng: np.random.Generator, batch: int = 4096):
         """Weibull or lognormal chip lifetimes (mean ``mtbf``): each failed chip is renewed."""
@@ -312,10 +351,14 @@ class FaultProcesses:
             self._chip(fault, islands[k], int(rng.integers(islands[k].chips)), *repairs.next(), fault.cause)
 
     def _chip(self, fault: ChipFailure, island: Island, chip: int, repair_s: float, escalated: bool, cause: str) -> None:
+        self.count(fault, escalated, cause)
+        self.effects.chip_failure(island, chip, fault.blast_radius, repair_s, fault.name)
+
+    def count(self, fault: ChipFailure, escalated: bool, cause: str) -> None:
+        """Count one chip-failure arrival (every arrival, whether or not it hit a running group)."""
         self.counter.add(fault.kind, fault.name, cause=cause)
         if escalated:
             self.counter.escalated[fault.name] = self.counter.escalated.get(fault.name, 0) + 1
-        self.effects.chip_failure(island, chip, fault.blast_radius, repair_s, fault.name)
 
     # ------------------------------------------------------------------------------- other faults
 

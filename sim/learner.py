@@ -165,6 +165,7 @@ class Group:
         self._step_phase = 0.0  # fraction of the step in flight already computed
         self._transfer: simpy.Event | None = None
         self.transfer_cancelled: list[Callable[[simpy.Event], None]] = []
+        self.driven = False  # played from outside (sim.restart_loop): the process ends at once
         self.process = env.process(self._run())
         if self.stretches:
             recorder.before_event.append(lambda _time_s: self.settle())
@@ -350,6 +351,8 @@ class Group:
     # ----------------------------------------------------------------------------------- the process
 
     def _run(self):
+        if self.driven:
+            return
         planned = None
         while not self.done:
             wait, planned = planned or self._next_wait(), None

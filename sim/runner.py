@@ -30,6 +30,8 @@ from .metrics import Phase
 from .outputs import write_text_atomic
 from .policies import POLICIES
 from .recorder import Recorder
+from .restart_loop import RestartLoop
+from .restart_loop import eligible as restart_loop_eligible
 from .rng import Streams
 from .scenario import BlastRadius, Scenario
 from .summary import check_bounds, summarize
@@ -129,10 +131,13 @@ def run_replication(
     progress: Callable[[float], None] | None = None,
     *,
     event_per_checkpoint: bool = False,
+    restart_loop: bool = True,
 ) -> Replication:
     """Run one replication to the horizon (or until a halt bound trips, or a work-defined job's work
     is done) and summarise it. ``event_per_checkpoint`` plays failure-free stretches of lockstep
-    training one SimPy event per phase end (the reference the closed-form stretches are tested against)."""
+    training one SimPy event per phase end (the reference the closed-form stretches are tested against);
+    without ``restart_loop`` a restarting job's failures are SimPy events even where the compiled loop
+    of :mod:`sim.restart_loop` could play them (the reference that loop is tested against)."""
     wall_start = time.perf_counter()
     seed = scenario.seed + replication
     env = simpy.Environment()
@@ -146,7 +151,12 @@ def run_replication(
     if hasattr(policy, "attach"):
         policy.attach(effects)
     faults = FaultProcesses(env, topology, effects, ctx.streams, recorder, scenario.duration, scenario_dir)
-    faults.start(scenario.faults)
+    loop = None
+    if restart_loop and restart_loop_eligible(scenario, groups):
+        loop = RestartLoop(groups[0], faults, scenario.faults)
+        loop.start()
+    else:
+        faults.start(scenario.faults)
     kept = len(groups) == 1 and groups[0].uptime_counts_kept
     uptime = KeptUptime(groups[0]) if kept else UptimeClock(env, groups)
     work_defined = [g for g in groups if g.target_steps < math.inf]
@@ -156,7 +166,30 @@ def run_replication(
     events = 0
     check_every = horizon / 100.0
     next_check = check_every
-    while True:
+
+    def halt_check() -> dict | None:
+        """The first halt bound the run so far trips (checked at 1 % steps of simulated time)."""
+        if progress:
+            progress(env.now / horizon)
+        if not scenario.halt:
+            return None
+        partial = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=False)
+        return next((v for v in check_bounds(partial, scenario.halt) if not v["passed"]), None)
+
+    while loop is not None:  # the same slices and checks, the failures played by the compiled loop
+        limit = min(next_check, horizon)
+        if loop.advance(limit):
+            if loop.done_s > env.now:
+                env.run(until=loop.done_s)
+            break
+        if limit >= horizon:
+            break
+        env.run(until=limit)
+        next_check += check_every
+        halted = halt_check()
+        if halted is not None:
+            break
+    while loop is None:
         when = env.peek()
         # checks come before the horizon test: with nothing scheduled before the horizon (a group
         # blocked for good) downtime still grows, and a halt bound on it must still trip
@@ -164,14 +197,9 @@ def run_replication(
             # progress and halt bounds are checked at 1 % steps of simulated time, not per event
             env.run(until=next_check)
             next_check += check_every
-            if progress:
-                progress(env.now / horizon)
-            if scenario.halt:
-                partial = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=False)
-                tripped = check_bounds(partial, scenario.halt)
-                if any(not v["passed"] for v in tripped):
-                    halted = next(v for v in tripped if not v["passed"])
-                    break
+            halted = halt_check()
+            if halted is not None:
+                break
             continue
         if when >= horizon:
             break

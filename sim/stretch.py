@@ -163,6 +163,147 @@ def replay(state: list[float], active: int, down: int, spare: int, compute_fract
             return times_all, steps_all, subs_all
 
 
+# --------------------------------------------------------------------------------- restarts too
+# A lockstep job restarting under Poisson chip failures (sim.restart_loop) goes from one stretch to the
+# next in the same compiled loop: the state vector grows by what a restart touches.
+LOST, ROLLED_BACK, ROW_PHASE, ROW_SINCE, DETECT_END = range(STATE_SIZE, STATE_SIZE + 5)
+PLAY_STATE_SIZE = STATE_SIZE + 5
+DETECT_SUB = 3.0  # detect + reschedule: between stretches, holding no chips (arrivals are absorbed)
+PLAY_SUB_NAMES = {**SUB_NAMES, DETECT_SUB: "detect"}
+# what the loop writes into its event arrays
+EV_CHECKPOINT, EV_FAILURE, EV_ABSORBED, EV_WORK_DONE = 0.0, 1.0, 2.0, 3.0
+# why it returned: at the limit, output arrays (nearly) full, or the work target committed
+PLAY_LIMIT, PLAY_FULL, PLAY_DONE = 0, 1, 2
+
+_play_kernel = None
+
+
+def compiled_play():
+    """The compiled restart loop (loaded from Numba's cache after the first compile on a machine)."""
+    global _play_kernel, _REPLAY
+    if _play_kernel is None:
+        import numba
+
+        _REPLAY = _compile()
+        _play_kernel = numba.njit(cache=True)(_play)
+    return _play_kernel
+
+
+_REPLAY = _replay  # resolved to the compiled kernel before _play is compiled
+
+
+def _play(state, active, down, spare, compute_fraction, steps_per_s, work_s, write_s, detect_s, reload_s,
+          target_steps, arrivals, limit_s, times, steps, subs, row_phase, row_start, row_end,
+          ev_time, ev_kind, ev_value):
+    """Play ``arrivals`` (failure times, ascending, all before ``limit_s``) and the periods up to
+    ``limit_s`` (exclusive); returns (rows, events, arrivals consumed, why it stopped).
+
+    Each step is the event path's, operation for operation: the periods between failures are
+    :func:`_replay`'s; a failure that finds the job holding chips books the ledger up to it
+    (``Ledger.advance``), throws away the pending work (``Ledger.rollback``) and enters detect (or, when
+    detect + reschedule is 0, the reload) at the phase end SimPy would compute, ``now + ((now + L) -
+    now)``; a failure during detect is absorbed. Timeline rows are closed when the phase changes
+    (consecutive reloads are one row, as the event path's timeline keeps them). ``times, steps, subs``
+    are scratch for ``_replay``.
+    """
+    capacity = len(times)
+    room = min(len(row_end), len(ev_time)) - capacity - 4  # a settle writes at most capacity + 1 of each
+    n_rows = 0
+    n_events = 0
+    i = 0
+    while True:
+        at_limit = i >= len(arrivals)
+        now = limit_s if at_limit else arrivals[i]
+        # detect ends (a SimPy timeout scheduled before the arrival's, so first at a tie); at the limit
+        # it does not: the event path's run(until=limit) stops first
+        detect_end = state[DETECT_END]
+        if not math.isnan(detect_end) and (detect_end < now or (detect_end == now and not at_limit)):
+            dt = detect_end - state[LAST]
+            if dt > 0:
+                state[LAST] = detect_end
+                state[RECOVERY] += active * dt
+                state[DOWN] += down * dt
+                state[SPARE] += spare * dt
+            if detect_end > state[ROW_SINCE]:
+                row_phase[n_rows], row_start[n_rows], row_end[n_rows] = DETECT_SUB, state[ROW_SINCE], detect_end
+                n_rows += 1
+            state[ROW_SINCE], state[ROW_PHASE] = detect_end, RELOAD_SUB
+            state[SUB] = RELOAD_SUB
+            state[PHASE_END] = detect_end + reload_s
+            delay = state[PHASE_END] - detect_end
+            state[SUB_END] = detect_end + (0.0 if 0.0 > delay else delay)  # noqa: FURB136
+            state[DETECT_END] = math.nan
+        if math.isnan(state[DETECT_END]):  # in a stretch: settle its periods up to now
+            while True:
+                n = _REPLAY(state, active, down, spare, compute_fraction, steps_per_s, work_s, write_s,
+                            target_steps, now, False, times, steps, subs)
+                for k in range(n):
+                    if times[k] > state[ROW_SINCE]:
+                        row_phase[n_rows], row_start[n_rows], row_end[n_rows] = subs[k], state[ROW_SINCE], times[k]
+                        n_rows += 1
+                    state[ROW_SINCE] = times[k]
+                    if subs[k] == CHECKPOINT_SUB:
+                        ev_time[n_events], ev_kind[n_events], ev_value[n_events] = times[k], EV_CHECKPOINT, steps[k]
+                        n_events += 1
+                state[ROW_PHASE] = state[SUB]
+                if state[DONE] != 0.0:
+                    ev_time[n_events], ev_kind[n_events], ev_value[n_events] = times[n - 1], EV_WORK_DONE, state[COMMITTED]
+                    return n_rows, n_events + 1, i, PLAY_DONE
+                if n < capacity:
+                    break
+                if n_rows > room or n_events > room:
+                    return n_rows, n_events, i, PLAY_FULL
+        if at_limit:
+            return n_rows, n_events, i, PLAY_LIMIT
+        if not math.isnan(state[DETECT_END]):  # holding no chips: nothing to lose
+            ev_time[n_events], ev_kind[n_events], ev_value[n_events] = now, EV_ABSORBED, i
+            n_events += 1
+        else:
+            ev_time[n_events], ev_kind[n_events], ev_value[n_events] = now, EV_FAILURE, i
+            n_events += 1
+            dt = now - state[LAST]
+            sub = state[SUB]
+            if dt > 0:  # Ledger.advance
+                state[LAST] = now
+                if sub == RUNNING_SUB:
+                    compute = active * dt * compute_fraction
+                    state[PENDING_CHIP] += compute
+                    state[WAITING] += active * dt - compute
+                    state[PENDING_STEPS] += dt * steps_per_s
+                    state[ADVANCING] += dt
+                    state[PENDING_RUN] += dt
+                elif sub == CHECKPOINT_SUB:
+                    state[CHECKPOINT] += active * dt
+                else:
+                    state[RECOVERY] += active * dt
+                state[DOWN] += down * dt
+                state[SPARE] += spare * dt
+            # Ledger.rollback (fraction 1.0)
+            lost_chip_s = state[PENDING_CHIP] * 1.0
+            lost_steps = state[PENDING_STEPS] * 1.0
+            state[LOST] += lost_chip_s
+            state[PENDING_CHIP] -= lost_chip_s
+            state[PENDING_STEPS] -= lost_steps
+            state[ROLLED_BACK] += lost_steps
+            state[PENDING_RUN] -= state[PENDING_RUN] * 1.0
+            entering = RELOAD_SUB if detect_s == 0 else DETECT_SUB
+            if entering != state[ROW_PHASE]:
+                if now > state[ROW_SINCE]:
+                    row_phase[n_rows], row_start[n_rows], row_end[n_rows] = state[ROW_PHASE], state[ROW_SINCE], now
+                    n_rows += 1
+                state[ROW_SINCE], state[ROW_PHASE] = now, entering
+            state[PHASE_END] = now + (reload_s if detect_s == 0 else detect_s)
+            delay = state[PHASE_END] - now
+            end = now + (0.0 if 0.0 > delay else delay)  # noqa: FURB136
+            if detect_s == 0:
+                state[SUB], state[SUB_END] = RELOAD_SUB, end
+            else:
+                state[DETECT_END] = end
+        i += 1
+        if n_rows > room or n_events > room:
+            return n_rows, n_events, i, PLAY_FULL
+
+
 def exact_delay(now_s: float, at_s: float) -> float:
     """A delay ``d`` with ``now_s + d == at_s`` in floating point (SimPy schedules at ``now + delay``)."""
     delay = at_s - now_s
@@ -172,6 +313,28 @@ def exact_delay(now_s: float, at_s: float) -> float:
             return delay
         delay = math.nextafter(delay, math.inf if reached < at_s else -math.inf)
     raise ArithmeticError(f"no delay from {now_s!r} reaches {at_s!r}")
+
+
+def load_ledger(state, ledger) -> None:
+    """Copy what a settle moves from the ledger into ``state`` (the ledger is the source of truth)."""
+    buckets = ledger.buckets
+    state[LAST], state[PENDING_CHIP], state[PENDING_STEPS] = ledger._last_s, ledger.pending_chip_s, ledger.pending_steps
+    state[COMMITTED], state[ADVANCING] = ledger.committed_steps, ledger.advancing_s
+    state[PENDING_RUN], state[KEPT_RUN] = ledger.pending_run_s, ledger.kept_run_s
+    state[USEFUL], state[WAITING] = buckets[Bucket.USEFUL], buckets[Bucket.WAITING]
+    state[CHECKPOINT], state[DOWN], state[SPARE] = buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]
+    state[RECOVERY] = buckets[Bucket.RECOVERY]
+
+
+def store_ledger(state, ledger) -> None:
+    """Copy a settle's results from ``state`` back into the ledger (floats, as Python floats)."""
+    buckets = ledger.buckets
+    ledger._last_s, ledger.pending_chip_s, ledger.pending_steps = float(state[LAST]), float(state[PENDING_CHIP]), float(state[PENDING_STEPS])
+    ledger.committed_steps, ledger.advancing_s = float(state[COMMITTED]), float(state[ADVANCING])
+    ledger.pending_run_s, ledger.kept_run_s = float(state[PENDING_RUN]), float(state[KEPT_RUN])
+    buckets[Bucket.USEFUL], buckets[Bucket.WAITING] = float(state[USEFUL]), float(state[WAITING])
+    buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN] = float(state[CHECKPOINT]), float(state[DOWN])
+    buckets[Bucket.SPARE], buckets[Bucket.RECOVERY] = float(state[SPARE]), float(state[RECOVERY])
 
 
 class Stretch:
@@ -226,13 +389,7 @@ class Stretch:
         group, ledger, state = self.group, self.group.ledger, self.state
         if state[SUB_END] >= now_s:
             return
-        buckets = ledger.buckets
-        state[LAST], state[PENDING_CHIP], state[PENDING_STEPS] = ledger._last_s, ledger.pending_chip_s, ledger.pending_steps
-        state[COMMITTED], state[ADVANCING] = ledger.committed_steps, ledger.advancing_s
-        state[PENDING_RUN], state[KEPT_RUN] = ledger.pending_run_s, ledger.kept_run_s
-        state[USEFUL], state[WAITING] = buckets[Bucket.USEFUL], buckets[Bucket.WAITING]
-        state[CHECKPOINT], state[DOWN], state[SPARE] = buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE]
-        state[RECOVERY] = buckets[Bucket.RECOVERY]
+        load_ledger(state, ledger)
         times, steps, subs = replay(
             state, ledger.active_chips, ledger.down_chips, ledger.spare_chips, self.compute_fraction,
             self.steps_per_s, group.checkpoint_interval_s, group.training.checkpoint.write_time,
@@ -242,12 +399,7 @@ class Stretch:
             raise AssertionError("a stretch must hand a work-defined job back before its work is done")
         if not times:
             return
-        ledger._last_s, ledger.pending_chip_s, ledger.pending_steps = state[LAST], state[PENDING_CHIP], state[PENDING_STEPS]
-        ledger.committed_steps, ledger.advancing_s = state[COMMITTED], state[ADVANCING]
-        ledger.pending_run_s, ledger.kept_run_s = state[PENDING_RUN], state[KEPT_RUN]
-        buckets[Bucket.USEFUL], buckets[Bucket.WAITING] = state[USEFUL], state[WAITING]
-        buckets[Bucket.CHECKPOINT], buckets[Bucket.DOWN], buckets[Bucket.SPARE] = state[CHECKPOINT], state[DOWN], state[SPARE]
-        buckets[Bucket.RECOVERY] = state[RECOVERY]
+        store_ledger(state, ledger)
         self._record(times, steps, subs)
         last = times[-1]
         running = state[SUB] == RUNNING_SUB

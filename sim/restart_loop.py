@@ -1,0 +1,190 @@
+"""A lockstep job restarting under Poisson chip failures, played without a SimPy event per failure.
+
+The reliability engineer's everyday case (one synchronous job, periodic checkpoints, chips failing at
+a constant rate, every failure a restart from the last checkpoint) needs no event engine at all: the
+failures do not depend on what the job does (exponential lifetimes, rescheduling replaces the failed
+chips, nothing else happens), so the run is one loop over failure times, and between two failures the
+job is in a stretch (:mod:`sim.stretch`) of periods with a closed-form recurrence. This module plays
+that loop in compiled code (:func:`sim.stretch._play`), 100 slices per run so halt bounds and progress
+are checked where the event path checks them:
+
+* the failure times and victims are drawn in Python from the faults' own streams, by the same
+  :class:`sim.faults.PoissonChips` objects and in the same order as the fault processes draw them;
+* the loop settles each stretch up to a failure, books the failure as the event path's
+  ``Ledger.advance`` + ``Ledger.rollback`` do, and enters detect + reschedule (failures meanwhile are
+  absorbed) or, when that is 0, the reload that opens the next stretch, at the phase ends SimPy would
+  compute;
+* the timeline rows and event rows it returns (checkpoints, failures, absorbed arrivals, the work's
+  end) go to the recorder in bulk, and the ledger and group are left as the event path leaves them.
+
+So summary, timeline and events are identical to the event path's (``tests/test_restart_loop.py``
+holds them equal on random scenarios, against the stretch path and the event-per-checkpoint path);
+only the SimPy event count differs. Anything else in the scenario (another fault kind, a non-Poisson
+lifetime, spares, elastic, the DiLoCo family, a surrogate that trains on commits, a work target
+within a few periods) plays on the event path: :func:`eligible` says which.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import stretch as S
+from .faults import FaultProcesses, PoissonChips
+from .learner import Group
+from .metrics import Bucket, Phase
+from .scenario import ChipFailure, OnFailure, Scenario
+
+_PHASES = {S.RUNNING_SUB: Phase.RUNNING, S.CHECKPOINT_SUB: Phase.CHECKPOINT, S.RELOAD_SUB: Phase.RELOAD,
+           S.DETECT_SUB: Phase.DETECT}
+_EVENT_NAMES = {S.EV_CHECKPOINT: "checkpoint", S.EV_FAILURE: "failure", S.EV_ABSORBED: "absorbed",
+                S.EV_WORK_DONE: "work_done"}
+SCRATCH = 4096  # phase ends per _replay call
+ROOM = 32768  # timeline and event rows per _play call
+
+
+def eligible(scenario: Scenario, groups: list[Group]) -> bool:
+    """Whether the run is one restarting lockstep job under Poisson chip failures and nothing else."""
+    if len(groups) != 1:
+        return False
+    group = groups[0]
+    if group.mode is not OnFailure.RESTART or not group.stretches or group.on_restart is not None:
+        return False
+    if group.listeners or group.commit_listeners or group.plan_listeners or group.reload_transfer is not None:
+        return False
+    for fault in scenario.faults:
+        if not isinstance(fault, ChipFailure) or fault.mtbf is None or fault.arrivals() is not None:
+            return False
+        if fault.lifetime == "lognormal" or (fault.lifetime == "weibull" and fault.shape != 1.0):
+            return False
+    rate = group.running_rates()[1]
+    return rate > 0 and S.Stretch.far_from_target(group, rate)
+
+
+class RestartLoop:
+    """Plays one eligible replication's failures and periods, slice by slice (:meth:`advance`)."""
+
+    def __init__(self, group: Group, faults: FaultProcesses, chip_faults: list[ChipFailure]):
+        self.group, self.faults = group, faults
+        group.driven = True  # its SimPy process ends at once: this loop plays it
+        self.sources: list[PoissonChips] = faults.poisson_chip_arrivals(chip_faults)
+        self.next_s = [source.gap_s() for source in self.sources]  # each process's first timeout, from t = 0
+        # arrivals drawn and not played yet: (time, source, island name, escalated, cause)
+        self.pending: list[tuple[float, int, str, bool, str]] = []
+        self.done_s: float | None = None
+        training = group.training
+        self.detect_s = training.recovery.detect + training.recovery.reschedule
+        self.reload_s = training.recovery.reload
+        self.state = np.full(S.PLAY_STATE_SIZE, math.nan)
+        self.scratch = (np.empty(SCRATCH), np.empty(SCRATCH), np.empty(SCRATCH))
+        self.rows = (np.empty(ROOM), np.empty(ROOM), np.empty(ROOM))
+        self.events = (np.empty(ROOM), np.empty(ROOM), np.empty(ROOM))
+        self.stretch: S.Stretch | None = None
+
+    def start(self) -> None:
+        """t = 0: the job plans its first running phase, which opens a stretch (what its process would do)."""
+        group = self.group
+        if group._plan_next() is not None or group._stretch is None:
+            raise AssertionError("an eligible job opens a stretch at t = 0")
+        self.stretch = group._stretch
+        self.state[: S.STATE_SIZE] = self.stretch.state
+        self.state[S.ROW_PHASE], self.state[S.ROW_SINCE] = S.RUNNING_SUB, group._row_since_s
+
+    def advance(self, limit_s: float) -> bool:
+        """Play every failure and phase end before ``limit_s``; True once the work target is committed."""
+        group, ledger, state = self.group, self.group.ledger, self.state
+        kernel = S.compiled_play()
+        active, down, spare = ledger.active_chips, ledger.down_chips, ledger.spare_chips
+        fraction, rate = self.stretch.compute_fraction, self.stretch.steps_per_s
+        write_s = group.training.checkpoint.write_time
+        self._draw(limit_s)
+        while True:
+            # the ledger is the source of truth: a partial summary may have booked it up to a check
+            S.load_ledger(state, ledger)
+            state[S.LOST], state[S.ROLLED_BACK] = ledger.buckets[Bucket.LOST], ledger.rolled_back_steps
+            arrivals = np.array([p[0] for p in self.pending], dtype=np.float64)
+            n_rows, n_events, consumed, why = kernel(
+                state, float(active), float(down), float(spare), fraction, rate, group.checkpoint_interval_s, write_s,
+                self.detect_s, self.reload_s, group.target_steps, arrivals, limit_s, *self.scratch, *self.rows,
+                *self.events,
+            )
+            self._record(n_rows, n_events, active, down)
+            self._store()
+            del self.pending[:consumed]
+            if why == S.PLAY_DONE:
+                self.done_s = float(state[S.LAST])
+                group.done = True
+                group._stretch = None
+                return True
+            if why == S.PLAY_LIMIT:
+                return False
+
+    def _draw(self, limit_s: float) -> None:
+        """Draw the arrivals before ``limit_s``, in time order over the faults (the lower fault first
+        at a tie), each fault's gap, victim and repair in the order its process draws them."""
+        sources, next_s, pending = self.sources, self.next_s, self.pending
+        while sources:
+            k = min(range(len(sources)), key=next_s.__getitem__) if len(sources) > 1 else 0
+            at = next_s[k]
+            if at >= limit_s:
+                return
+            island, _chip, _repair_s, escalated, cause = sources[k].strike()
+            pending.append((at, k, island.name, escalated, cause))
+            next_s[k] = at + sources[k].gap_s()
+
+    def _record(self, n_rows: int, n_events: int, active: int, down: int) -> None:
+        """The rows the event path writes, in bulk; failures counted as the event path counts them."""
+        group, recorder = self.group, self.group.recorder
+        if n_rows:
+            codes = self.rows[0][:n_rows].tolist()
+            phases = [S.PLAY_SUB_NAMES[c] for c in codes]
+            actives = [0 if c == S.DETECT_SUB else active for c in codes]
+            recorder.timeline.extend(([group.name] * n_rows, phases, self.rows[1][:n_rows].tolist(),
+                                      self.rows[2][:n_rows].tolist(), actives, [down] * n_rows))
+        if not n_events:
+            return
+        times, kinds, values = (a[:n_events].tolist() for a in self.events)
+        # mostly checkpoints: every row written as one, then the few others put right
+        names = [_EVENT_NAMES[k] for k in kinds]
+        faults, targets = [""] * n_events, [group.name] * n_events
+        details = [f"{v:.6g} steps committed" for v in values]
+        for j in np.flatnonzero(self.events[1][:n_events] != S.EV_CHECKPOINT).tolist():
+            if kinds[j] == S.EV_WORK_DONE:
+                details[j] = f"{values[j]:.6g} steps"
+                continue
+            _at, k, island, escalated, cause = self.pending[int(values[j])]
+            fault = self.sources[k].fault
+            self.faults.count(fault, escalated, cause)
+            faults[j], targets[j] = fault.name, island
+            if kinds[j] == S.EV_FAILURE:
+                group.interrupts_s.append(times[j])
+                group.interrupts_by_fault[fault.name] = group.interrupts_by_fault.get(fault.name, 0) + 1
+                details[j] = f"{fault.kind}: restart"
+            else:
+                group.absorbed += 1
+                group.absorbed_by_fault[fault.name] = group.absorbed_by_fault.get(fault.name, 0) + 1
+                details[j] = f"{fault.kind}: group holds no chips there"
+        recorder.events.extend((times, names, faults, targets, details))
+
+    def _store(self) -> None:
+        """Leave the ledger and the group as the event path leaves them at this point."""
+        group, ledger, state = self.group, self.group.ledger, self.state
+        S.store_ledger(state, ledger)
+        ledger.buckets[Bucket.LOST], ledger.rolled_back_steps = float(state[S.LOST]), float(state[S.ROLLED_BACK])
+        detecting = not math.isnan(state[S.DETECT_END])
+        phase = Phase.DETECT if detecting else _PHASES[float(state[S.SUB])]
+        group.phase = group.intent = ledger.phase = phase
+        group.phase_end_s = None if phase is Phase.RUNNING else float(state[S.PHASE_END])
+        group._run_started_s = float(state[S.RUN_STARTED])
+        group.work_left_s = 0.0 if phase is Phase.CHECKPOINT else group.checkpoint_interval_s
+        group._was_running = phase is Phase.RUNNING
+        row_phase = _PHASES[float(state[S.ROW_PHASE])]
+        group._row = (row_phase, 0 if row_phase is Phase.DETECT else ledger.active_chips, ledger.down_chips)
+        group._row_since_s = float(state[S.ROW_SINCE])
+        group.phase_since_s = group._row_since_s
+        if detecting:
+            group._stretch = None
+        else:
+            self.stretch.state[:] = state[: S.STATE_SIZE].tolist()
+            group._stretch = self.stretch

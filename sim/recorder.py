@@ -80,11 +80,17 @@ MERGE_LOG_SCHEMA = pa.schema(
 
 
 class _Table:
-    """A buffered Parquet writer for one schema (or an in-memory list when ``path`` is None)."""
+    """A buffered Parquet writer for one schema (or an in-memory list when ``path`` is None).
+
+    Rows arrive one by one, column by column, or as whole Arrow tables (a caller that builds its rows
+    in arrays); they are kept in order and written in row groups of at least ``flush_rows`` rows.
+    """
 
     def __init__(self, schema: pa.Schema, path: Path | None, flush_rows: int):
         self.schema, self.path, self.flush_rows = schema, path, flush_rows
         self.columns: dict[str, list] = {name: [] for name in schema.names}
+        self.pending: list[pa.Table] = []  # rows ready as tables, before those in ``columns``
+        self.pending_rows = 0
         self.kept: list[pa.Table] = []
         self._writer: pq.ParquetWriter | None = None
         self.rows = 0
@@ -104,11 +110,28 @@ class _Table:
         if len(next(iter(self.columns.values()))) >= self.flush_rows:
             self.flush()
 
+    def extend_table(self, table: pa.Table) -> None:
+        """Append the rows of ``table`` (this table's schema), after every row appended before."""
+        self._columns_to_pending()
+        self.pending.append(table)
+        self.pending_rows += len(table)
+        self.rows += len(table)
+        if self.pending_rows >= self.flush_rows:
+            self.flush()
+
+    def _columns_to_pending(self) -> None:
+        if next(iter(self.columns.values())):
+            table = pa.table(self.columns, schema=self.schema)
+            self.columns = {name: [] for name in self.schema.names}
+            self.pending.append(table)
+            self.pending_rows += len(table)
+
     def flush(self) -> None:
-        if not next(iter(self.columns.values())):
+        self._columns_to_pending()
+        if not self.pending:
             return
-        table = pa.table(self.columns, schema=self.schema)
-        self.columns = {name: [] for name in self.schema.names}
+        table = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
+        self.pending, self.pending_rows = [], 0
         if self.path is None:
             self.kept.append(table)
             return

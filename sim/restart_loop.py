@@ -29,18 +29,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 
 from . import stretch as S
 from .faults import FaultProcesses, PoissonChips
 from .learner import Group
 from .metrics import Bucket, Phase
+from .recorder import EVENT_SCHEMA, TIMELINE_SCHEMA
 from .scenario import ChipFailure, OnFailure, Scenario
 
 _PHASES = {S.RUNNING_SUB: Phase.RUNNING, S.CHECKPOINT_SUB: Phase.CHECKPOINT, S.RELOAD_SUB: Phase.RELOAD,
            S.DETECT_SUB: Phase.DETECT}
-_EVENT_NAMES = {S.EV_CHECKPOINT: "checkpoint", S.EV_FAILURE: "failure", S.EV_ABSORBED: "absorbed",
-                S.EV_WORK_DONE: "work_done"}
+# row strings by code (the codes of sim.stretch: phases 0-3, event kinds 0-3)
+_PHASE_NAMES = pa.array([S.PLAY_SUB_NAMES[float(code)] for code in range(4)], pa.string())
+_EVENT_NAMES = pa.array(["checkpoint", "failure", "absorbed", "work_done"], pa.string())
 SCRATCH = 4096  # phase ends per _replay call
+DRAWN = 256  # arrivals drawn ahead
 ROOM = 32768  # timeline and event rows per _play call
 
 
@@ -60,6 +64,11 @@ def eligible(scenario: Scenario, groups: list[Group]) -> bool:
             return False
     rate = group.running_rates()[1]
     return rate > 0 and S.Stretch.far_from_target(group, rate)
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    """A string column of ``n`` copies of ``text``."""
+    return pa.array([text], pa.string()).take(pa.array(np.zeros(n, np.int64)))
 
 
 class RestartLoop:
@@ -98,15 +107,18 @@ class RestartLoop:
         active, down, spare = ledger.active_chips, ledger.down_chips, ledger.spare_chips
         fraction, rate = self.stretch.compute_fraction, self.stretch.steps_per_s
         write_s = group.training.checkpoint.write_time
-        self._draw(limit_s)
         while True:
+            # arrivals a few at a time (a work-defined job may be done long before the limit), played
+            # up to the first one not drawn yet
+            self._draw(limit_s)
+            until_s = min(limit_s, *self.next_s) if self.next_s else limit_s
             # the ledger is the source of truth: a partial summary may have booked it up to a check
             S.load_ledger(state, ledger)
             state[S.LOST], state[S.ROLLED_BACK] = ledger.buckets[Bucket.LOST], ledger.rolled_back_steps
             arrivals = np.array([p[0] for p in self.pending], dtype=np.float64)
             n_rows, n_events, consumed, why = kernel(
                 state, float(active), float(down), float(spare), fraction, rate, group.checkpoint_interval_s, write_s,
-                self.detect_s, self.reload_s, group.target_steps, arrivals, limit_s, *self.scratch, *self.rows,
+                self.detect_s, self.reload_s, group.target_steps, arrivals, until_s, *self.scratch, *self.rows,
                 *self.events,
             )
             self._record(n_rows, n_events, active, down)
@@ -117,14 +129,14 @@ class RestartLoop:
                 group.done = True
                 group._stretch = None
                 return True
-            if why == S.PLAY_LIMIT:
+            if why == S.PLAY_LIMIT and until_s >= limit_s:
                 return False
 
     def _draw(self, limit_s: float) -> None:
-        """Draw the arrivals before ``limit_s``, in time order over the faults (the lower fault first
-        at a tie), each fault's gap, victim and repair in the order its process draws them."""
+        """Draw up to ``DRAWN`` arrivals before ``limit_s``, in time order over the faults (the lower
+        fault first at a tie), each fault's gap, victim and repair in the order its process draws them."""
         sources, next_s, pending = self.sources, self.next_s, self.pending
-        while sources:
+        while sources and len(pending) < DRAWN:
             k = min(range(len(sources)), key=next_s.__getitem__) if len(sources) > 1 else 0
             at = next_s[k]
             if at >= limit_s:
@@ -134,38 +146,44 @@ class RestartLoop:
             next_s[k] = at + sources[k].gap_s()
 
     def _record(self, n_rows: int, n_events: int, active: int, down: int) -> None:
-        """The rows the event path writes, in bulk; failures counted as the event path counts them."""
+        """The rows the event path writes, as Arrow tables; failures counted as the event path counts them."""
         group, recorder = self.group, self.group.recorder
         if n_rows:
-            codes = self.rows[0][:n_rows].tolist()
-            phases = [S.PLAY_SUB_NAMES[c] for c in codes]
-            actives = [0 if c == S.DETECT_SUB else active for c in codes]
-            recorder.timeline.extend(([group.name] * n_rows, phases, self.rows[1][:n_rows].tolist(),
-                                      self.rows[2][:n_rows].tolist(), actives, [down] * n_rows))
+            codes = self.rows[0][:n_rows].astype(np.int64)
+            recorder.timeline.extend_table(pa.Table.from_arrays([
+                _repeat(group.name, n_rows), _PHASE_NAMES.take(pa.array(codes)),
+                pa.array(self.rows[1][:n_rows].copy()), pa.array(self.rows[2][:n_rows].copy()),
+                pa.array(np.where(codes == int(S.DETECT_SUB), 0, active)), pa.array(np.full(n_rows, down, np.int64)),
+            ], schema=TIMELINE_SCHEMA))
         if not n_events:
             return
-        times, kinds, values = (a[:n_events].tolist() for a in self.events)
+        kinds = self.events[1][:n_events]
+        values = self.events[2][:n_events].tolist()
         # mostly checkpoints: every row written as one, then the few others put right
-        names = [_EVENT_NAMES[k] for k in kinds]
         faults, targets = [""] * n_events, [group.name] * n_events
-        details = [f"{v:.6g} steps committed" for v in values]
-        for j in np.flatnonzero(self.events[1][:n_events] != S.EV_CHECKPOINT).tolist():
+        # (full periods commit the same steps: each distinct figure is formatted once)
+        texts: dict[float, str] = {}
+        details = [texts.get(v) or texts.setdefault(v, f"{v:.6g} steps committed") for v in values]
+        for j in np.flatnonzero(kinds != S.EV_CHECKPOINT).tolist():
             if kinds[j] == S.EV_WORK_DONE:
                 details[j] = f"{values[j]:.6g} steps"
                 continue
-            _at, k, island, escalated, cause = self.pending[int(values[j])]
+            at, k, island, escalated, cause = self.pending[int(values[j])]
             fault = self.sources[k].fault
             self.faults.count(fault, escalated, cause)
             faults[j], targets[j] = fault.name, island
             if kinds[j] == S.EV_FAILURE:
-                group.interrupts_s.append(times[j])
+                group.interrupts_s.append(at)
                 group.interrupts_by_fault[fault.name] = group.interrupts_by_fault.get(fault.name, 0) + 1
                 details[j] = f"{fault.kind}: restart"
             else:
                 group.absorbed += 1
                 group.absorbed_by_fault[fault.name] = group.absorbed_by_fault.get(fault.name, 0) + 1
                 details[j] = f"{fault.kind}: group holds no chips there"
-        recorder.events.extend((times, names, faults, targets, details))
+        recorder.events.extend_table(pa.Table.from_arrays([
+            pa.array(self.events[0][:n_events].copy()), _EVENT_NAMES.take(pa.array(kinds.astype(np.int64))),
+            pa.array(faults, pa.string()), pa.array(targets, pa.string()), pa.array(details, pa.string()),
+        ], schema=EVENT_SCHEMA))
 
     def _store(self) -> None:
         """Leave the ledger and the group as the event path leaves them at this point."""

@@ -176,8 +176,9 @@ def run_replication(
         partial = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=False)
         return next((v for v in check_bounds(partial, scenario.halt) if not v["passed"]), None)
 
-    while loop is not None:  # the same slices and checks, the failures played by the compiled loop
-        limit = min(next_check, horizon)
+    checked = bool(scenario.halt) or progress is not None
+    while loop is not None:  # the same checks, the failures played by the compiled loop between them
+        limit = min(next_check, horizon) if checked else horizon
         if loop.advance(limit):
             if loop.done_s > env.now:
                 env.run(until=loop.done_s)

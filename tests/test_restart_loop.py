@@ -91,10 +91,12 @@ def test_loop_equals_event_per_checkpoint(seed):
     assert_same(run_replication(scenario, 0), run_replication(scenario, 0, event_per_checkpoint=True))
 
 
-def test_output_arrays_filling_up_resume_exactly(monkeypatch):
-    """Slices whose rows overflow the loop's arrays are played in several calls, with the same result."""
+def test_loop_resumes_exactly_across_calls(monkeypatch):
+    """Slices whose rows overflow the loop's arrays, or whose arrivals are drawn a few at a time, are
+    played in several calls, with the same result."""
     monkeypatch.setattr(restart_loop, "SCRATCH", 8)
     monkeypatch.setattr(restart_loop, "ROOM", 24)
+    monkeypatch.setattr(restart_loop, "DRAWN", 3)
     sets, faults = random_case(5)
     scenario = make_scenario(*sets, "training.checkpoint.interval=200s", faults=faults)
     calls = played_by_loop(monkeypatch)

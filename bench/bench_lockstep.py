@@ -6,7 +6,9 @@ Usage: ``python bench/bench_lockstep.py [--replications N] [--workers W]``
   (a job MTBF of 3.05 h), C = 1 min, R = 15 min (failures can strike during the restart), the Daly
   interval, 720 h of work (``until: {steps: 2592000}`` at 1 s per step). Measured in one process
   (``run_replication`` in a loop, after one warm-up replication whose extra cost, the one-time
-  loading of lazy imports and compiled code, is printed apart) and through ``sweep`` on ``--workers``
+  loading of lazy imports and compiled code, is printed apart; the job is played by the compiled
+  restart loop, ``sim/restart_loop.py``, and a fifth as many replications on the event path, every
+  failure a SimPy event, give the ratio between the two in the same run) and through ``sweep`` on ``--workers``
   processes against the serial executor (every figure includes the sweep's rows and per-replication
   results folders), with each run's CPU seconds and cores busy: a speed-up can be no larger than the
   ratio of cores the two runs got. Targets: >= 150 replications/s in one process, parallel speed-up >= 1.7.
@@ -62,14 +64,15 @@ def airesim() -> dict:
     }
 
 
-def in_process(data: dict, replications: int) -> tuple[float, float, list[dict]]:
-    """(first replication's wall s, mean wall s of the next ``replications``, their summaries)."""
+def in_process(data: dict, replications: int, restart_loop: bool = True) -> tuple[float, float, list[dict]]:
+    """(first replication's wall s, mean wall s of the next ``replications``, their summaries);
+    without ``restart_loop`` every failure is a SimPy event (the reference the loop is held equal to)."""
     scenario = validate(data, "<bench>")
     start = time.perf_counter()
-    run_replication(scenario, 0)
+    run_replication(scenario, 0, restart_loop=restart_loop)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    summaries = [run_replication(scenario, r + 1).summary for r in range(replications)]
+    summaries = [run_replication(scenario, r + 1, restart_loop=restart_loop).summary for r in range(replications)]
     return first, (time.perf_counter() - start) / replications, summaries
 
 
@@ -112,6 +115,10 @@ def main() -> None:
     print(f"app_model case: 16,384 nodes, 50,000 h, C = 1 min, R = 15 min, Daly, 720 h of work ({args.replications} replications)")
     print(f"  one process     {1 / per_rep:8.1f} replications/s ({per_rep * 1e3:.1f} ms each; target >= 150/s)"
           f"   first replication {first:.2f} s")
+    _, event_rep, event_summaries = in_process(data, max(5, args.replications // 5), restart_loop=False)
+    same = all(a["goodput"] == b["goodput"] for a, b in zip(summaries, event_summaries))
+    print(f"  event path      {1 / event_rep:8.1f} replications/s ({event_rep * 1e3:.1f} ms each, every failure a "
+          f"SimPy event): the restart loop is {event_rep / per_rep:.1f}x faster; same goodputs: {same}")
     print(f"  goodput {np.mean([s['goodput'] for s in summaries]):.4f}; time-to-train {ttt.mean() / HOUR:.1f} h "
           f"+- {ttt.std() / math.sqrt(len(ttt)) / HOUR:.1f} (exact expected-period form: {expected / HOUR:.1f} h); "
           f"{np.mean([s['failures_total'] for s in summaries]):.0f} failures, {np.mean([s['events'] for s in summaries]):.0f} events")

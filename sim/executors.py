@@ -157,10 +157,17 @@ def run_batch(jobs: Sequence[Job]) -> list[dict]:
 
 
 def batches(jobs: Sequence[Any], workers: int, most: int = 32) -> list[list[Any]]:
-    """Jobs cut into consecutive batches: about eight per worker (so a slow batch cannot leave the
-    other workers idle for long), at most ``most`` jobs each."""
-    size = max(1, min(most, math.ceil(len(jobs) / (8 * max(workers, 1)))))
-    return [list(jobs[k : k + size]) for k in range(0, len(jobs), size)]
+    """Jobs cut into consecutive batches that shrink as the jobs run out (guided scheduling): each
+    takes a quarter of a worker's share of the jobs left, at most ``most``. Early batches are big (a
+    task's own cost is paid rarely), the last ones single jobs (no worker idles long behind another's
+    last batch)."""
+    out: list[list[Any]] = []
+    k = 0
+    while k < len(jobs):
+        size = max(1, min(most, math.ceil((len(jobs) - k) / (4 * max(workers, 1)))))
+        out.append(list(jobs[k : k + size]))
+        k += size
+    return out
 
 
 # --------------------------------------------------------------------------------------------- executors

@@ -44,7 +44,7 @@ _PHASES = {S.RUNNING_SUB: Phase.RUNNING, S.CHECKPOINT_SUB: Phase.CHECKPOINT, S.R
 _PHASE_NAMES = pa.array([S.PLAY_SUB_NAMES[float(code)] for code in range(4)], pa.string())
 _EVENT_NAMES = pa.array(["checkpoint", "failure", "absorbed", "work_done"], pa.string())
 SCRATCH = 4096  # phase ends per _replay call
-DRAWN = 256  # arrivals drawn ahead
+DRAWN = 64  # arrivals drawn ahead
 ROOM = 32768  # timeline and event rows per _play call
 
 

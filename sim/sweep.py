@@ -19,8 +19,10 @@ Concepts
   (:mod:`sim.executors`), which needs nothing but the installed package. The worker re-validates the
   scenario, runs it with that seed and returns one flat **row**; a replication that raises becomes a
   row with ``status: error`` and the exception, and the sweep carries on. Jobs travel in **batches**
-  of consecutive replications (about eight per worker, at most 32 each), one task per batch, so a
-  sweep of small replications pays a task's cost once per batch; rows are still one per replication.
+  of consecutive replications, one task per batch, shrinking as the jobs run out (a quarter of a
+  worker's share of what is left, at most 32, down to single jobs at the end), so a sweep of small
+  replications pays a task's cost once per batch and no worker idles long at the end; rows are still
+  one per replication.
 
 Results folder
 --------------

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import make_scenario
+from test_stretch import strip
 
 from sim import restart_loop
 from sim.runner import run_replication
-from test_stretch import strip
 
 
 def random_case(seed: int) -> tuple[list[str], list[dict]]:

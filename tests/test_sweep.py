@@ -300,8 +300,13 @@ def test_batched_runs_keep_their_own_resolved_scenario(tmp_path):
     from sim.loading import load_scenario
 
     plan = plan_sweep(write_scenario(tmp_path / "in"), seeds=[5, 6, 7])
-    assert [len(b) for b in batches(plan.jobs(tmp_path / "out"), workers=1)] == [1] * 6  # 6 jobs, 8 per worker
-    assert [len(b) for b in batches(list(range(100)), workers=2)] == [7] * 14 + [2]
+    assert [len(b) for b in batches(plan.jobs(tmp_path / "out"), workers=1)] == [2, 1, 1, 1, 1]  # 6 jobs
+    sizes = [len(b) for b in batches(list(range(100)), workers=2)]
+    # a quarter of a worker's share of what is left: 13 of 100, 11 of 87, ..., single jobs at the end
+    assert sizes[:3] == [13, 11, 10] and sizes[-8:] == [1] * 8 and sum(sizes) == 100
+    assert sizes == sorted(sizes, reverse=True)
+    assert [x for b in batches(list(range(100)), workers=2) for x in b] == list(range(100))
+    assert max(len(b) for b in batches(list(range(10_000)), workers=2)) == 32
     run_sweep(plan, tmp_path / "out", SerialExecutor())
     for job in plan.jobs(tmp_path / "out"):
         written = load_scenario(Path(job.out_dir) / "scenario.yaml", trace_dirs=[tmp_path / "in"])

@@ -44,7 +44,7 @@ _PHASES = {S.RUNNING_SUB: Phase.RUNNING, S.CHECKPOINT_SUB: Phase.CHECKPOINT, S.R
 _PHASE_NAMES = pa.array([S.PLAY_SUB_NAMES[float(code)] for code in range(4)], pa.string())
 _EVENT_NAMES = pa.array(["checkpoint", "failure", "absorbed", "work_done"], pa.string())
 SCRATCH = 4096  # phase ends per _replay call
-DRAWN = 64  # arrivals drawn ahead
+DRAWN = 256  # arrivals drawn ahead
 ROOM = 32768  # timeline and event rows per _play call
 
 
@@ -81,6 +81,7 @@ class RestartLoop:
         self.next_s = [source.gap_s() for source in self.sources]  # each process's first timeout, from t = 0
         # arrivals drawn and not played yet: (time, source, island name, escalated, cause)
         self.pending: list[tuple[float, int, str, bool, str]] = []
+        self.played: list[tuple[float, int, str, bool, str]] = []  # played, their rows not recorded yet
         self.done_s: float | None = None
         training = group.training
         self.detect_s = training.recovery.detect + training.recovery.reschedule
@@ -107,6 +108,7 @@ class RestartLoop:
         active, down, spare = ledger.active_chips, ledger.down_chips, ledger.spare_chips
         fraction, rate = self.stretch.compute_fraction, self.stretch.steps_per_s
         write_s = group.training.checkpoint.write_time
+        rows = events = 0  # filled so far: recorded at the end, or when the arrays are nearly full
         while True:
             # arrivals a few at a time (a work-defined job may be done long before the limit), played
             # up to the first one not drawn yet
@@ -118,19 +120,23 @@ class RestartLoop:
             arrivals = np.array([p[0] for p in self.pending], dtype=np.float64)
             n_rows, n_events, consumed, why = kernel(
                 state, float(active), float(down), float(spare), fraction, rate, group.checkpoint_interval_s, write_s,
-                self.detect_s, self.reload_s, group.target_steps, arrivals, until_s, *self.scratch, *self.rows,
-                *self.events,
+                self.detect_s, self.reload_s, group.target_steps, arrivals, len(self.played), until_s, *self.scratch,
+                *(a[rows:] for a in self.rows), *(a[events:] for a in self.events),
             )
-            self._record(n_rows, n_events, active, down)
-            self._store()
+            rows, events = rows + n_rows, events + n_events
+            self.played += self.pending[:consumed]
             del self.pending[:consumed]
+            self._store()
+            if why == S.PLAY_FULL or ROOM - max(rows, events) < 2 * SCRATCH + 8:
+                self._record(rows, events, active, down)
+                rows = events = 0
             if why == S.PLAY_DONE:
                 self.done_s = float(state[S.LAST])
                 group.done = True
                 group._stretch = None
-                return True
-            if why == S.PLAY_LIMIT and until_s >= limit_s:
-                return False
+            if why == S.PLAY_DONE or (why == S.PLAY_LIMIT and until_s >= limit_s):
+                self._record(rows, events, active, down)
+                return why == S.PLAY_DONE
 
     def _draw(self, limit_s: float) -> None:
         """Draw up to ``DRAWN`` arrivals before ``limit_s``, in time order over the faults (the lower
@@ -168,7 +174,7 @@ class RestartLoop:
             if kinds[j] == S.EV_WORK_DONE:
                 details[j] = f"{values[j]:.6g} steps"
                 continue
-            at, k, island, escalated, cause = self.pending[int(values[j])]
+            at, k, island, escalated, cause = self.played[int(values[j])]
             fault = self.sources[k].fault
             self.faults.count(fault, escalated, cause)
             faults[j], targets[j] = fault.name, island
@@ -180,6 +186,7 @@ class RestartLoop:
                 group.absorbed += 1
                 group.absorbed_by_fault[fault.name] = group.absorbed_by_fault.get(fault.name, 0) + 1
                 details[j] = f"{fault.kind}: group holds no chips there"
+        self.played.clear()
         recorder.events.extend_table(pa.Table.from_arrays([
             pa.array(self.events[0][:n_events].copy()), _EVENT_NAMES.take(pa.array(kinds.astype(np.int64))),
             pa.array(faults, pa.string()), pa.array(targets, pa.string()), pa.array(details, pa.string()),

@@ -193,7 +193,7 @@ _REPLAY = _replay  # resolved to the compiled kernel before _play is compiled
 
 
 def _play(state, active, down, spare, compute_fraction, steps_per_s, work_s, write_s, detect_s, reload_s,
-          target_steps, arrivals, limit_s, times, steps, subs, row_phase, row_start, row_end,
+          target_steps, arrivals, arrival_base, limit_s, times, steps, subs, row_phase, row_start, row_end,
           ev_time, ev_kind, ev_value):
     """Play ``arrivals`` (failure times, ascending, all before ``limit_s``) and the periods up to
     ``limit_s`` (exclusive); returns (rows, events, arrivals consumed, why it stopped).
@@ -204,7 +204,7 @@ def _play(state, active, down, spare, compute_fraction, steps_per_s, work_s, wri
     detect + reschedule is 0, the reload) at the phase end SimPy would compute, ``now + ((now + L) -
     now)``; a failure during detect is absorbed. Timeline rows are closed when the phase changes
     (consecutive reloads are one row, as the event path's timeline keeps them). ``times, steps, subs``
-    are scratch for ``_replay``.
+    are scratch for ``_replay``; an arrival's event carries ``arrival_base`` plus its index.
     """
     capacity = len(times)
     room = min(len(row_end), len(ev_time)) - capacity - 4  # a settle writes at most capacity + 1 of each
@@ -256,10 +256,10 @@ def _play(state, active, down, spare, compute_fraction, steps_per_s, work_s, wri
         if at_limit:
             return n_rows, n_events, i, PLAY_LIMIT
         if not math.isnan(state[DETECT_END]):  # holding no chips: nothing to lose
-            ev_time[n_events], ev_kind[n_events], ev_value[n_events] = now, EV_ABSORBED, i
+            ev_time[n_events], ev_kind[n_events], ev_value[n_events] = now, EV_ABSORBED, arrival_base + i
             n_events += 1
         else:
-            ev_time[n_events], ev_kind[n_events], ev_value[n_events] = now, EV_FAILURE, i
+            ev_time[n_events], ev_kind[n_events], ev_value[n_events] = now, EV_FAILURE, arrival_base + i
             n_events += 1
             dt = now - state[LAST]
             sub = state[SUB]

@@ -102,7 +102,7 @@ def _cpu_s() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replications", type=int, default=50)
+    parser.add_argument("--replications", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 

@@ -5,8 +5,8 @@ a constant rate, every failure a restart from the last checkpoint) needs no even
 failures do not depend on what the job does (exponential lifetimes, rescheduling replaces the failed
 chips, nothing else happens), so the run is one loop over failure times, and between two failures the
 job is in a stretch (:mod:`sim.stretch`) of periods with a closed-form recurrence. This module plays
-that loop in compiled code (:func:`sim.stretch._play`), 100 slices per run so halt bounds and progress
-are checked where the event path checks them:
+that loop in compiled code (:func:`sim.stretch._play`; plain Python for small runs), in 100 slices
+when halt bounds or progress are checked, at the times the event path checks them:
 
 * the failure times and victims are drawn in Python from the faults' own streams, by the same
   :class:`sim.faults.PoissonChips` objects and in the same order as the fault processes draw them;
@@ -45,6 +45,10 @@ _PHASE_NAMES = pa.array([S.PLAY_SUB_NAMES[float(code)] for code in range(4)], pa
 _EVENT_NAMES = pa.array(["checkpoint", "failure", "absorbed", "work_done"], pa.string())
 SCRATCH = 4096  # phase ends per _replay call
 DRAWN = 256  # arrivals drawn ahead
+COMPILED_FROM = 10_000
+"""Expected failures plus phase ends above which a run plays compiled; below, the same loop runs as
+plain Python (the same IEEE operations: identical results), so a small run never waits ~0.2 s for the
+compiled code to load."""
 ROOM = 32768  # timeline and event rows per _play call
 
 
@@ -91,6 +95,9 @@ class RestartLoop:
         self.rows = (np.empty(ROOM), np.empty(ROOM), np.empty(ROOM))
         self.events = (np.empty(ROOM), np.empty(ROOM), np.empty(ROOM))
         self.stretch: S.Stretch | None = None
+        horizon_s = faults.horizon_s
+        expected = horizon_s * sum(source.rate_per_s for source in self.sources) + 2 * horizon_s / group.checkpoint_interval_s
+        self.play = S.compiled_play() if expected >= COMPILED_FROM else S._play
 
     def start(self) -> None:
         """t = 0: the job plans its first running phase, which opens a stretch (what its process would do)."""
@@ -104,7 +111,7 @@ class RestartLoop:
     def advance(self, limit_s: float) -> bool:
         """Play every failure and phase end before ``limit_s``; True once the work target is committed."""
         group, ledger, state = self.group, self.group.ledger, self.state
-        kernel = S.compiled_play()
+        kernel = self.play
         active, down, spare = ledger.active_chips, ledger.down_chips, ledger.spare_chips
         fraction, rate = self.stretch.compute_fraction, self.stretch.steps_per_s
         write_s = group.training.checkpoint.write_time

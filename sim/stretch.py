@@ -189,7 +189,7 @@ def compiled_play():
     return _play_kernel
 
 
-_REPLAY = _replay  # resolved to the compiled kernel before _play is compiled
+_REPLAY = _replay  # the compiled kernel once compiled_play ran (before it compiles _play); plain until then
 
 
 def _play(state, active, down, spare, compute_fraction, steps_per_s, work_s, write_s, detect_s, reload_s,

@@ -10,6 +10,8 @@ multi-island jobs; and the loop must actually have played each of them.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import make_scenario
@@ -72,8 +74,11 @@ def assert_same(fast, slow) -> None:
         assert fast.tables[table].to_pylist() == slow.tables[table].to_pylist(), table
 
 
+@pytest.mark.parametrize("compiled_from", [0, math.inf], ids=["compiled", "plain"])
 @pytest.mark.parametrize("seed", range(24))
-def test_loop_equals_event_path_on_random_jobs(seed, monkeypatch):
+def test_loop_equals_event_path_on_random_jobs(seed, compiled_from, monkeypatch):
+    """Compiled, or the same loop as plain Python (what small runs use)."""
+    monkeypatch.setattr(restart_loop, "COMPILED_FROM", compiled_from)
     sets, faults = random_case(seed)
     scenario = make_scenario(*sets, faults=faults)
     calls = played_by_loop(monkeypatch)

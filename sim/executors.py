@@ -250,12 +250,6 @@ class LocalExecutor:
         else:
             method = "forkserver" if "forkserver" in methods else "spawn"
         context = multiprocessing.get_context(method)
-        if method == "fork":
-            # forked workers inherit what this process has loaded: load the lockstep loops' compiled
-            # code (sim.stretch, from Numba's cache) once here rather than once per worker
-            from .stretch import compiled_play
-
-            compiled_play()
         if method == "forkserver":
             # the fork server imports the simulator once and forks every worker from it, so a worker
             # does not import numpy, scipy, pyarrow and pydantic again

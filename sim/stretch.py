@@ -375,14 +375,20 @@ class Stretch:
         env = group.env
         if group.target_steps == math.inf:
             return group._never
-        ledger = group.ledger
-        earliest_s = ledger._last_s + group.steps_left() / self.steps_per_s - 4 * group.checkpoint_interval_s
-        return env.timeout(max(earliest_s - env.now, 0.0))
+        return env.timeout(max(self._earliest_end_s() - env.now, 0.0))
+
+    def _earliest_end_s(self) -> float:
+        """Four periods before the earliest time a work-defined job's work can be done."""
+        group = self.group
+        return group.ledger._last_s + group.steps_left() / self.steps_per_s - 4 * group.checkpoint_interval_s
 
     def woke(self) -> bool:
-        """The wait of a work-defined job ended: settle; True if the stretch goes on."""
-        self.settle(self.group.env.now)
-        return self.far_from_target(self.group, self.steps_per_s)
+        """The wait of a work-defined job ended: settle; True if the stretch goes on. It does not when
+        the job is near its end, nor when the next wait would end now again (a phase longer than two
+        periods, a long write or reload, is still in progress: its end is played as an event)."""
+        now = self.group.env.now
+        self.settle(now)
+        return self.far_from_target(self.group, self.steps_per_s) and self._earliest_end_s() > now
 
     def settle(self, now_s: float) -> None:
         """Book every phase end before ``now_s``: ledger, timeline rows, checkpoint events, group state."""

@@ -45,6 +45,12 @@ CASES = {
     "no-failures": (["duration=3d"], []),
     "work-defined-elastic": (["training.policy=elastic_dp", "until={steps: 100000}", "duration=30d"],
                              [{**CHIPS, "mtbf": "3000h"}]),
+    # a write longer than two periods: a work-defined job's wait for its end must not come back at once
+    "work-defined-long-writes": (["until={steps: 20000}", "duration=2d", "training.checkpoint.interval=30s",
+                                  "training.checkpoint.write_time=120s"], []),
+    "work-defined-long-reloads": (["until={steps: 60000}", "duration=5d", "training.checkpoint.interval=daly",
+                                   "training.checkpoint.write_time=1s", "training.recovery.reload=400s"],
+                                  [{**CHIPS, "mtbf": "500h"}]),
     "work-defined-free-checkpoints": (["training.checkpoint.interval=daly", "training.checkpoint.write_time=0s",
                                        "until={tokens: 80G}", "duration=30d"], [CHIPS]),
 }
@@ -56,7 +62,8 @@ def strip(summary: dict) -> dict:
 
 def both(sets, faults, seed):
     scenario = make_scenario(*sets, f"seed={seed}", faults=faults)
-    fast = run_replication(scenario, 0)
+    # (without the restart loop, which would play the eligible cases: tests/test_restart_loop.py)
+    fast = run_replication(scenario, 0, restart_loop=False)
     slow = run_replication(scenario, 0, event_per_checkpoint=True)
     return fast, slow
 

@@ -164,7 +164,7 @@ def summary_table(result: dict) -> Table:
     table.add_column("value", justify="right", overflow="fold")
     for label, (value,) in _rows([result]):
         table.add_row(label, value)
-    table.add_row("failures by kind", ", ".join(f"{k} {v:,.0f}" for k, v in result["failures"].items()) or "none")
+    table.add_row("failures by kind", ", ".join(f"{k} {format_metric(f'failures.{k}', v)}" for k, v in result["failures"].items()) or "none")
     speed = f"{format_metric('sim_speedup', result['sim_speedup'])}x ({result['events']:,.0f} events, {result['wall_time_s']:.2f} s)"
     table.add_row("simulated / wall", speed)
     return table

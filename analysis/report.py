@@ -313,7 +313,8 @@ def _sweep_plots(r: Results) -> list[Plot]:
         events = r.with_groups(r.table("events", first=1))
         index = int(timeline[r.key].iloc[0])
         plots.append(Plot(
-            f"{slug}-timeline", f"Learner states of {replication_text(r, index)}; red triangles are failures.",
+            f"{slug}-timeline", f"Learner states of {replication_text(r, index)}; red triangles are failures "
+            "(hollow: arrived while already stopped).",
             lambda ax: fig.timeline(timeline, ax, events, _exposed(r, timeline)), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
     return plots
 
@@ -347,7 +348,7 @@ def _run_plots(runs: list[Results]) -> list[Plot]:
         plots.append(Plot(
             f"{_slug(r.label)}-timeline",
             f"{r.label}: what each learner group did over simulated time (first replication); "
-            "red triangles are failures, shaded spans are outages or degradations.",
+            "red triangles are failures (hollow: arrived while already stopped), shaded spans are outages or degradations.",
             lambda ax, r=r: fig.timeline(r.timeline, ax, r.events, _exposed(r, r.timeline)), (10.0, 1.8 + 0.45 * groups)))
     return plots
 

@@ -193,13 +193,32 @@ def test_timeline_draws_each_phase_and_marks_failures(results):
     assert len(bars) == rep0.groupby(["group", "phase"]).ngroups
     assert sum(len(c.get_paths()) for c in bars) == len(rep0)
     failures = run.events[(run.events["replication"] == 0) & (run.events["kind"] == "failure")]
-    (markers,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    markers = next(line for line in ax.get_lines() if line.get_marker() == "v")  # filled: interruptions
     assert len(markers.get_xdata()) == len(failures) > 0
     assert np.allclose(markers.get_xdata(), failures["time_s"] / 3600)
     assert set(legend_texts(ax)) == set(rep0["phase"]) | {"failure"}
     assert ax.get_xlabel() == "simulated time (h)"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["job"]
     assert f"{len(failures)} failures" in ax.get_title()
+
+
+def test_timeline_counts_every_failure_the_summary_counts(tmp_path):
+    """The quickstart's two days under sync_dp: one of the 21 failures arrives while the job is
+    already stopped (absorbed). The title counts all 21, as the run table does, and that one is a
+    hollow triangle beside the 20 that interrupted the job."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    summary = run_replication(load_scenario(QUICKSTART, ["compare={}"]), 0, tmp_path / "run").summary
+    assert summary["absorbed"] >= 1 and summary["interruptions"] >= 1  # the case this test is about
+    run = load_results(tmp_path / "run")
+    ax = figures.timeline(run.timeline, axes(), run.events)
+    filled, hollow = ([line for line in ax.get_lines() if line.get_marker() == "v" and (line.get_markerfacecolor() == "none") is h]
+                      for h in (False, True))
+    assert len(filled[0].get_xdata()) == summary["interruptions"]
+    assert len(hollow[0].get_xdata()) == summary["absorbed"]
+    assert f"{summary['failures_total']} failures, {summary['absorbed']} absorbed" in ax.get_title()
+    assert "failure while stopped\n(absorbed)" in legend_texts(ax)
 
 
 def test_lockstep_over_wan_is_not_green_end_to_end(tmp_path):

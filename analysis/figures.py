@@ -43,6 +43,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from .labels import (
     BUCKET_COLOURS,
@@ -175,6 +176,8 @@ def sweep_lines(
         finite = [p for p in positions.values() if math.isfinite(p) and p > 0]
         if finite and len(finite) == len(positions) and max(finite) / min(finite) >= 100:
             ax.set_xscale("log")  # chip counts and MTBFs span decades
+        elif all(float(p).is_integer() for p in positions.values()):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a quorum of 1.5 learners does not exist
     ax.set_xlabel(axis.label)
     ax.set_ylabel(q.label)
     band = "min-max" if spread != "std" else "+-1 std"

@@ -36,7 +36,7 @@ import pandas as pd
 from sim.quantities import bound_text, verdict_text
 
 from . import figures as fig
-from .labels import factor_axis, format_metric, metric_quantity
+from .labels import factor_axis, format_metric, level_texts, metric_quantity
 from .load import (
     Results,
     ResultsError,
@@ -198,10 +198,11 @@ def sweep_tables(r: Results) -> str:
     head += "".join(f"<th>{_esc(metric_quantity(m).label)}</th>" for m in metrics)
     body = []
     if by:
+        texts = {c: dict(zip(rows[c], level_texts(rows[c]))) for c in by}
         for key, group in rows.groupby(by, sort=False, dropna=False):
             key = key if isinstance(key, tuple) else (key,)
             good = ok.loc[ok.index.intersection(group.index)]
-            cells = "".join(f"<td>{_esc(k)}</td>" for k in key) + f"<td>{len(good)}</td><td>{len(group) - len(good)}</td>"
+            cells = "".join(f"<td>{_esc(texts[c].get(k, k))}</td>" for c, k in zip(by, key)) + f"<td>{len(good)}</td><td>{len(group) - len(good)}</td>"
             cells += "".join(f"<td>{_cell(good[m], m)}</td>" for m in metrics)
             body.append(f"<tr>{cells}</tr>")
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -230,14 +231,19 @@ def sweep_axes(r: Results) -> tuple[pd.DataFrame, list[str]]:
             continue
         name = " + ".join(keys)
         if len(keys) > 1:
-            rows[name] = rows[keys].astype(str).agg(", ".join, axis=1)
+            rows[name] = _joined(rows, keys, ", ")
         if fig.ok_rows(rows)[name].astype(str).nunique() > 1:
             axes.append(name)
     return rows, axes
 
 
+def _joined(rows: pd.DataFrame, keys: list[str], sep: str) -> pd.Series:
+    """Each row's levels of ``keys`` in their units (``1; 15s``), one text per row."""
+    return pd.DataFrame({k: level_texts(rows[k]) for k in keys}).agg(sep.join, axis=1)
+
+
 def _setting_text(row: dict | pd.Series, axes: list[str]) -> str:
-    return ", ".join(f"{a}={row[a]}" for a in axes)
+    return ", ".join(f"{a}={level_texts(pd.Series([row[a]], name=a)).iloc[0]}" for a in axes)
 
 
 def replication_text(r: Results, index: int) -> str:
@@ -278,7 +284,7 @@ def _sweep_plots(r: Results) -> list[Plot]:
         x = plain[0]
         rest = [a for a in axes if a != x]
         hue = " / ".join(rest) or None
-        lined = rows.assign(**{hue: rows[rest].astype(str).agg(", ".join, axis=1)}) if hue else rows
+        lined = rows.assign(**{hue: _joined(rows, rest, ", ")}) if hue else rows
         for metric in ("goodput", "global_downtime_s"):
             if metric in rows:
                 plots.append(Plot(
@@ -289,14 +295,14 @@ def _sweep_plots(r: Results) -> list[Plot]:
     if axes and fig.ok_rows(rows)[axes].drop_duplicates().shape[0] <= MAX_LEDGER_BARS:
         # bars named by their factor levels ("30s, 1m"), not by point number
         ok = fig.ok_rows(rows)
-        setting = ok[axes].apply(lambda column: column.map(str)).agg("; ".join, axis=1).rename("; ".join(axes))
+        setting = _joined(ok, axes, "; ").rename("; ".join(axes))
         ledger = chip_time_long(ok.assign(**{setting.name: setting}), extra=[setting.name])
         plots.append(Plot(
             f"{slug}-ledger", "Where the chip-seconds went at each sweep point (mean over seeds; green = goodput).",
             lambda ax: fig.chip_time_bars(ledger, ax, by=setting.name), (9.0, 4.5)))
     if axes and "final_loss" in rows and rows["final_loss"].notna().any():
         point = "; ".join(axes)
-        named = rows.assign(**{point: rows[axes].astype(str).agg("; ".join, axis=1)})
+        named = rows.assign(**{point: _joined(rows, axes, "; ")})
         plots.append(Plot(
             f"{slug}-loss-vs-goodput",
             "Final surrogate loss against goodput at each sweep point: small dots are seeds, rings the mean "

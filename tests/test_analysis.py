@@ -202,6 +202,31 @@ def test_timeline_draws_each_phase_and_marks_failures(results):
     assert f"{len(failures)} failures" in ax.get_title()
 
 
+def test_factor_levels_read_in_their_units():
+    """Sweep rows hold factor values resolved to SI numbers; tables, legends and captions show them
+    as a scenario file writes them, in one unit per column."""
+    from analysis.labels import level_texts
+
+    def texts(name, values):
+        return list(level_texts(pd.Series(values, name=name)))
+
+    assert texts("training.grace.fixed", [0.0, 2.0, 60.0]) == ["0s", "2s", "60s"]
+    assert texts("training.grace.max", [0.0, 30.0, float("inf")]) == ["0s", "30s", "inf"]
+    assert texts("faults.0.mtbf", [3600.0 * 1000, 3600.0 * 24 * 365]) == ["41.6667d", "365d"]  # one unit: days
+    assert texts("topology.default_link.bandwidth", [2e9, 5e9]) == ["2Gbit/s", "5Gbit/s"]
+    assert texts("training.quorum", [1, 2]) == ["1", "2"]
+    assert texts("training.policy", ["sync_dp", "elastic_dp"]) == ["sync_dp", "elastic_dp"]
+
+
+def test_sweep_lines_ticks_an_integer_factor_at_integers(results):
+    """A quorum or a chip count has no 1.5: the x ticks of an integer factor are whole numbers."""
+    rows = load_results(results["sweep"]).summaries
+    ax = figures.sweep_lines(rows, axes(), "topology.regions.0.islands.0.count", "goodput", hue="training.policy")
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
 def test_timeline_counts_every_failure_the_summary_counts(tmp_path):
     """The quickstart's two days under sync_dp: one of the 21 failures arrives while the job is
     already stopped (absorbed). The title counts all 21, as the run table does, and that one is a
@@ -402,10 +427,11 @@ def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     for setting in ("sync_dp, restart", "elastic_dp, elastic"):
         assert f"cell at training.policy + training.on_failure={setting}" in page
     assert "one line per setting of topology.regions.0.islands.0.count / training.policy + training.on_failure" in page
-    assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30.0, "
+    assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30s, "
                      r"topology.regions.0.islands.0.count=2, training.policy \+ training.on_failure=sync_dp, restart, seed 1\)", page)
     assert "ValueError: injected" in page and "1 replication(s) crashed" in page
     assert "<th>training.checkpoint.write_time</th>" in page
+    assert "<td>30s</td>" in page and "<td>120s</td>" in page  # as the sweep was given, not 30.0 and 120.0
 
 
 def test_report_includes_series_figures_when_recorded(tmp_path, results):

@@ -85,7 +85,7 @@ from .loading import (
 )
 from .outputs import FolderLock, check_writable, describe_contents
 from .provenance import header, provenance
-from .quantities import format_metric
+from .quantities import format_metric, metric_quantity
 from .scenario import Scenario, SweepSpec
 
 WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s", "surrogate_wall_s")
@@ -453,7 +453,7 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
             continue
         # idxmax/idxmin return the first best point, so ties go to the lowest point index
         best[metric] = (stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin(), stats)
-        table.add_column(f"{metric} ({goal})", justify="right", overflow="fold")
+        table.add_column(f"{metric_quantity(metric).name} ({goal})", justify="right", overflow="fold")
     for factor in plan.factors:
         values = [", ".join(str(plan.settings[point][key]) for key in factor.keys) for point, _ in best.values()]
         table.add_row(" + ".join(factor.keys), *values)
@@ -465,6 +465,11 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
                        f"{'-' if pd.isna(std) else format_metric(metric, std, unit=True)}")
     table.add_row("mean ± std", *spreads)
     table.add_row("seeds", *[f"{stats.at[point, 'n']:.0f}" for point, stats in best.values()])
+    # the setting shown is the first of the points that share the best mean: say how many do
+    ties = [int(((stats["mean"] - stats.at[point, "mean"]).abs() <= 1e-9 * abs(stats.at[point, "mean"])).sum())
+            for point, stats in best.values()]
+    if any(n > 1 for n in ties):
+        table.add_row("points tied", *[f"{n} of {len(stats)}" for n, (_, stats) in zip(ties, best.values())])
     return table
 
 

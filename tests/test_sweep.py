@@ -306,3 +306,24 @@ def test_batched_runs_keep_their_own_resolved_scenario(tmp_path):
     for job in plan.jobs(tmp_path / "out"):
         written = load_scenario(Path(job.out_dir) / "scenario.yaml", trace_dirs=[tmp_path / "in"])
         assert written == Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+
+
+def test_best_table_names_metrics_in_units_and_counts_ties(scenario: Path):
+    """The end-of-sweep table names each metric as the run table does (its values are in hours), and
+    when several points share the best mean it says how many: the first of them is not the best alone."""
+    from rich.console import Console
+
+    from sim.sweep import best_table
+
+    plan = plan_sweep(scenario, seeds=[1, 2])
+    frame = pd.DataFrame({
+        "point": [0, 0, 1, 1], "status": ["ok"] * 4,
+        "goodput": [0.90, 0.92, 0.80, 0.84],  # point 0 is best alone
+        "global_downtime_s": [0.0, 0.0, 0.0, 0.0],  # both points tie at zero downtime
+    })
+    console = Console(width=80, record=True)
+    console.print(best_table(frame, plan))
+    text = console.export_text()
+    assert "global downtime (min)" in text and "global_downtime_s" not in text
+    (tied,) = [line for line in text.splitlines() if "points tied" in line]
+    assert tied.split()[2:] == ["1", "of", "2", "2", "of", "2"]

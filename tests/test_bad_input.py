@@ -132,13 +132,25 @@ def test_folder_instead_of_file(tmp_path):
     assert_one_line_error(chaossim("validate", str(folder)), "scenario.yaml", "is a folder")
 
 
+def test_an_overridden_value_is_not_blamed_on_the_line_it_replaced(tmp_path):
+    """``--seed -1`` or ``--set duration=abc``: the bad value came from the command line, so the
+    error does not send the user to the line of the file that holds the good one."""
+    text = SMALL.read_text().splitlines()
+    for option, key in ((["--set", "duration=abc"], "duration"), (["--seed", "-1"], "seed")):
+        line = next(n for n, row in enumerate(text, 1) if row.startswith(f"{key}:"))
+        result = chaossim("run", str(SMALL), *option, "-q", "-o", str(tmp_path / "out"))
+        assert_one_line_error(result, "small.yaml", f"small.yaml: {key}: ")
+        assert f"(line {line})" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "assignment, phrases",
     [
         ("seed", ["--set 'seed'", "expected dotted.key=value"]),
         ("topology.regions.3.name=x", ["--set topology.regions.3.name", "expected an index below 1"]),
         ("name.first=x", ["--set name.first", "is a value, not a section"]),
-        ("seed=abc", ["seed (line 4)", "valid integer"]),
+        ("seed=abc", ["small.yaml: seed: ", "valid integer"]),  # line 4 holds the file's seed, not 'abc'
         ("training.nonsense=1", ["training.nonsense", "unknown key 'nonsense'"]),
         ("surrogate.model=big", ["surrogate.model", "'mlp', 'markov' or 'off'"]),
         ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (line 10)", "greater than 0"]),

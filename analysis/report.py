@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sim.outputs import describe_contents
 from sim.quantities import bound_text, verdict_text
 
 from . import figures as fig
@@ -422,6 +423,10 @@ def write_report(results_paths, out_dir) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ResultsError(f"{out_dir}: is a file; expected a folder for the report")
+    held = describe_contents(out_dir)
+    if held is not None and held.startswith(("a run", "a sweep")):
+        # figures written among a run's or a sweep's files would be read as part of its results
+        raise ResultsError(f"-o {out_dir}: holds {held}; write the report into another folder (e.g. {out_dir / 'report'})")
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [r for r in results if r.kind == "run"]
     sweeps = [r for r in results if r.kind == "sweep"]

@@ -434,6 +434,22 @@ def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     assert "<td>30s</td>" in page and "<td>120s</td>" in page  # as the sweep was given, not 30.0 and 120.0
 
 
+def test_report_refuses_to_write_among_results(tmp_path, results):
+    """``chaossim report RUN -o SWEEP`` would drop PNGs and a report.html among another result's files:
+    refused with exit 2, the folder left as it was; the run's own report/ subfolder is fine."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(results["sweep"], sweep)
+    before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
+    for target, held in ((sweep, "holds a sweep"), (results["quick"], "holds a run")):
+        result = CliRunner().invoke(app, ["report", str(results["quick"]), "-o", str(target)])
+        assert result.exit_code == 2 and held in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before
+    assert not (results["quick"] / "report.html").exists()
+    page = write_report([results["quick"]], tmp_path / "copy" / "report")
+    assert page.exists()
+
+
 def test_report_includes_series_figures_when_recorded(tmp_path, results):
     """Loss and link utilisation figures appear when the run recorded those series."""
     run = tmp_path / "run"

@@ -476,13 +476,13 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="default: RUN/rep-R/goodput-log.jsonl")] = None,
 ) -> None:
     """Export a run for other tools (--goodput-log: JSON lines for ml-goodput-measurement)."""
-    from .goodput_log import GoodputLogError, write
+    from .goodput_log import GoodputLogError, replication_folder, write
 
     if not goodput_log:
         fail("export: choose what to export (--goodput-log)")
-    rep_dir = run_dir / f"rep-{replication}"
-    target = output or rep_dir / "goodput-log.jsonl"
     try:
+        rep_dir = replication_folder(run_dir, replication)
+        target = output or rep_dir / "goodput-log.jsonl"
         n = write(rep_dir, target)
     except (GoodputLogError, OSError) as problem:
         fail(str(problem))

@@ -173,6 +173,8 @@ def parse_seeds(text: str) -> list[int]:
             ranges.append(range(int(low), int(high) + 1) if dash else range(int(low), int(low) + 1))
         except ValueError:
             raise ScenarioError(f"--seeds {text!r}: expected seeds like 1-5 or 1,2,7") from None
+        if not ranges[-1]:
+            raise ScenarioError(f"--seeds {text!r}: the range {part.strip()} holds no seed (expected low-high, like 1-5)")
     count = sum(len(r) for r in ranges)
     if count > MAX_SEEDS:
         raise ScenarioError(f"--seeds {text!r}: {count:,} seeds, more than the limit of {MAX_SEEDS:,} per sweep")

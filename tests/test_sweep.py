@@ -327,3 +327,11 @@ def test_best_table_names_metrics_in_units_and_counts_ties(scenario: Path):
     assert "global downtime (min)" in text and "global_downtime_s" not in text
     (tied,) = [line for line in text.splitlines() if "points tied" in line]
     assert tied.split()[2:] == ["1", "of", "2", "2", "of", "2"]
+
+
+@pytest.mark.parametrize("text", ["5-1", "1-3,9-2"])
+def test_an_empty_seed_range_says_so(text):
+    """``--seeds 5-1`` holds no seed: the error names the range, not an empty list of seeds."""
+    with pytest.raises(ScenarioError, match=r"the range \d-\d holds no seed \(expected low-high, like 1-5\)"):
+        parse_seeds(text)
+    assert parse_seeds("3-3") == [3]

@@ -91,7 +91,7 @@ TraceDirs = Annotated[
     list[Path] | None, typer.Option("--trace-dir", help="a folder trace files may come from, besides the scenario's (repeatable)")
 ]
 AllowLarge = Annotated[
-    bool, typer.Option("--allow-large", help="run even when the estimated cost passes the ceiling (README: limits)")
+    bool, typer.Option("--allow-large", help="accept an estimated cost past the ceiling (README: limits)", metavar="")
 ]
 
 
@@ -471,7 +471,7 @@ def bandwidth(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a results folder of chaossim run")],
-    goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log")] = False,
+    goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log", metavar="")] = False,
     replication: Annotated[int, typer.Option("--replication", "-r", help="which replication")] = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="default: RUN/rep-R/goodput-log.jsonl")] = None,
 ) -> None:

@@ -307,3 +307,11 @@ def test_summary_table_shows_mean_counts_unrounded():
     assert re.search(r"^\s*interruptions\s+0\.5\s*$", text, re.MULTILINE)
     assert re.search(r"^\s*failures\s+1\.5\s*$", text, re.MULTILINE)
     assert "chip_failure 1.5" in text
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "validate", "export"])
+def test_flags_show_as_flags_in_help(command):
+    """``--allow-large`` and ``--goodput-log`` take no value: the help does not show one (``<bool>``)."""
+    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"}).stdout
+    flags = [line for line in help_text.splitlines() if re.search(r"--(allow-large|goodput-log|json|quiet)\b", line)]
+    assert flags and not [line for line in flags if "<bool>" in line]

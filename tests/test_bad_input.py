@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import CHAOSSIM
+from conftest import CHAOSSIM, ROOT
 from typer.testing import CliRunner
 
 from sim.cli import app
@@ -493,6 +493,8 @@ def test_tags_are_refused_not_executed(tmp_path):
         (["replications=1e9"], "replications"),
         (["topology.regions.0.islands.0.count=1e9"], "islands"),
         (["faults.0.lifetime=weibull", "faults.0.shape=2", "topology.regions.0.islands.0.chips=1e9"], "memory"),
+        # lognormal lifetimes keep a next-failure time per chip too: 10^10 chips would need 80 GB
+        (["faults.0.lifetime=lognormal", "faults.0.mtbf=1e9h", "topology.regions.0.islands.0.chips=1e10"], "memory"),
     ],
 )
 def test_absurd_cost_is_refused_fast_with_the_estimate(sets, phrase):
@@ -501,6 +503,23 @@ def test_absurd_cost_is_refused_fast_with_the_estimate(sets, phrase):
 
     message = refused_within(HANG_TIMEOUT_S, load_scenario, SMALL, sets, False)
     assert "small.yaml" in message and phrase in message, message
+
+
+def test_validate_with_allow_large_answers_at_once_at_any_scale():
+    """``validate --allow-large`` on 10^12 chips (a failure every 50 ns, a round every few ns) still
+    checks the hypothesis metrics, on a probe run short enough to take well under a second."""
+    import time
+
+    from sim.checks import bound_errors
+    from sim.loading import load_scenario
+
+    scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml", [
+        "topology.regions.0.islands.0.chips=1e12", "compare={}", "training.policy=elastic_dp",
+        "training.on_failure=elastic", "hypotheses=[{metric: goodptu, min: 0.5}]"], allow_large=True)
+    start = time.perf_counter()
+    (error,) = bound_errors(scenario, "quickstart.yaml")
+    assert time.perf_counter() - start < 2.0
+    assert "unknown metric 'goodptu'" in error
 
 
 def test_allow_large_lifts_the_ceiling():

@@ -498,6 +498,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted: results written so far are kept")
         sys.exit(EXIT_INTERRUPTED)
+    except MemoryError as problem:
+        # only past the memory ceiling, which --allow-large lifted: say so in one line
+        err.print(f"error: out of memory ({problem}); the ceiling --allow-large lifted was there for this "
+                  "(README: limits)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

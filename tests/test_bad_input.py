@@ -506,8 +506,8 @@ def test_absurd_cost_is_refused_fast_with_the_estimate(sets, phrase):
 
 
 def test_validate_with_allow_large_answers_at_once_at_any_scale():
-    """``validate --allow-large`` on 10^12 chips (a failure every 50 ns, a round every few ns) still
-    checks the hypothesis metrics, on a probe run short enough to take well under a second."""
+    """``validate --allow-large`` on 10^12 chips (a failure every 50 ns, a round every few ns, Weibull
+    ages for every chip) still checks the hypothesis metrics, on a short probe with memoryless lifetimes."""
     import time
 
     from sim.checks import bound_errors
@@ -515,11 +515,27 @@ def test_validate_with_allow_large_answers_at_once_at_any_scale():
 
     scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml", [
         "topology.regions.0.islands.0.chips=1e12", "compare={}", "training.policy=elastic_dp",
-        "training.on_failure=elastic", "hypotheses=[{metric: goodptu, min: 0.5}]"], allow_large=True)
+        "training.on_failure=elastic", "hypotheses=[{metric: goodptu, min: 0.5}]",
+        "faults.0.lifetime=weibull", "faults.0.shape=1.5"], allow_large=True)  # 96 TB of Weibull ages
     start = time.perf_counter()
     (error,) = bound_errors(scenario, "quickstart.yaml")
     assert time.perf_counter() - start < 2.0
     assert "unknown metric 'goodptu'" in error
+
+
+def test_out_of_memory_past_a_lifted_ceiling_is_one_line(monkeypatch, capsys):
+    """A run that --allow-large let past the memory ceiling and that then runs out: one line, exit 2."""
+    import sim.cli
+
+    def exhausted():
+        raise MemoryError("Unable to allocate 2.91 TiB for an array with shape (400000000000,)")
+
+    monkeypatch.setattr(sim.cli, "app", exhausted)
+    with pytest.raises(SystemExit) as exit_:
+        sim.cli.main()
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: out of memory (Unable to allocate 2.91 TiB") and "--allow-large" in line
 
 
 def test_allow_large_lifts_the_ceiling():

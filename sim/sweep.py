@@ -59,6 +59,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -502,6 +503,7 @@ def command(
     record = provenance(words, list(overrides), list(plan.seeds))
     folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable(folder)
+    existed, fresh = folder.exists(), describe_contents(folder) is None if folder.exists() else True
     columns = [
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -515,6 +517,12 @@ def command(
                 progress=lambda done, total, failed: bar.update(task, completed=done, failed=failed), record=record,
             )
     except ExecutorError as problem:
+        if fresh and not list((folder / "rows").glob("part-*.parquet")):
+            # refused before any replication ran (no scheduler, say): leave no sweep folder behind
+            for child in folder.iterdir() if folder.is_dir() else ():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if not existed and folder.is_dir():
+                folder.rmdir()
         raise SweepError(str(problem)) from None
     except KeyboardInterrupt:
         kept = len(list((Path(folder) / "rows").glob("part-*.parquet")))

@@ -337,3 +337,24 @@ def test_an_empty_seed_range_says_so(text):
     with pytest.raises(ScenarioError, match=r"the range \d-\d holds no seed \(expected low-high, like 1-5\)"):
         parse_seeds(text)
     assert parse_seeds("3-3") == [3]
+
+
+def test_unreachable_scheduler_leaves_no_folder(scenario: Path, tmp_path: Path, monkeypatch):
+    """A sweep refused because its Dask scheduler cannot be reached ran nothing: exit 2, one line, and
+    no sweep folder (scenario.yaml, sweep.json, rows/) left behind to be mistaken for a sweep."""
+    import sim.executors
+    from sim.executors import ExecutorError
+
+    class Unreachable(SerialExecutor):
+        def imap_unordered(self, fn, jobs):
+            raise ExecutorError("cannot reach the Dask scheduler at tcp://10.0.0.5:8786: timed out")
+            yield  # a generator, as the real executors are
+
+    monkeypatch.setattr(sim.executors, "make_executor", lambda *args: Unreachable())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new", empty):
+        result = CliRunner().invoke(app, ["sweep", str(scenario), "--seeds", "1", "-q", "-o", str(out)])
+        assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists() and empty.is_dir() and not list(empty.iterdir())

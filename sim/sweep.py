@@ -503,7 +503,8 @@ def command(
     record = provenance(words, list(overrides), list(plan.seeds))
     folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable(folder)
-    existed, fresh = folder.exists(), describe_contents(folder) is None if folder.exists() else True
+    existed = folder.exists()
+    fresh = not existed or describe_contents(folder) is None  # nothing of a sweep in it yet
     columns = [
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -15,6 +15,7 @@ figure               frame                                      reads as
                                                                 (chips, MTBF), one line per policy
 ``timeline``         timeline (+ events)                        what each learner group did when;
                                                                 red triangles are failures
+                                                                (hollow: absorbed)
 ``chip_time_bars``   chip-time ledger in long form              where the chip-seconds went
 ``metric_bars``      summaries                                  one metric per run, with spread
 ``loss_curves``      series (``loss``)                          surrogate eval loss against
@@ -42,6 +43,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from .labels import (
     BUCKET_COLOURS,
@@ -174,6 +176,8 @@ def sweep_lines(
         finite = [p for p in positions.values() if math.isfinite(p) and p > 0]
         if finite and len(finite) == len(positions) and max(finite) / min(finite) >= 100:
             ax.set_xscale("log")  # chip counts and MTBFs span decades
+        elif all(float(p).is_integer() for p in positions.values()):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a quorum of 1.5 learners does not exist
     ax.set_xlabel(axis.label)
     ax.set_ylabel(q.label)
     band = "min-max" if spread != "std" else "+-1 std"
@@ -216,12 +220,27 @@ def _fault_windows(events: pd.DataFrame) -> list[tuple[float, float, str]]:
     return windows
 
 
+def _mark_failures(ax: Axes, hits: pd.DataFrame, groups: list, height: float, hollow: bool) -> None:
+    """Triangles on the rows of the groups hit (a vertical line when the target is no group);
+    ``hollow`` for arrivals on a group already stopped (absorbed: nothing more was lost)."""
+    on_row = hits["group"].isin(groups) if "group" in hits else pd.Series(False, index=hits.index)
+    ys = [groups.index(g) - height / 2 for g in hits.loc[on_row, "group"]]  # top edge (y is inverted)
+    if ys or not hollow:
+        if hollow:
+            style = {"color": "none", "markeredgecolor": FAILURE_COLOUR, "markeredgewidth": 1.0}
+        else:
+            style = {"color": FAILURE_COLOUR, "markeredgecolor": "white", "markeredgewidth": 0.5}
+        ax.plot(hits.loc[on_row, "time_s"] / HOURS, ys, linestyle="none", marker="v", markersize=7, zorder=3, **style)
+    for t in hits.loc[~on_row, "time_s"]:
+        ax.axvline(t / HOURS, color=FAILURE_COLOUR, linewidth=0.8, alpha=0.7, linestyle=":" if hollow else "-")
+
+
 def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exposed_share: float = 0.0) -> Axes:
     """Learner-group states over simulated time (one bar row per group, a colour per phase).
 
     Failures from ``events`` are red triangles on the row of the group they hit (a vertical line
-    when the target is no group); outage and degradation windows are shaded. Only the first
-    replication of the first run in ``df`` is drawn.
+    when the target is no group), hollow when the group was already stopped (absorbed); outage and
+    degradation windows are shaded. Only the first replication of the first run in ``df`` is drawn.
 
     ``exposed_share`` is the part of ``running`` chip-time that waits on communication rather than
     computing (:func:`analysis.load.exposed_share`): running bars are then split across their height,
@@ -259,7 +278,7 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
             facecolor=PHASE_COLOURS["blocked"], edgecolor="#636363", hatch="////",
             label=f"running: exposed comm.\n({share:.1%} of running chip-time)"))
     end_h = rows["end_s"].max() / HOURS
-    failures = 0
+    failures = absorbed = 0
     if events is not None and len(events):
         ev = events
         for column in ("run", "replication", "index"):
@@ -275,21 +294,20 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
                 ax.axvspan(start / HOURS, end, color=FAILURE_COLOUR, alpha=0.08, linewidth=0)
         if windows:
             handles.append(Patch(facecolor=FAILURE_COLOUR, alpha=0.15, label="fault window"))
-        hits = ev[ev["kind"] == "failure"]
-        failures = len(hits)
-        on_row = hits["group"].isin(groups) if "group" in hits else pd.Series(False, index=hits.index)
-        ys = [groups.index(g) - height / 2 for g in hits.loc[on_row, "group"]]  # top edge (y is inverted)
-        ax.plot(hits.loc[on_row, "time_s"] / HOURS, ys, linestyle="none", marker="v", markersize=7,
-                color=FAILURE_COLOUR, markeredgecolor="white", markeredgewidth=0.5, zorder=3)
-        for t in hits.loc[~on_row, "time_s"]:
-            ax.axvline(t / HOURS, color=FAILURE_COLOUR, linewidth=0.8, alpha=0.7)
-        if failures:
+        hits, spared = ev[ev["kind"] == "failure"], ev[ev["kind"] == "absorbed"]
+        failures, absorbed = len(hits) + len(spared), len(spared)  # every arrival, as the summary counts them
+        _mark_failures(ax, hits, groups, height, hollow=False)
+        _mark_failures(ax, spared, groups, height, hollow=True)
+        if len(hits):
             handles.append(Line2D([], [], linestyle="none", marker="v", color=FAILURE_COLOUR, label="failure"))
+        if absorbed:
+            handles.append(Line2D([], [], linestyle="none", marker="v", color="none", markeredgecolor=FAILURE_COLOUR,
+                                  label="failure while stopped\n(absorbed)"))
     ax.set_yticks(range(len(groups)), groups)
     ax.set_ylim(len(groups) - 0.4, -0.75)  # first group at the top, room above it for markers
     ax.set_xlim(0, end_h)
     run = f"{rows['run'].iloc[0]}, " if "run" in rows else ""
-    count = f"{failures} failure{'s' if failures != 1 else ''}"
+    count = f"{failures} failure{'s' if failures != 1 else ''}" + (f", {absorbed} absorbed" if absorbed else "")
     ax.set_title(f"Learner states ({run}{which}; {count})" if which else f"Learner states ({count})")
     # beside the axes, not below: constrained layout makes room for it at any figure height
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)

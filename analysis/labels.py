@@ -152,6 +152,17 @@ def factor_axis(values: pd.Series, name: str | None = None) -> FactorAxis:
     return FactorAxis(name, "", None)
 
 
+def level_texts(values: pd.Series) -> pd.Series:
+    """Factor values as a scenario file writes them, in the column's one unit (``0s``, ``15s``,
+    ``2Gbit/s``, ``16384``): sweep rows hold them resolved to SI numbers, and ``0.0`` for a grace
+    window names no unit."""
+    axis = factor_axis(values)
+    if axis.numbers is None or not axis.unit:
+        return values.map(str)
+    return pd.Series([f"{n:g}{axis.unit}" if math.isfinite(n) else str(v) for v, n in zip(values, axis.numbers)],
+                     index=values.index, name=values.name)
+
+
 def ordered_levels(values: pd.Series) -> list:
     """Distinct factor values in numeric order where they have one, else in order of appearance."""
     distinct = pd.Series(pd.unique(values), name=values.name)

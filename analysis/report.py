@@ -33,10 +33,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from sim.outputs import describe_contents
 from sim.quantities import bound_text, verdict_text
 
 from . import figures as fig
-from .labels import factor_axis, format_metric, metric_quantity
+from .labels import factor_axis, format_metric, level_texts, metric_quantity
 from .load import (
     Results,
     ResultsError,
@@ -198,10 +199,11 @@ def sweep_tables(r: Results) -> str:
     head += "".join(f"<th>{_esc(metric_quantity(m).label)}</th>" for m in metrics)
     body = []
     if by:
+        texts = {c: dict(zip(rows[c], level_texts(rows[c]))) for c in by}
         for key, group in rows.groupby(by, sort=False, dropna=False):
             key = key if isinstance(key, tuple) else (key,)
             good = ok.loc[ok.index.intersection(group.index)]
-            cells = "".join(f"<td>{_esc(k)}</td>" for k in key) + f"<td>{len(good)}</td><td>{len(group) - len(good)}</td>"
+            cells = "".join(f"<td>{_esc(texts[c].get(k, k))}</td>" for c, k in zip(by, key)) + f"<td>{len(good)}</td><td>{len(group) - len(good)}</td>"
             cells += "".join(f"<td>{_cell(good[m], m)}</td>" for m in metrics)
             body.append(f"<tr>{cells}</tr>")
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -230,14 +232,19 @@ def sweep_axes(r: Results) -> tuple[pd.DataFrame, list[str]]:
             continue
         name = " + ".join(keys)
         if len(keys) > 1:
-            rows[name] = rows[keys].astype(str).agg(", ".join, axis=1)
+            rows[name] = _joined(rows, keys, ", ")
         if fig.ok_rows(rows)[name].astype(str).nunique() > 1:
             axes.append(name)
     return rows, axes
 
 
+def _joined(rows: pd.DataFrame, keys: list[str], sep: str) -> pd.Series:
+    """Each row's levels of ``keys`` in their units (``1; 15s``), one text per row."""
+    return pd.DataFrame({k: level_texts(rows[k]) for k in keys}).agg(sep.join, axis=1)
+
+
 def _setting_text(row: dict | pd.Series, axes: list[str]) -> str:
-    return ", ".join(f"{a}={row[a]}" for a in axes)
+    return ", ".join(f"{a}={level_texts(pd.Series([row[a]], name=a)).iloc[0]}" for a in axes)
 
 
 def replication_text(r: Results, index: int) -> str:
@@ -278,7 +285,7 @@ def _sweep_plots(r: Results) -> list[Plot]:
         x = plain[0]
         rest = [a for a in axes if a != x]
         hue = " / ".join(rest) or None
-        lined = rows.assign(**{hue: rows[rest].astype(str).agg(", ".join, axis=1)}) if hue else rows
+        lined = rows.assign(**{hue: _joined(rows, rest, ", ")}) if hue else rows
         for metric in ("goodput", "global_downtime_s"):
             if metric in rows:
                 plots.append(Plot(
@@ -289,14 +296,14 @@ def _sweep_plots(r: Results) -> list[Plot]:
     if axes and fig.ok_rows(rows)[axes].drop_duplicates().shape[0] <= MAX_LEDGER_BARS:
         # bars named by their factor levels ("30s, 1m"), not by point number
         ok = fig.ok_rows(rows)
-        setting = ok[axes].apply(lambda column: column.map(str)).agg("; ".join, axis=1).rename("; ".join(axes))
+        setting = _joined(ok, axes, "; ").rename("; ".join(axes))
         ledger = chip_time_long(ok.assign(**{setting.name: setting}), extra=[setting.name])
         plots.append(Plot(
             f"{slug}-ledger", "Where the chip-seconds went at each sweep point (mean over seeds; green = goodput).",
             lambda ax: fig.chip_time_bars(ledger, ax, by=setting.name), (9.0, 4.5)))
     if axes and "final_loss" in rows and rows["final_loss"].notna().any():
         point = "; ".join(axes)
-        named = rows.assign(**{point: rows[axes].astype(str).agg("; ".join, axis=1)})
+        named = rows.assign(**{point: _joined(rows, axes, "; ")})
         plots.append(Plot(
             f"{slug}-loss-vs-goodput",
             "Final surrogate loss against goodput at each sweep point: small dots are seeds, rings the mean "
@@ -313,7 +320,8 @@ def _sweep_plots(r: Results) -> list[Plot]:
         events = r.with_groups(r.table("events", first=1))
         index = int(timeline[r.key].iloc[0])
         plots.append(Plot(
-            f"{slug}-timeline", f"Learner states of {replication_text(r, index)}; red triangles are failures.",
+            f"{slug}-timeline", f"Learner states of {replication_text(r, index)}; red triangles are failures "
+            "(hollow: arrived while already stopped).",
             lambda ax: fig.timeline(timeline, ax, events, _exposed(r, timeline)), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
     return plots
 
@@ -347,7 +355,7 @@ def _run_plots(runs: list[Results]) -> list[Plot]:
         plots.append(Plot(
             f"{_slug(r.label)}-timeline",
             f"{r.label}: what each learner group did over simulated time (first replication); "
-            "red triangles are failures, shaded spans are outages or degradations.",
+            "red triangles are failures (hollow: arrived while already stopped), shaded spans are outages or degradations.",
             lambda ax, r=r: fig.timeline(r.timeline, ax, r.events, _exposed(r, r.timeline)), (10.0, 1.8 + 0.45 * groups)))
     return plots
 
@@ -415,6 +423,10 @@ def write_report(results_paths, out_dir) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ResultsError(f"{out_dir}: is a file; expected a folder for the report")
+    held = describe_contents(out_dir)
+    if held is not None and held.startswith(("a run", "a sweep")):
+        # figures written among a run's or a sweep's files would be read as part of its results
+        raise ResultsError(f"-o {out_dir}: holds {held}; write the report into another folder (e.g. {out_dir / 'report'})")
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [r for r in results if r.kind == "run"]
     sweeps = [r for r in results if r.kind == "sweep"]

@@ -17,11 +17,13 @@ whole, the way a reviewer would:
 
 from __future__ import annotations
 
-from .scenario import LinkDegradation, LinkPartition, Policy, Scenario, SyncerOutage
+from .cost import estimate
+from .scenario import ChipFailure, LinkDegradation, LinkPartition, Policy, Scenario, SyncerOutage
 from .summary import metric_value
 from .topology import build_topology, link_name
 
 PROBE_S = 60.0  # simulated seconds of the run that discovers the metric names
+PROBE_WORK = 1e3  # at most this much estimated work (sim.cost): validate must answer at once at any scale
 
 
 def bound_errors(scenario: Scenario, file: str, scenario_dir=None) -> list[str]:
@@ -34,6 +36,16 @@ def bound_errors(scenario: Scenario, file: str, scenario_dir=None) -> list[str]:
         return []
     probe = scenario.model_copy(update={"duration": min(scenario.duration, PROBE_S), "replications": 1,
                                         "hypotheses": [], "halt": []})
+    # a scenario passed with --allow-large can hold a failure per microsecond, a round per nanosecond
+    # or terabytes of per-chip lifetimes; the names come out of any length of run and any lifetime
+    # law, so the probe draws memoryless lifetimes and is shortened to stay small (the surrogate's
+    # terms do not grow with the duration)
+    probe = probe.model_copy(update={"faults": [
+        f.model_copy(update={"lifetime": "exponential"}) if isinstance(f, ChipFailure) and f.renews_each_chip else f
+        for f in probe.faults]})
+    work = sum(t.work for t in estimate(probe).terms if not t.what.startswith("surrogate"))
+    if work > PROBE_WORK:
+        probe = probe.model_copy(update={"duration": probe.duration * PROBE_WORK / work})
     summary = run_replication(probe, 0, None, scenario_dir).summary
     errors = []
     for section, k, bound in bounds:

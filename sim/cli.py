@@ -91,7 +91,7 @@ TraceDirs = Annotated[
     list[Path] | None, typer.Option("--trace-dir", help="a folder trace files may come from, besides the scenario's (repeatable)")
 ]
 AllowLarge = Annotated[
-    bool, typer.Option("--allow-large", help="run even when the estimated cost passes the ceiling (README: limits)")
+    bool, typer.Option("--allow-large", help="accept an estimated cost past the ceiling (README: limits)", metavar="")
 ]
 
 
@@ -164,7 +164,7 @@ def summary_table(result: dict) -> Table:
     table.add_column("value", justify="right", overflow="fold")
     for label, (value,) in _rows([result]):
         table.add_row(label, value)
-    table.add_row("failures by kind", ", ".join(f"{k} {v:,.0f}" for k, v in result["failures"].items()) or "none")
+    table.add_row("failures by kind", ", ".join(f"{k} {format_metric(f'failures.{k}', v)}" for k, v in result["failures"].items()) or "none")
     speed = f"{format_metric('sim_speedup', result['sim_speedup'])}x ({result['events']:,.0f} events, {result['wall_time_s']:.2f} s)"
     table.add_row("simulated / wall", speed)
     return table
@@ -471,18 +471,18 @@ def bandwidth(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a results folder of chaossim run")],
-    goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log")] = False,
+    goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log", metavar="")] = False,
     replication: Annotated[int, typer.Option("--replication", "-r", help="which replication")] = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="default: RUN/rep-R/goodput-log.jsonl")] = None,
 ) -> None:
     """Export a run for other tools (--goodput-log: JSON lines for ml-goodput-measurement)."""
-    from .goodput_log import GoodputLogError, write
+    from .goodput_log import GoodputLogError, replication_folder, write
 
     if not goodput_log:
         fail("export: choose what to export (--goodput-log)")
-    rep_dir = run_dir / f"rep-{replication}"
-    target = output or rep_dir / "goodput-log.jsonl"
     try:
+        rep_dir = replication_folder(run_dir, replication)
+        target = output or rep_dir / "goodput-log.jsonl"
         n = write(rep_dir, target)
     except (GoodputLogError, OSError) as problem:
         fail(str(problem))
@@ -498,6 +498,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted: results written so far are kept")
         sys.exit(EXIT_INTERRUPTED)
+    except MemoryError as problem:
+        # only past the memory ceiling, which --allow-large lifted: say so in one line
+        err.print(f"error: out of memory ({problem}); the ceiling --allow-large lifted was there for this "
+                  "(README: limits)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

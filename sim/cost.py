@@ -15,7 +15,7 @@ Each would run until killed. :func:`estimate` adds up, per replication, the work
 * **surrogate steps and evaluations**: per learner group at most ``max_steps_per_learner``, and
   one evaluation per ``eval_every``;
 
-and the memory that grows with chips (Weibull lifetimes keep one float per chip). ``chaossim run``
+and the memory that grows with chips (Weibull and lognormal lifetimes keep one float per chip). ``chaossim run``
 and ``sweep`` refuse a plan whose total over replications (and sweep points) passes
 :data:`WORK_CEILING` or :data:`MEMORY_CEILING_BYTES`, unless ``--allow-large`` is given; the message
 names the largest term and its YAML path. The estimate is an expectation, accurate to a small factor
@@ -50,7 +50,7 @@ MEMORY_CEILING_BYTES = 2e9
 
 EVENTS_PER_FAILURE = 3  # the failure, its repair, and the recovery phase it starts
 EVENTS_PER_INJECTION = 2  # a fault's start and its end
-BYTES_PER_WEIBULL_CHIP = 24  # next-failure time, age and a scratch draw per chip
+BYTES_PER_RENEWED_CHIP = 24  # next-failure time, age and a scratch draw per chip (Weibull, lognormal)
 LOCKSTEP = (Policy.SYNC_DP, Policy.ELASTIC_DP)
 
 
@@ -174,8 +174,8 @@ def _fault_terms(scenario: Scenario) -> tuple[list[Term], float, float, tuple]:
             arrivals = chips_hit * duration / fault.mtbf
             terms.append(Term(f"{label}: chip failures ({chips_hit:.3g} chips)", loc + ("mtbf",), EVENTS_PER_FAILURE * arrivals))
             rate += chips_hit / fault.mtbf
-            if fault.lifetime == "weibull" and fault.shape != 1.0 and chips_hit * BYTES_PER_WEIBULL_CHIP > memory:
-                memory, memory_loc = chips_hit * BYTES_PER_WEIBULL_CHIP, loc + ("lifetime",)
+            if fault.renews_each_chip and chips_hit * BYTES_PER_RENEWED_CHIP > memory:
+                memory, memory_loc = chips_hit * BYTES_PER_RENEWED_CHIP, loc + ("lifetime",)
         else:
             arrivals = pool * duration / fault.mtbf
             terms.append(Term(f"{label}: arrivals", loc + ("mtbf",), EVENTS_PER_INJECTION * arrivals))
@@ -243,6 +243,6 @@ def check(costs: list[tuple[Cost, int]], replications_loc: tuple, what: str = "r
     memory = max(cost.memory_bytes for cost, _ in costs)
     if memory > MEMORY_CEILING_BYTES:
         raise CostError(
-            f"estimated memory {memory / 1e9:.3g} GB for per-chip Weibull lifetimes is past the ceiling of "
+            f"estimated memory {memory / 1e9:.3g} GB for per-chip lifetimes (Weibull, lognormal) is past the ceiling of "
             f"{MEMORY_CEILING_BYTES / 1e9:.0f} GB; pass --allow-large to run it anyway", worst.memory_loc,
         )

@@ -219,6 +219,12 @@ class ChipFailure(FaultBase):
             raise ValueError("lemons need stochastic exponential lifetimes (mtbf, lifetime: exponential)")
         return self
 
+    @property
+    def renews_each_chip(self) -> bool:
+        """Lifetimes that are not memoryless: every chip's next failure time is kept (memory grows
+        with chips); exponential ones are one superposed Poisson stream."""
+        return self.mtbf is not None and (self.lifetime == "lognormal" or (self.lifetime == "weibull" and self.shape != 1.0))
+
 
 class IslandOutage(FaultBase):
     kind: Literal["island_outage"]

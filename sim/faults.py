@@ -262,7 +262,7 @@ class FaultProcesses:
                     self.env.process(self._scheduled_chips(fault, islands, times, rng))
                 if fault.mtbf is None:
                     continue
-                if fault.lifetime == "lognormal" or (fault.lifetime == "weibull" and fault.shape != 1.0):
+                if fault.renews_each_chip:
                     self.env.process(self._renewal_chips(fault, islands, rng))
                 else:
                     self.env.process(self._poisson_chips(fault, islands, rng))

@@ -57,6 +57,26 @@ def _snap(progress: float) -> float:
     return float(nearest) if abs(progress - nearest) < _SNAP else progress
 
 
+def replication_folder(run_dir: Path, replication: int) -> Path:
+    """``RUN/rep-<r>/`` of a results folder, or a GoodputLogError saying what ``run_dir`` is instead
+    (missing, a comparison of variants, a run without that replication)."""
+    if not run_dir.is_dir():
+        raise GoodputLogError(f"{run_dir}: no such folder")
+    compare = run_dir / "compare.json"
+    if compare.is_file():
+        try:
+            folders = [run_dir / v["folder"] for v in json.loads(compare.read_text())["variants"]]
+        except (ValueError, KeyError, TypeError):
+            folders = []
+        raise GoodputLogError(f"{run_dir}: holds compared variants; export one of them: "
+                              + (", ".join(str(f) for f in folders) or "its variant folders"))
+    rep_dir = run_dir / f"rep-{replication}"
+    held = sorted(int(p.name[4:]) for p in run_dir.glob("rep-*") if p.name[4:].isdigit())
+    if not rep_dir.is_dir() and held:
+        raise GoodputLogError(f"{run_dir}: has no replication {replication} (-r {held[0]} to {held[-1]})")
+    return rep_dir
+
+
 def entries(rep_dir: Path, job_name: str = "chaossim") -> Iterator[dict]:
     """The log entries of one replication folder (``rep-<r>/``), in time order; the folder is checked
     (GoodputLogError) before the first entry is asked for."""

@@ -110,6 +110,10 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
         elif isinstance(node, dict):
             if last:
                 node[part] = value
+                if isinstance(node, CommentedMap) and node.lc.data:
+                    # the value no longer comes from the file: an error about it must not cite the
+                    # line that still says the old one (it is located like a key --set added)
+                    node.lc.data.pop(part, None)
             else:
                 if node.get(part) is None:
                     node[part] = {}

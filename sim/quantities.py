@@ -105,6 +105,8 @@ def format_metric(metric: str, value: float | None, unit: bool = False) -> str:
             for size, suffix in _SUFFIXES:
                 if abs(shown) >= size:
                     return f"{readable_number(shown / size)}{suffix}"
+        if abs(shown) < 1000 and shown != round(shown):
+            return readable_number(shown)  # a mean over replications: 0.5 interruptions is not 0
         return f"{shown:,.0f}"
     fraction = q.unit.startswith("fraction") and not 0 < abs(shown) < 5e-5  # a tiny share is not shown as 0
     text = f"{shown:.4f}" if fraction else readable_number(shown)

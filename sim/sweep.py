@@ -61,6 +61,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ from .loading import (
 )
 from .outputs import FolderLock, check_writable, describe_contents
 from .provenance import header, provenance
-from .quantities import format_metric
+from .quantities import format_metric, metric_quantity
 from .scenario import Scenario, SweepSpec
 
 WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s", "surrogate_wall_s")
@@ -175,6 +176,8 @@ def parse_seeds(text: str) -> list[int]:
             ranges.append(range(int(low), int(high) + 1) if dash else range(int(low), int(low) + 1))
         except ValueError:
             raise ScenarioError(f"--seeds {text!r}: expected seeds like 1-5 or 1,2,7") from None
+        if not ranges[-1]:
+            raise ScenarioError(f"--seeds {text!r}: the range {part.strip()} holds no seed (expected low-high, like 1-5)")
     count = sum(len(r) for r in ranges)
     if count > MAX_SEEDS:
         raise ScenarioError(f"--seeds {text!r}: {count:,} seeds, more than the limit of {MAX_SEEDS:,} per sweep")
@@ -455,7 +458,7 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
             continue
         # idxmax/idxmin return the first best point, so ties go to the lowest point index
         best[metric] = (stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin(), stats)
-        table.add_column(f"{metric} ({goal})", justify="right", overflow="fold")
+        table.add_column(f"{metric_quantity(metric).name} ({goal})", justify="right", overflow="fold")
     for factor in plan.factors:
         values = [", ".join(str(plan.settings[point][key]) for key in factor.keys) for point, _ in best.values()]
         table.add_row(" + ".join(factor.keys), *values)
@@ -467,6 +470,11 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
                        f"{'-' if pd.isna(std) else format_metric(metric, std, unit=True)}")
     table.add_row("mean ± std", *spreads)
     table.add_row("seeds", *[f"{stats.at[point, 'n']:.0f}" for point, stats in best.values()])
+    # the setting shown is the first of the points that share the best mean: say how many do
+    ties = [int(((stats["mean"] - stats.at[point, "mean"]).abs() <= 1e-9 * abs(stats.at[point, "mean"])).sum())
+            for point, stats in best.values()]
+    if any(n > 1 for n in ties):
+        table.add_row("points tied", *[f"{n} of {len(stats)}" for n, (_, stats) in zip(ties, best.values())])
     return table
 
 
@@ -497,6 +505,8 @@ def command(
     record = provenance(words, list(overrides), list(plan.seeds))
     folder = output or Path("results") / f"{plan.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable(folder)
+    existed = folder.exists()
+    fresh = not existed or describe_contents(folder) is None  # nothing of a sweep in it yet
     columns = [
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -510,6 +520,12 @@ def command(
                 progress=lambda done, total, failed: bar.update(task, completed=done, failed=failed), record=record,
             )
     except ExecutorError as problem:
+        if fresh and not list((folder / "rows").glob("part-*.parquet")):
+            # refused before any replication ran (no scheduler, say): leave no sweep folder behind
+            for child in folder.iterdir() if folder.is_dir() else ():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if not existed and folder.is_dir():
+                folder.rmdir()
         raise SweepError(str(problem)) from None
     except KeyboardInterrupt:
         kept = len(list((Path(folder) / "rows").glob("part-*.parquet")))

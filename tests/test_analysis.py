@@ -193,13 +193,57 @@ def test_timeline_draws_each_phase_and_marks_failures(results):
     assert len(bars) == rep0.groupby(["group", "phase"]).ngroups
     assert sum(len(c.get_paths()) for c in bars) == len(rep0)
     failures = run.events[(run.events["replication"] == 0) & (run.events["kind"] == "failure")]
-    (markers,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    markers = next(line for line in ax.get_lines() if line.get_marker() == "v")  # filled: interruptions
     assert len(markers.get_xdata()) == len(failures) > 0
     assert np.allclose(markers.get_xdata(), failures["time_s"] / 3600)
     assert set(legend_texts(ax)) == set(rep0["phase"]) | {"failure"}
     assert ax.get_xlabel() == "simulated time (h)"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["job"]
     assert f"{len(failures)} failures" in ax.get_title()
+
+
+def test_factor_levels_read_in_their_units():
+    """Sweep rows hold factor values resolved to SI numbers; tables, legends and captions show them
+    as a scenario file writes them, in one unit per column."""
+    from analysis.labels import level_texts
+
+    def texts(name, values):
+        return list(level_texts(pd.Series(values, name=name)))
+
+    assert texts("training.grace.fixed", [0.0, 2.0, 60.0]) == ["0s", "2s", "60s"]
+    assert texts("training.grace.max", [0.0, 30.0, float("inf")]) == ["0s", "30s", "inf"]
+    assert texts("faults.0.mtbf", [3600.0 * 1000, 3600.0 * 24 * 365]) == ["41.6667d", "365d"]  # one unit: days
+    assert texts("topology.default_link.bandwidth", [2e9, 5e9]) == ["2Gbit/s", "5Gbit/s"]
+    assert texts("training.quorum", [1, 2]) == ["1", "2"]
+    assert texts("training.policy", ["sync_dp", "elastic_dp"]) == ["sync_dp", "elastic_dp"]
+
+
+def test_sweep_lines_ticks_an_integer_factor_at_integers(results):
+    """A quorum or a chip count has no 1.5: the x ticks of an integer factor are whole numbers."""
+    rows = load_results(results["sweep"]).summaries
+    ax = figures.sweep_lines(rows, axes(), "topology.regions.0.islands.0.count", "goodput", hue="training.policy")
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_timeline_counts_every_failure_the_summary_counts(tmp_path):
+    """The quickstart's two days under sync_dp: one of the 21 failures arrives while the job is
+    already stopped (absorbed). The title counts all 21, as the run table does, and that one is a
+    hollow triangle beside the 20 that interrupted the job."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    summary = run_replication(load_scenario(QUICKSTART, ["compare={}"]), 0, tmp_path / "run").summary
+    assert summary["absorbed"] >= 1 and summary["interruptions"] >= 1  # the case this test is about
+    run = load_results(tmp_path / "run")
+    ax = figures.timeline(run.timeline, axes(), run.events)
+    filled, hollow = ([line for line in ax.get_lines() if line.get_marker() == "v" and (line.get_markerfacecolor() == "none") is h]
+                      for h in (False, True))
+    assert len(filled[0].get_xdata()) == summary["interruptions"]
+    assert len(hollow[0].get_xdata()) == summary["absorbed"]
+    assert f"{summary['failures_total']} failures, {summary['absorbed']} absorbed" in ax.get_title()
+    assert "failure while stopped\n(absorbed)" in legend_texts(ax)
 
 
 def test_lockstep_over_wan_is_not_green_end_to_end(tmp_path):
@@ -383,10 +427,27 @@ def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     for setting in ("sync_dp, restart", "elastic_dp, elastic"):
         assert f"cell at training.policy + training.on_failure={setting}" in page
     assert "one line per setting of topology.regions.0.islands.0.count / training.policy + training.on_failure" in page
-    assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30.0, "
+    assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30s, "
                      r"topology.regions.0.islands.0.count=2, training.policy \+ training.on_failure=sync_dp, restart, seed 1\)", page)
     assert "ValueError: injected" in page and "1 replication(s) crashed" in page
     assert "<th>training.checkpoint.write_time</th>" in page
+    assert "<td>30s</td>" in page and "<td>120s</td>" in page  # as the sweep was given, not 30.0 and 120.0
+
+
+def test_report_refuses_to_write_among_results(tmp_path, results):
+    """``chaossim report RUN -o SWEEP`` would drop PNGs and a report.html among another result's files:
+    refused with exit 2, the folder left as it was; the run's own report/ subfolder is fine."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(results["sweep"], sweep)
+    before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
+    for target, held in ((sweep, "holds a sweep"), (results["quick"], "holds a run")):
+        result = CliRunner().invoke(app, ["report", str(results["quick"]), "-o", str(target)])
+        assert result.exit_code == 2 and held in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before
+    assert not (results["quick"] / "report.html").exists()
+    page = write_report([results["quick"]], tmp_path / "copy" / "report")
+    assert page.exists()
 
 
 def test_report_includes_series_figures_when_recorded(tmp_path, results):

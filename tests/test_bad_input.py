@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import CHAOSSIM
+from conftest import CHAOSSIM, ROOT
 from typer.testing import CliRunner
 
 from sim.cli import app
@@ -132,13 +132,25 @@ def test_folder_instead_of_file(tmp_path):
     assert_one_line_error(chaossim("validate", str(folder)), "scenario.yaml", "is a folder")
 
 
+def test_an_overridden_value_is_not_blamed_on_the_line_it_replaced(tmp_path):
+    """``--seed -1`` or ``--set duration=abc``: the bad value came from the command line, so the
+    error does not send the user to the line of the file that holds the good one."""
+    text = SMALL.read_text().splitlines()
+    for option, key in ((["--set", "duration=abc"], "duration"), (["--seed", "-1"], "seed")):
+        line = next(n for n, row in enumerate(text, 1) if row.startswith(f"{key}:"))
+        result = chaossim("run", str(SMALL), *option, "-q", "-o", str(tmp_path / "out"))
+        assert_one_line_error(result, "small.yaml", f"small.yaml: {key}: ")
+        assert f"(line {line})" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "assignment, phrases",
     [
         ("seed", ["--set 'seed'", "expected dotted.key=value"]),
         ("topology.regions.3.name=x", ["--set topology.regions.3.name", "expected an index below 1"]),
         ("name.first=x", ["--set name.first", "is a value, not a section"]),
-        ("seed=abc", ["seed (line 4)", "valid integer"]),
+        ("seed=abc", ["small.yaml: seed: ", "valid integer"]),  # line 4 holds the file's seed, not 'abc'
         ("training.nonsense=1", ["training.nonsense", "unknown key 'nonsense'"]),
         ("surrogate.model=big", ["surrogate.model", "'mlp', 'markov' or 'off'"]),
         ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (line 10)", "greater than 0"]),
@@ -481,6 +493,8 @@ def test_tags_are_refused_not_executed(tmp_path):
         (["replications=1e9"], "replications"),
         (["topology.regions.0.islands.0.count=1e9"], "islands"),
         (["faults.0.lifetime=weibull", "faults.0.shape=2", "topology.regions.0.islands.0.chips=1e9"], "memory"),
+        # lognormal lifetimes keep a next-failure time per chip too: 10^10 chips would need 80 GB
+        (["faults.0.lifetime=lognormal", "faults.0.mtbf=1e9h", "topology.regions.0.islands.0.chips=1e10"], "memory"),
     ],
 )
 def test_absurd_cost_is_refused_fast_with_the_estimate(sets, phrase):
@@ -489,6 +503,39 @@ def test_absurd_cost_is_refused_fast_with_the_estimate(sets, phrase):
 
     message = refused_within(HANG_TIMEOUT_S, load_scenario, SMALL, sets, False)
     assert "small.yaml" in message and phrase in message, message
+
+
+def test_validate_with_allow_large_answers_at_once_at_any_scale():
+    """``validate --allow-large`` on 10^12 chips (a failure every 50 ns, a round every few ns, Weibull
+    ages for every chip) still checks the hypothesis metrics, on a short probe with memoryless lifetimes."""
+    import time
+
+    from sim.checks import bound_errors
+    from sim.loading import load_scenario
+
+    scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml", [
+        "topology.regions.0.islands.0.chips=1e12", "compare={}", "training.policy=elastic_dp",
+        "training.on_failure=elastic", "hypotheses=[{metric: goodptu, min: 0.5}]",
+        "faults.0.lifetime=weibull", "faults.0.shape=1.5"], allow_large=True)  # 96 TB of Weibull ages
+    start = time.perf_counter()
+    (error,) = bound_errors(scenario, "quickstart.yaml")
+    assert time.perf_counter() - start < 2.0
+    assert "unknown metric 'goodptu'" in error
+
+
+def test_out_of_memory_past_a_lifted_ceiling_is_one_line(monkeypatch, capsys):
+    """A run that --allow-large let past the memory ceiling and that then runs out: one line, exit 2."""
+    import sim.cli
+
+    def exhausted():
+        raise MemoryError("Unable to allocate 2.91 TiB for an array with shape (400000000000,)")
+
+    monkeypatch.setattr(sim.cli, "app", exhausted)
+    with pytest.raises(SystemExit) as exit_:
+        sim.cli.main()
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: out of memory (Unable to allocate 2.91 TiB") and "--allow-large" in line
 
 
 def test_allow_large_lifts_the_ceiling():

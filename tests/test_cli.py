@@ -289,3 +289,29 @@ def test_terminal_output_fits_80_columns(tmp_path):
     assert "training.policy +" in outputs[2]  # zip partners are one row (folded in its cell)
     help_text = CliRunner().invoke(app, ["run", "--help"], env=env).stdout
     assert re.search(r"--json\s+print the summary", help_text) and "<bool>  print" not in help_text
+
+
+def test_summary_table_shows_mean_counts_unrounded():
+    """Over replications a count is a mean: 1.5 failures and 0.5 interruptions are not shown as 2 and 0."""
+    from rich.console import Console
+
+    from sim.cli import summary_table
+
+    result = {"scenario": "s", "policy": "sync_dp", "replications": 2, "goodput": 0.9, "uptime": 0.95,
+              "global_downtime_s": 360.0, "failures_total": 1.5, "interruptions": 0.5, "tokens": 1e12,
+              "failures": {"chip_failure": 1.5}, "sim_speedup": 1000.0, "events": 100.0, "wall_time_s": 0.1,
+              "halted": [], "runs": [{}, {}]}
+    console = Console(width=100, record=True)
+    console.print(summary_table(result))
+    text = console.export_text()
+    assert re.search(r"^\s*interruptions\s+0\.5\s*$", text, re.MULTILINE)
+    assert re.search(r"^\s*failures\s+1\.5\s*$", text, re.MULTILINE)
+    assert "chip_failure 1.5" in text
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "validate", "export"])
+def test_flags_show_as_flags_in_help(command):
+    """``--allow-large`` and ``--goodput-log`` take no value: the help does not show one (``<bool>``)."""
+    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"}).stdout
+    flags = [line for line in help_text.splitlines() if re.search(r"--(allow-large|goodput-log|json|quiet)\b", line)]
+    assert flags and not [line for line in flags if "<bool>" in line]

@@ -14,7 +14,9 @@ import subprocess
 
 import pytest
 from conftest import CHAOSSIM, make_scenario
+from typer.testing import CliRunner
 
+from sim.cli import app
 from sim.goodput_log import GoodputLogError, entries
 from sim.runner import run_replication
 
@@ -117,9 +119,28 @@ def test_export_command_and_bad_input(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "run" / "rep-0" / "goodput-log.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["job_start_time"] == 0.0 and "job_end_time" in json.loads(lines[-1])
-    bad = subprocess.run([CHAOSSIM, "export", "--goodput-log", tmp_path / "nowhere"], capture_output=True, text=True, check=False)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not a replication folder" in bad.stderr
-    assert not (tmp_path / "nowhere").exists()
+    for args, says in (([tmp_path / "nowhere"], "nowhere: no such folder"),
+                       ([tmp_path / "run", "-r", "1"], "run: has no replication 1 (-r 0 to 0)"),
+                       ([tmp_path], "not a replication folder")):
+        bad = CliRunner().invoke(app, ["export", "--goodput-log", *map(str, args)])
+        assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and says in bad.stderr, bad.stderr
+    assert not (tmp_path / "nowhere").exists() and not list(tmp_path.glob("*.jsonl"))
+
+
+def test_export_of_a_comparison_names_its_variant_folders(tmp_path):
+    """The quickstart compares three variants: export says which folder to export instead of
+    'rep-0: not a replication folder'."""
+    from conftest import ROOT
+
+    out = tmp_path / "qs"
+    run = CliRunner().invoke(app, ["run", str(ROOT / "scenarios" / "quickstart.yaml"), "--set", "duration=1h",
+                                   "--no-report", "-q", "-o", str(out)])
+    assert run.exit_code == 0, run.stderr
+    bad = CliRunner().invoke(app, ["export", "--goodput-log", str(out)])
+    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "holds compared variants; export one of them: " in bad.stderr
+    assert f"{out / 'sync_dp-restart'}, {out / 'elastic_dp-elastic'}, {out / 'decoupled_diloco-restart'}" in bad.stderr
+    assert not list(out.rglob("*.jsonl"))
 
 
 def test_diloco_runs_have_no_goodput_log(tmp_path):

@@ -23,6 +23,9 @@ def test_downtime_bound_and_value_in_hours():
     ("goodput", 0.000149, "0.0001"),
     ("global_downtime_s", 81720.0, "22.7"),
     ("failures_total", 58.0, "58"),
+    ("interruptions", 0.5, "0.5"),  # a mean over replications is not rounded to a whole count
+    ("failures_total", 1.5, "1.5"),
+    ("failures.chip_failure", 2.0 / 3.0, "0.6667"),
     ("steps", 2134140.0, "2,134,140"),
     ("chip_time_fraction.lost", 0.0458, "0.0458"),
     ("chip_time_fraction.lost", 4.2e-6, "0.0000042"),  # small but not zero: never shown as 0.0000

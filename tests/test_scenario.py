@@ -84,6 +84,20 @@ def test_resolved_yaml_round_trips(path: Path):
     assert scenario_yaml(again) == text
 
 
+def test_resolved_units_are_short():
+    """A resolved value is written in the largest unit with a short exact text, so the quickstart's
+    ``mtbf: 50000h`` reads back as 50000h, not 2083.3333333333335d, and loads to the same float."""
+    from sim.schema import unit_text
+    from sim.units import parse_bandwidth, parse_count, parse_duration
+
+    text = scenario_yaml(load_scenario(ROOT / "scenarios" / "quickstart.yaml"))
+    assert "mtbf: 50000h" in text and "2083" not in text
+    for parse, value, written in ((parse_duration, 5400.0, "1.5h"), (parse_duration, 1.5, "1.5s"),
+                                  (parse_duration, 0.03, "30ms"), (parse_bandwidth, 2.5e9, "2.5Gbps"),
+                                  (parse_count, 12e9, "12B"), (parse_duration, 1234.567891, "20.576131516666667m")):
+        assert unit_text(parse, value) == written and parse(written) == value
+
+
 def test_round_trip_keeps_infinity_and_shorthands():
     """Infinite grace caps, 'all' targets and duration shorthands survive the resolved form."""
     faults = [{"name": "o", "kind": "island_outage", "target": "all", "at": ["1h", "2h"], "duration": "30m"}]

@@ -311,3 +311,55 @@ def test_batched_runs_keep_their_own_resolved_scenario(tmp_path):
     for job in plan.jobs(tmp_path / "out"):
         written = load_scenario(Path(job.out_dir) / "scenario.yaml", trace_dirs=[tmp_path / "in"])
         assert written == Scenario.model_validate({**job.scenario, "seed": job.seed, "replications": 1})
+
+
+def test_best_table_names_metrics_in_units_and_counts_ties(scenario: Path):
+    """The end-of-sweep table names each metric as the run table does (its values are in hours), and
+    when several points share the best mean it says how many: the first of them is not the best alone."""
+    from rich.console import Console
+
+    from sim.sweep import best_table
+
+    plan = plan_sweep(scenario, seeds=[1, 2])
+    frame = pd.DataFrame({
+        "point": [0, 0, 1, 1], "status": ["ok"] * 4,
+        "goodput": [0.90, 0.92, 0.80, 0.84],  # point 0 is best alone
+        "global_downtime_s": [0.0, 0.0, 0.0, 0.0],  # both points tie at zero downtime
+        "final_loss": [0.5, 0.7, 0.4, 0.6],  # a third, long header
+    })
+    console = Console(width=80, record=True)
+    console.print(best_table(frame, plan))
+    text = console.export_text()
+    assert "global downtime" in text and "global_downtime_s" not in text
+    assert all(len(line) <= 80 and "…" not in line for line in text.splitlines())
+    (tied,) = [line for line in text.splitlines() if "points tied" in line]
+    assert tied.split()[2:] == ["1", "of", "2", "2", "of", "2", "1", "of", "2"]
+
+
+@pytest.mark.parametrize("text", ["5-1", "1-3,9-2"])
+def test_an_empty_seed_range_says_so(text):
+    """``--seeds 5-1`` holds no seed: the error names the range, not an empty list of seeds."""
+    with pytest.raises(ScenarioError, match=r"the range \d-\d holds no seed \(expected low-high, like 1-5\)"):
+        parse_seeds(text)
+    assert parse_seeds("3-3") == [3]
+
+
+def test_unreachable_scheduler_leaves_no_folder(scenario: Path, tmp_path: Path, monkeypatch):
+    """A sweep refused because its Dask scheduler cannot be reached ran nothing: exit 2, one line, and
+    no sweep folder (scenario.yaml, sweep.json, rows/) left behind to be mistaken for a sweep."""
+    import sim.executors
+    from sim.executors import ExecutorError
+
+    class Unreachable(SerialExecutor):
+        def imap_unordered(self, fn, jobs):
+            raise ExecutorError("cannot reach the Dask scheduler at tcp://10.0.0.5:8786: timed out")
+            yield  # a generator, as the real executors are
+
+    monkeypatch.setattr(sim.executors, "make_executor", lambda *args: Unreachable())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new", empty):
+        result = CliRunner().invoke(app, ["sweep", str(scenario), "--seeds", "1", "-q", "-o", str(out)])
+        assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists() and empty.is_dir() and not list(empty.iterdir())

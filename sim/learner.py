@@ -48,6 +48,8 @@ from .topology import Island
 
 _RADIUS_ORDER = [BlastRadius.CHIP, BlastRadius.HOST, BlastRadius.CUBE, BlastRadius.ISLAND]
 _TIMED = (Phase.CHECKPOINT, Phase.DETECT, Phase.SWAP, Phase.RELOAD, Phase.DOWNSCALE, Phase.UPSCALE)
+# the event details of a restart and of a failure while the group holds no chips ("<kind>: <text>")
+RESTART, HOLDS_NO_CHIPS = "restart", "group holds no chips there"
 # Phases in which the group holds chips, so that a failure interrupts it.
 _HOLDING = (Phase.RUNNING, Phase.CHECKPOINT, Phase.RELOAD, Phase.DOWNSCALE, Phase.UPSCALE)
 
@@ -244,9 +246,9 @@ class Group:
         """A failure of the unit around ``chip``; returns True if it took capacity from the group."""
         self.settle()
         if island.outages > 0 or (self.mode is not OnFailure.ELASTIC and not self.holding):
-            return self._absorb(island, kind, fault, "group holds no chips there")
+            return self._absorb(island, kind, fault, HOLDS_NO_CHIPS)
         if self.mode is OnFailure.RESTART:
-            return self._hit(island, kind, fault, "restart", at_once=self._stretch is not None)
+            return self._hit(island, kind, fault, RESTART, at_once=self._stretch is not None)
         eff = max(radius, self.elastic_unit, key=_RADIUS_ORDER.index)
         size_eff, size_unit = island.unit_chips(eff), island.unit_chips(self.elastic_unit)
         first = (chip // size_eff) * size_eff
@@ -313,16 +315,24 @@ class Group:
 
         self.env.timeout(repair_s).callbacks.append(repaired)
 
-    def _absorb(self, island: Island, kind: str, fault: str, why: str) -> bool:
+    def count_absorbed(self, fault: str) -> None:
+        """A failure arrived that cost the group nothing (counted per fault)."""
         self.absorbed += 1
         self.absorbed_by_fault[fault] = self.absorbed_by_fault.get(fault, 0) + 1
+
+    def count_interruption(self, time_s: float, fault: str) -> None:
+        """A failure interrupted the group (counted per fault, its time kept)."""
+        self.interrupts_s.append(time_s)
+        self.interrupts_by_fault[fault] = self.interrupts_by_fault.get(fault, 0) + 1
+
+    def _absorb(self, island: Island, kind: str, fault: str, why: str) -> bool:
+        self.count_absorbed(fault)
         self.recorder.event(self.env.now, "absorbed", fault, island.name, f"{kind}: {why}")
         return False
 
     def _hit(self, island: Island, kind: str, fault: str, detail: str, swapped: bool = False, swap_s: float = 0.0,
              at_once: bool = False) -> bool:
-        self.interrupts_s.append(self.env.now)
-        self.interrupts_by_fault[fault] = self.interrupts_by_fault.get(fault, 0) + 1
+        self.count_interruption(self.env.now, fault)
         self.recorder.event(self.env.now, "failure", fault, island.name, f"{kind}: {detail}")
         if self.mode is OnFailure.ELASTIC:
             self._discard_step_in_flight()  # at the chip counts and step time it was running with

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from . import stretch as S
 from .faults import FaultProcesses, PoissonChips
-from .learner import Group
+from .learner import HOLDS_NO_CHIPS, RESTART, Group
 from .metrics import Bucket, Phase
 from .recorder import EVENT_SCHEMA, TIMELINE_SCHEMA
 from .scenario import ChipFailure, OnFailure, Scenario
@@ -45,7 +45,7 @@ _PHASE_NAMES = pa.array([S.PLAY_SUB_NAMES[float(code)] for code in range(4)], pa
 _EVENT_NAMES = pa.array(["checkpoint", "failure", "absorbed", "work_done"], pa.string())
 SCRATCH = 4096  # phase ends per _replay call
 DRAWN = 256  # arrivals drawn ahead
-COMPILED_FROM = 10_000
+COMPILED_FROM_WORK = 10_000
 """Expected failures plus phase ends above which a run plays compiled; below, the same loop runs as
 plain Python (the same IEEE operations: identical results), so a small run never waits ~0.2 s for the
 compiled code to load."""
@@ -53,7 +53,8 @@ ROOM = 32768  # timeline and event rows per _play call
 
 
 def eligible(scenario: Scenario, groups: list[Group]) -> bool:
-    """Whether the run is one restarting lockstep job under Poisson chip failures and nothing else."""
+    """Whether the run is one restarting lockstep job under Poisson chip failures and nothing else,
+    and not within a few periods of its work target at the start (the loop opens with a stretch)."""
     if len(groups) != 1:
         return False
     group = groups[0]
@@ -64,15 +65,10 @@ def eligible(scenario: Scenario, groups: list[Group]) -> bool:
     for fault in scenario.faults:
         if not isinstance(fault, ChipFailure) or fault.mtbf is None or fault.arrivals() is not None:
             return False
-        if fault.lifetime == "lognormal" or (fault.lifetime == "weibull" and fault.shape != 1.0):
+        if fault.renews_each_chip:
             return False
     rate = group.running_rates()[1]
     return rate > 0 and S.Stretch.far_from_target(group, rate)
-
-
-def _repeat(text: str, n: int) -> pa.Array:
-    """A string column of ``n`` copies of ``text``."""
-    return pa.array([text], pa.string()).take(pa.array(np.zeros(n, np.int64)))
 
 
 class RestartLoop:
@@ -97,7 +93,7 @@ class RestartLoop:
         self.stretch: S.Stretch | None = None
         horizon_s = faults.horizon_s
         expected = horizon_s * sum(source.rate_per_s for source in self.sources) + 2 * horizon_s / group.checkpoint_interval_s
-        self.play = S.compiled_play() if expected >= COMPILED_FROM else S._play
+        self.play = S.compiled_play() if expected >= COMPILED_FROM_WORK else S._play
 
     def start(self) -> None:
         """t = 0: the job plans its first running phase, which opens a stretch (what its process would do)."""
@@ -164,7 +160,7 @@ class RestartLoop:
         if n_rows:
             codes = self.rows[0][:n_rows].astype(np.int64)
             recorder.timeline.extend_table(pa.Table.from_arrays([
-                _repeat(group.name, n_rows), _PHASE_NAMES.take(pa.array(codes)),
+                pa.repeat(pa.scalar(group.name, pa.string()), n_rows), _PHASE_NAMES.take(pa.array(codes)),
                 pa.array(self.rows[1][:n_rows].copy()), pa.array(self.rows[2][:n_rows].copy()),
                 pa.array(np.where(codes == int(S.DETECT_SUB), 0, active)), pa.array(np.full(n_rows, down, np.int64)),
             ], schema=TIMELINE_SCHEMA))
@@ -186,13 +182,11 @@ class RestartLoop:
             self.faults.count(fault, escalated, cause)
             faults[j], targets[j] = fault.name, island
             if kinds[j] == S.EV_FAILURE:
-                group.interrupts_s.append(at)
-                group.interrupts_by_fault[fault.name] = group.interrupts_by_fault.get(fault.name, 0) + 1
-                details[j] = f"{fault.kind}: restart"
+                group.count_interruption(at, fault.name)
+                details[j] = f"{fault.kind}: {RESTART}"
             else:
-                group.absorbed += 1
-                group.absorbed_by_fault[fault.name] = group.absorbed_by_fault.get(fault.name, 0) + 1
-                details[j] = f"{fault.kind}: group holds no chips there"
+                group.count_absorbed(fault.name)
+                details[j] = f"{fault.kind}: {HOLDS_NO_CHIPS}"
         self.played.clear()
         recorder.events.extend_table(pa.Table.from_arrays([
             pa.array(self.events[0][:n_events].copy()), _EVENT_NAMES.take(pa.array(kinds.astype(np.int64))),

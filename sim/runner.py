@@ -117,6 +117,25 @@ class KeptUptime:
         return self.job.up_s()
 
 
+def _play_restart_loop(loop: RestartLoop, env: simpy.Environment, horizon: float, next_check: float,
+                       check_every: float, halt_check: Callable[[], dict | None], checked: bool) -> dict | None:
+    """Run the restart loop to the horizon, the work's end or a tripped halt bound (returned), stopping
+    at the event path's checks when anything checks the run; the clock follows."""
+    while True:
+        limit = min(next_check, horizon) if checked else horizon
+        if loop.advance(limit):
+            if loop.done_s > env.now:
+                env.run(until=loop.done_s)
+            return None
+        if limit >= horizon:
+            return None
+        env.run(until=limit)
+        next_check += check_every
+        halted = halt_check()
+        if halted is not None:
+            return halted
+
+
 @dataclass
 class Replication:
     summary: dict
@@ -176,38 +195,28 @@ def run_replication(
         partial = summarize(ctx, policy, groups, faults, uptime, events, time.perf_counter() - wall_start, final=False)
         return next((v for v in check_bounds(partial, scenario.halt) if not v["passed"]), None)
 
-    checked = bool(scenario.halt) or progress is not None
-    while loop is not None:  # the same checks, the failures played by the compiled loop between them
-        limit = min(next_check, horizon) if checked else horizon
-        if loop.advance(limit):
-            if loop.done_s > env.now:
-                env.run(until=loop.done_s)
-            break
-        if limit >= horizon:
-            break
-        env.run(until=limit)
-        next_check += check_every
-        halted = halt_check()
-        if halted is not None:
-            break
-    while loop is None:
-        when = env.peek()
-        # checks come before the horizon test: with nothing scheduled before the horizon (a group
-        # blocked for good) downtime still grows, and a halt bound on it must still trip
-        if when >= next_check and next_check < horizon:
-            # progress and halt bounds are checked at 1 % steps of simulated time, not per event
-            env.run(until=next_check)
-            next_check += check_every
-            halted = halt_check()
-            if halted is not None:
+    if loop is not None:
+        halted = _play_restart_loop(loop, env, horizon, next_check, check_every, halt_check,
+                                    checked=bool(scenario.halt) or progress is not None)
+    else:
+        while True:
+            when = env.peek()
+            # checks come before the horizon test: with nothing scheduled before the horizon (a group
+            # blocked for good) downtime still grows, and a halt bound on it must still trip
+            if when >= next_check and next_check < horizon:
+                # progress and halt bounds are checked at 1 % steps of simulated time, not per event
+                env.run(until=next_check)
+                next_check += check_every
+                halted = halt_check()
+                if halted is not None:
+                    break
+                continue
+            if when >= horizon:
                 break
-            continue
-        if when >= horizon:
-            break
-        env.step()
-        events += 1
-        if work_defined and all(g.done for g in work_defined):
-            break
+            env.step()
+            events += 1
+            if work_defined and all(g.done for g in work_defined):
+                break
     work_done = bool(work_defined) and all(g.done for g in work_defined)
     if halted is None and not work_done:
         env.run(until=horizon)

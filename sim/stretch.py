@@ -18,6 +18,11 @@ path's (``tests/test_stretch.py`` holds the two equal); only the SimPy event cou
 
 State is one list of floats (indices below) that one call moves in place (copied into a float64
 vector for the compiled kernel).
+
+:func:`_play` goes one step further for :mod:`sim.restart_loop`: it strings stretches together across
+restarts (the failure's booking, detect + reschedule, the reload), with the state vector extended by
+what a restart touches. Both kernels repeat the ledger's operations inline (a compiled loop cannot call
+:class:`sim.metrics.Ledger`); the tests hold them to the ledger's event path.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def assert_same(fast, slow) -> None:
 @pytest.mark.parametrize("seed", range(24))
 def test_loop_equals_event_path_on_random_jobs(seed, compiled_from, monkeypatch):
     """Compiled, or the same loop as plain Python (what small runs use)."""
-    monkeypatch.setattr(restart_loop, "COMPILED_FROM", compiled_from)
+    monkeypatch.setattr(restart_loop, "COMPILED_FROM_WORK", compiled_from)
     sets, faults = random_case(seed)
     scenario = make_scenario(*sets, faults=faults)
     calls = played_by_loop(monkeypatch)

@@ -138,6 +138,10 @@ def _numbers(axis, levels) -> list:
     return list(axis.numbers) if axis.numbers is not None else [None] * len(levels)
 
 
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+_DASHES = ["-", "--", ":", "-."]
+
+
 def sweep_lines(
     df: pd.DataFrame, ax: Axes, x: str, metric: str = "goodput", hue: str | None = None, spread: str = "minmax"
 ) -> Axes:
@@ -155,7 +159,7 @@ def sweep_lines(
     numeric = axis.numbers is not None and bool(np.isfinite(axis.numbers).all())  # "inf" has no place
     positions = dict(zip(levels, axis.numbers if numeric else range(len(levels))))
     hues = ordered_levels(data[hue]) if hue else [None]
-    for level in hues:
+    for k, level in enumerate(hues):
         sub = data if level is None else data[data[hue] == level]
         stats = sub.groupby(x, sort=False)[metric].agg(["mean", "min", "max", "std"])
         order = [v for v in levels if v in stats.index]
@@ -168,7 +172,11 @@ def sweep_lines(
             low, high = stats["mean"] - std, stats["mean"] + std
         else:
             low, high = stats["min"], stats["max"]
-        (line,) = ax.plot(xs, stats["mean"], marker="o", label=None if level is None else str(level))
+        # each level its own hollow marker, smaller and differently dashed for each next one, so levels
+        # with the same means stay visible (ringed, not hidden under one another)
+        (line,) = ax.plot(xs, stats["mean"], marker=_MARKERS[k % len(_MARKERS)], markersize=max(12 - 3 * k, 4),
+                          linewidth=max(3.0 - 0.8 * k, 1.0), markerfacecolor="none", linestyle=_DASHES[k % len(_DASHES)],
+                          label=None if level is None else str(level))
         ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if not numeric:
         ax.set_xticks(range(len(levels)), [level_text(v, axis, n) for v, n in zip(levels, _numbers(axis, levels))])

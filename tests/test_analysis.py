@@ -227,6 +227,19 @@ def test_sweep_lines_ticks_an_integer_factor_at_integers(results):
     assert ticks and all(float(t).is_integer() for t in ticks)
 
 
+def test_sweep_lines_with_equal_means_stay_visible():
+    """Two levels whose means coincide: each line keeps its own hollow marker, size and dash, so the
+    one drawn first still shows around the other instead of vanishing under it."""
+    rows = pd.DataFrame({"status": "ok", "q": [1, 2, 1, 2], "g": ["0s", "0s", "2s", "2s"], "goodput": [0.9, 0.8] * 2})
+    ax = figures.sweep_lines(rows, axes(), "q", "goodput", hue="g")
+    lines = [line for line in ax.get_lines() if line.get_label() in ("0s", "2s")]
+    assert len(lines) == 2
+    assert list(lines[0].get_ydata()) == list(lines[1].get_ydata())
+    first, second = ((ln.get_marker(), ln.get_markersize(), ln.get_linestyle()) for ln in lines)
+    assert first[0] != second[0] and first[1] > second[1] and first[2] != second[2]
+    assert all(ln.get_markerfacecolor() == "none" for ln in lines)
+
+
 def test_timeline_counts_every_failure_the_summary_counts(tmp_path):
     """The quickstart's two days under sync_dp: one of the 21 failures arrives while the job is
     already stopped (absorbed). The title counts all 21, as the run table does, and that one is a

@@ -307,6 +307,10 @@ def test_summary_table_shows_mean_counts_unrounded():
     assert re.search(r"^\s*interruptions\s+0\.5\s*$", text, re.MULTILINE)
     assert re.search(r"^\s*failures\s+1\.5\s*$", text, re.MULTILINE)
     assert "chip_failure 1.5" in text
+    assert "(100 events, 0.10 s)" in text
+    console = Console(width=100, record=True)
+    console.print(summary_table({**result, "events": 0.0}))  # played by the restart loop
+    assert "(restart loop, 0.10 s)" in console.export_text()
 
 
 @pytest.mark.parametrize("command", ["run", "sweep", "validate", "export"])

@@ -63,9 +63,8 @@ def eligible(scenario: Scenario, groups: list[Group]) -> bool:
     if group.listeners or group.commit_listeners or group.plan_listeners or group.reload_transfer is not None:
         return False
     for fault in scenario.faults:
-        if not isinstance(fault, ChipFailure) or fault.mtbf is None or fault.arrivals() is not None:
-            return False
-        if fault.renews_each_chip:
+        poisson = isinstance(fault, ChipFailure) and fault.mtbf is not None and not fault.renews_each_chip
+        if not poisson or fault.arrivals() is not None:
             return False
     rate = group.running_rates()[1]
     return rate > 0 and S.Stretch.far_from_target(group, rate)
@@ -130,7 +129,8 @@ class RestartLoop:
             self.played += self.pending[:consumed]
             del self.pending[:consumed]
             self._store()
-            if why == S.PLAY_FULL or ROOM - max(rows, events) < 2 * SCRATCH + 8:
+            # (the next call needs room for a settle and an arrival beyond its own margin)
+            if why == S.PLAY_FULL or ROOM - max(rows, events) < 2 * (SCRATCH + S.PLAY_MARGIN):
                 self._record(rows, events, active, down)
                 rows = events = 0
             if why == S.PLAY_DONE:

@@ -21,8 +21,10 @@ vector for the compiled kernel).
 
 :func:`_play` goes one step further for :mod:`sim.restart_loop`: it strings stretches together across
 restarts (the failure's booking, detect + reschedule, the reload), with the state vector extended by
-what a restart touches. Both kernels repeat the ledger's operations inline (a compiled loop cannot call
-:class:`sim.metrics.Ledger`); the tests hold them to the ledger's event path.
+what a restart touches. It lives here, beside the :func:`_replay` it calls, because Numba's on-disk
+cache checks only the file of the function it caches: in another module a changed ``_replay`` would
+leave a stale compiled ``_play``. Both kernels repeat the ledger's operations inline (a compiled loop
+cannot call :class:`sim.metrics.Ledger`); the tests hold them to the ledger's event path.
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ PLAY_SUB_NAMES = {**SUB_NAMES, DETECT_SUB: "detect"}
 EV_CHECKPOINT, EV_FAILURE, EV_ABSORBED, EV_WORK_DONE = 0.0, 1.0, 2.0, 3.0
 # why it returned: at the limit, output arrays (nearly) full, or the work target committed
 PLAY_LIMIT, PLAY_FULL, PLAY_DONE = 0, 1, 2
+# rows or events past those of a settle (capacity + 1) that one arrival can add: it returns before then
+PLAY_MARGIN = 4
 
 _play_kernel = None
 
@@ -212,7 +216,7 @@ def _play(state, active, down, spare, compute_fraction, steps_per_s, work_s, wri
     are scratch for ``_replay``; an arrival's event carries ``arrival_base`` plus its index.
     """
     capacity = len(times)
-    room = min(len(row_end), len(ev_time)) - capacity - 4  # a settle writes at most capacity + 1 of each
+    room = min(len(row_end), len(ev_time)) - capacity - PLAY_MARGIN
     n_rows = 0
     n_events = 0
     i = 0

@@ -56,6 +56,20 @@ def test_loss_grad_and_eval_match_numpy_reference():
     assert nb_loss == pytest.approx(np_loss, rel=1e-12) and nb_acc == np_acc
 
 
+def test_vector_exp_is_within_an_ulp_of_libm():
+    """The softmax's exponential (a polynomial that vectorises) against libm's on [-708, 0] and its ends."""
+    x = np.concatenate([-np.random.default_rng(7).random(200_000) * 708.0,
+                        [0.0, -0.0, -1e-300, -5e-324, -np.log(2.0) / 2, -708.0]])
+    got = x.copy()
+    K.exp_nonpositive(got, np.empty(x.size, np.int64))
+    want = np.exp(x)
+    assert np.max(np.abs(got - want) / want) <= 2.3e-16  # one ulp of a number in [1, 2)
+    assert got[-6] == got[-5] == 1.0
+    below = np.array([-709.0, -1e4, -np.inf])
+    K.exp_nonpositive(below, np.empty(3, np.int64))  # clamped: negligible next to a softmax's 1
+    assert np.all(below == got[-1]) and got[-1] == pytest.approx(np.exp(-708.0), rel=2.3e-16)
+
+
 def test_adamw_matches_reference_step_for_step():
     rng = np.random.default_rng(2)
     n = 50

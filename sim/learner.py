@@ -404,6 +404,38 @@ class Group:
             wait = self.env.all_of([wait, self._transfer])  # it also needs the state to arrive
         return wait
 
+    # ---- the restart loop (sim.restart_loop) plays this job without its process: what it hands back
+
+    def open_loop_stretch(self) -> Stretch:
+        """t = 0 under the restart loop: plan the first running phase, which opens a stretch."""
+        if self._plan_next() is not None or self._stretch is None:
+            raise AssertionError("an eligible job opens a stretch at t = 0")
+        return self._stretch
+
+    @property
+    def row_since_s(self) -> float:
+        """When the timeline row now open started."""
+        return self._row_since_s
+
+    def adopt_loop_state(self, phase: Phase, phase_end_s: float, run_started_s: float, row_phase: Phase,
+                         row_since_s: float, stretch: Stretch | None) -> None:
+        """Take over where the restart loop left the job, as the event path would have left it: ``phase``
+        (its end, when not running), the running phase's start, the open timeline row and the stretch."""
+        ledger = self.ledger
+        self.phase = self.intent = ledger.phase = phase
+        self.phase_end_s = None if phase is Phase.RUNNING else phase_end_s
+        self._run_started_s = run_started_s
+        self.work_left_s = 0.0 if phase is Phase.CHECKPOINT else self.checkpoint_interval_s
+        self._was_running = phase is Phase.RUNNING
+        self._row = (row_phase, 0 if row_phase is Phase.DETECT else ledger.active_chips, ledger.down_chips)
+        self._row_since_s = self.phase_since_s = row_since_s
+        self._stretch = stretch
+
+    def loop_done(self) -> None:
+        """The restart loop committed the work target: the job is done."""
+        self.done = True
+        self._stretch = None
+
     def _stretch_fits(self, duration: float, rate: float) -> bool:
         """Whether the periods from here can be settled in closed form (nothing watches each one);
         ``rate``: the steps per second of its running phases."""

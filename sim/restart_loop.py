@@ -97,11 +97,9 @@ class RestartLoop:
     def start(self) -> None:
         """t = 0: the job plans its first running phase, which opens a stretch (what its process would do)."""
         group = self.group
-        if group._plan_next() is not None or group._stretch is None:
-            raise AssertionError("an eligible job opens a stretch at t = 0")
-        self.stretch = group._stretch
+        self.stretch = group.open_loop_stretch()
         self.state[: S.STATE_SIZE] = self.stretch.state
-        self.state[S.ROW_PHASE], self.state[S.ROW_SINCE] = S.RUNNING_SUB, group._row_since_s
+        self.state[S.ROW_PHASE], self.state[S.ROW_SINCE] = S.RUNNING_SUB, group.row_since_s
 
     def advance(self, limit_s: float) -> bool:
         """Play every failure and phase end before ``limit_s``; True once the work target is committed."""
@@ -135,8 +133,7 @@ class RestartLoop:
                 rows = events = 0
             if why == S.PLAY_DONE:
                 self.done_s = float(state[S.LAST])
-                group.done = True
-                group._stretch = None
+                group.loop_done()
             if why == S.PLAY_DONE or (why == S.PLAY_LIMIT and until_s >= limit_s):
                 self._record(rows, events, active, down)
                 return why == S.PLAY_DONE
@@ -199,18 +196,9 @@ class RestartLoop:
         S.store_ledger(state, ledger)
         ledger.buckets[Bucket.LOST], ledger.rolled_back_steps = float(state[S.LOST]), float(state[S.ROLLED_BACK])
         detecting = not math.isnan(state[S.DETECT_END])
-        phase = Phase.DETECT if detecting else _PHASES[float(state[S.SUB])]
-        group.phase = group.intent = ledger.phase = phase
-        group.phase_end_s = None if phase is Phase.RUNNING else float(state[S.PHASE_END])
-        group._run_started_s = float(state[S.RUN_STARTED])
-        group.work_left_s = 0.0 if phase is Phase.CHECKPOINT else group.checkpoint_interval_s
-        group._was_running = phase is Phase.RUNNING
-        row_phase = _PHASES[float(state[S.ROW_PHASE])]
-        group._row = (row_phase, 0 if row_phase is Phase.DETECT else ledger.active_chips, ledger.down_chips)
-        group._row_since_s = float(state[S.ROW_SINCE])
-        group.phase_since_s = group._row_since_s
-        if detecting:
-            group._stretch = None
-        else:
+        if not detecting:
             self.stretch.state[:] = state[: S.STATE_SIZE].tolist()
-            group._stretch = self.stretch
+        group.adopt_loop_state(
+            Phase.DETECT if detecting else _PHASES[float(state[S.SUB])], float(state[S.PHASE_END]),
+            float(state[S.RUN_STARTED]), _PHASES[float(state[S.ROW_PHASE])], float(state[S.ROW_SINCE]),
+            None if detecting else self.stretch)

@@ -153,6 +153,8 @@ def test_an_overridden_value_is_not_blamed_on_the_line_it_replaced(tmp_path):
         ("seed=abc", ["small.yaml: seed: ", "valid integer"]),  # line 4 holds the file's seed, not 'abc'
         ("training.nonsense=1", ["training.nonsense", "unknown key 'nonsense'"]),
         ("surrogate.model=big", ["surrogate.model", "'mlp', 'markov' or 'off'"]),
+        ("surrogate=mlp", ["small.yaml: surrogate: ", "expected a mapping such as {model: mlp}", "got 'mlp'"]),
+        ("surrogate=[mlp]", ["small.yaml: surrogate: ", "expected a mapping such as {model: mlp}", "got ['mlp']"]),
         ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (line 10)", "greater than 0"]),
     ],
 )

@@ -462,8 +462,10 @@ def write_report(results_paths, out_dir) -> Path:
     )
     sections = [
         f"<h1>chaossim report</h1><ul>{inputs}</ul>{differences}{provenance_html(results)}",
-        "<h2>Summary metrics</h2><p class='note'>Mean over finished replications (min to max in brackets).</p>",
-        metrics_table(results),
+        # a sweep's replications ran different settings: pooled they mean nothing, so a sweep has its
+        # table per point below instead
+        *(["<h2>Summary metrics</h2><p class='note'>Mean over finished replications (min to max in brackets).</p>",
+           metrics_table(runs)] if runs else []),
         *[f"<h2>Sweep points: {_esc(s.label)}</h2>{sweep_tables(s)}" for s in sweeps],
         "<h2>Hypotheses</h2>",
         hypotheses_section(results),

@@ -443,6 +443,8 @@ def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30s, "
                      r"topology.regions.0.islands.0.count=2, training.policy \+ training.on_failure=sync_dp, restart, seed 1\)", page)
     assert "ValueError: injected" in page and "1 replication(s) crashed" in page
+    # no table pools the replications of different settings (sweep points hold them apart)
+    assert "Summary metrics" not in page and "Sweep points: sweep" in page
     assert "<th>training.checkpoint.write_time</th>" in page
     assert "<td>30s</td>" in page and "<td>120s</td>" in page  # as the sweep was given, not 30.0 and 120.0
 

@@ -154,6 +154,8 @@ def test_an_overridden_value_is_not_blamed_on_the_line_it_replaced(tmp_path):
         ("training.nonsense=1", ["training.nonsense", "unknown key 'nonsense'"]),
         ("surrogate.model=big", ["surrogate.model", "'mlp', 'markov' or 'off'"]),
         ("surrogate=mlp", ["small.yaml: surrogate: ", "expected a mapping such as {model: mlp}", "got 'mlp'"]),
+        ("training.grace=5s", ["training.grace", "expected a mapping of the keys mode, gamma, ema_alpha, fixed, max, got '5s'"]),
+        ("training.outer=[0.7]", ["training.outer", "expected a mapping of the keys lr, momentum, anchor, got a list"]),
         ("surrogate=[mlp]", ["small.yaml: surrogate: ", "expected a mapping such as {model: mlp}", "got ['mlp']"]),
         ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (line 10)", "greater than 0"]),
     ],

@@ -501,9 +501,11 @@ def main() -> None:
         err.print("interrupted: results written so far are kept")
         sys.exit(EXIT_INTERRUPTED)
     except MemoryError as problem:
-        # only past the memory ceiling, which --allow-large lifted: say so in one line
-        err.print(f"error: out of memory ({problem}); the ceiling --allow-large lifted was there for this "
-                  "(README: limits)", markup=False, highlight=False, soft_wrap=True)
+        # past the memory ceiling (which --allow-large lifted) or beyond what the estimate foresees
+        why = ("the ceiling --allow-large lifted was there for this" if "--allow-large" in sys.argv[1:]
+               else "more than the memory estimate foresaw")
+        err.print(f"error: out of memory ({problem}); {why} (README: limits)", markup=False, highlight=False,
+                  soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)
 
 

@@ -23,9 +23,13 @@ figure               frame                                      reads as
 ``link_utilisation`` series (``link_utilisation``)              WAN link use over time
 ``loss_vs_goodput``  sweep rows (with ``final_loss``)           the quality / goodput trade-off:
                                                                 a dot per seed, a ring per setting
-``loss_per_setting`` series + sweep rows                        loss against tokens, one curve per
-                                                                setting (its first seed)
+``loss_per_setting`` series + sweep rows                        loss against tokens, every seed of
+                                                                every setting (a colour per setting)
 ===================  =========================================  ===================================
+
+A loss whose values span more than :data:`LOG_SPAN` (a setting that diverges to 10^4 next to ones
+that settle at 0.3) is drawn on a log axis, so the diverging curve does not flatten the others into
+the floor and the point where it leaves them stays visible.
 
 Nothing here touches ``pyplot`` or a global backend: :func:`new_axes` builds a ``Figure`` on the Agg
 canvas, so figures render the same in a test, a report or a headless CI; a notebook can pass the
@@ -38,8 +42,10 @@ import math
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -60,6 +66,10 @@ from .labels import (
 HOURS = 3600.0
 TIME_LABEL = "simulated time (h)"
 _HIGHER_IS_BETTER = ("goodput", "uptime", "tokens", "steps", "chip_time_fraction.useful", "chip_time.useful")
+LOSS_METRICS = ("final_loss",)
+LOG_SPAN = 100.0
+"""A loss whose positive values span more than this factor is drawn on a log scale."""
+LOSS_LABEL = "surrogate eval loss (nats)"
 
 
 def new_axes(width: float = 8.0, height: float = 4.5) -> tuple[Figure, Axes]:
@@ -101,6 +111,41 @@ def _cell_text(value: float, metric: str) -> str:
     return f"{value:.3f}" if metric_quantity(metric).unit.startswith("fraction") else f"{value:.3g}"
 
 
+def spans_decades(values) -> bool:
+    """Whether positive ``values`` span more than :data:`LOG_SPAN` (a loss that diverged)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return bool(v.size) and v.min() > 0 and v.max() / v.min() > LOG_SPAN
+
+
+def _log_loss_axis(ax: Axes, values, label: str = LOSS_LABEL) -> None:
+    """A log y axis when the loss spans decades, said in the axis label."""
+    if spans_decades(values):
+        ax.set_yscale("log")
+        label = label[:-1] + ", log scale)" if label.endswith(")") else label + " (log scale)"
+    ax.set_ylabel(label)
+
+
+def setting_styles(n: int) -> list[tuple]:
+    """``n`` distinguishable (colour, line style, marker) triples: tab10 up to 10, tab20 up to 20, then
+    the tab20 colours again with other dashes and markers, so no two settings of one figure look alike."""
+    size = 10 if n <= 10 else 20
+    palette = colormaps["tab10" if size == 10 else "tab20"]
+    return [(palette(k % size), _DASHES[(k // size) % len(_DASHES)], _MARKERS[(k // size) % len(_MARKERS)])
+            for k in range(n)]
+
+
+def _setting_legend(ax: Axes, title: str, entries: int) -> None:
+    """The legend of one entry per setting: inside the axes for a few, beside them (in columns) for
+    many, so it never covers the data or runs off the figure."""
+    title = title.replace("; ", ";\n")
+    if entries <= 10:
+        ax.legend(title=title, fontsize=7, title_fontsize=8)
+    else:
+        ax.legend(title=title, fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  frameon=False, ncol=1 if entries <= 20 else 2)
+
+
 # --------------------------------------------------------------------------------------------- sweeps
 
 
@@ -117,7 +162,10 @@ def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goo
         grid[ys.index(yv), xs.index(xv)] = values.mean() * q.scale
         counts[ys.index(yv), xs.index(xv)] = len(values)
     better_high = metric in _HIGHER_IS_BETTER
-    image = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap or ("viridis" if better_high else "viridis_r"))
+    # a diverged loss beside settled ones: colours on a log scale, or every other cell is one colour
+    norm = LogNorm() if metric in LOSS_METRICS and spans_decades(grid) else None
+    image = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap or ("viridis" if better_high else "viridis_r"),
+                      norm=norm)
     for (row, col), value in np.ndenumerate(grid):
         shade = image.cmap(image.norm(value)) if not math.isnan(value) else (1, 1, 1, 1)
         light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5
@@ -187,7 +235,10 @@ def sweep_lines(
         elif all(float(p).is_integer() for p in positions.values()):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a quorum of 1.5 learners does not exist
     ax.set_xlabel(axis.label)
-    ax.set_ylabel(q.label)
+    if metric in LOSS_METRICS:
+        _log_loss_axis(ax, data[metric] * q.scale, q.label)
+    else:
+        ax.set_ylabel(q.label)
     band = "min-max" if spread != "std" else "+-1 std"
     ax.set_title(f"{q.name} vs {x}\n(mean over seeds, band: {band})")
     if hue:
@@ -401,12 +452,13 @@ def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
     """Surrogate eval loss (``series == "loss"``) against simulated hours (``x="time"``) or tokens."""
     tokens = x == "tokens"
     ax.set_xlabel("tokens (count)" if tokens else TIME_LABEL)
-    ax.set_ylabel("surrogate eval loss (nats)")
+    ax.set_ylabel(LOSS_LABEL)
     ax.set_title(f"Surrogate loss vs {'tokens' if tokens else 'wall-clock (simulated)'}")
     data = df[df["series"] == "loss"] if "series" in df else df.iloc[0:0]
     data, _ = _first_replication(data)
     if data.empty or not _series_lines(data, ax, "tokens" if tokens else "time_s", 1.0 if tokens else 1 / HOURS, 1.0, False):
         return _empty(ax, "no surrogate loss recorded")
+    _log_loss_axis(ax, data["value"])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
@@ -418,39 +470,48 @@ def loss_vs_goodput(rows: pd.DataFrame, ax: Axes, setting: str) -> Axes:
     data = ok_rows(rows).dropna(subset=["goodput", "final_loss"])
     if data.empty:
         return _empty(ax, "no finished replication with a surrogate loss")
-    for level in ordered_levels(data[setting]):
+    levels = ordered_levels(data[setting])
+    for level, (colour, _, marker) in zip(levels, setting_styles(len(levels))):
         sub = data[data[setting] == level]
-        (dots,) = ax.plot(sub["goodput"], sub["final_loss"], "o", alpha=0.45, markersize=4)
-        ax.plot(sub["goodput"].mean(), sub["final_loss"].mean(), "o", markersize=11, markerfacecolor="none",
-                markeredgewidth=2, color=dots.get_color(), label=str(level))
+        ax.plot(sub["goodput"], sub["final_loss"], marker, alpha=0.45, markersize=4, color=colour)
+        ax.plot(sub["goodput"].mean(), sub["final_loss"].mean(), marker, markersize=11, markerfacecolor="none",
+                markeredgewidth=2, color=colour, label=str(level))
     ax.set_xlabel(metric_quantity("goodput").label)
-    ax.set_ylabel(metric_quantity("final_loss").label)
+    _log_loss_axis(ax, data["final_loss"], metric_quantity("final_loss").label)
     ax.set_title("Final surrogate loss vs goodput\n(dots: seeds; rings: mean over seeds)")
-    ax.legend(title=setting, fontsize=7, title_fontsize=8)
+    _setting_legend(ax, setting, len(levels))
     ax.grid(alpha=0.3)
     return ax
 
 
 def loss_per_setting(series: pd.DataFrame, rows: pd.DataFrame, ax: Axes, setting: str, key: str = "index") -> Axes:
-    """Surrogate eval loss against tokens, one curve per level of ``setting`` (the replication with the
-    lowest seed of that setting: curves are not averaged)."""
+    """Surrogate eval loss against tokens for every finished replication, one colour (and legend
+    entry) per level of ``setting``: curves are not averaged, and no seed is left out, so a seed that
+    diverges shows beside the ones that did not."""
     loss = series[series["series"] == "loss"] if "series" in series else series.iloc[0:0]
     ok = ok_rows(rows)
     if loss.empty or ok.empty:
         return _empty(ax, "no surrogate loss recorded")
-    drawn = 0
-    for level in ordered_levels(ok[setting]):
-        first = ok[ok[setting] == level].sort_values("seed").iloc[0]
-        sub = loss[loss[key] == first[key]].sort_values("time_s").dropna(subset=["tokens"])
-        if len(sub):
-            ax.plot(sub["tokens"], sub["value"], label=f"{level} (seed {first['seed']})")
-            drawn += 1
+    levels = ordered_levels(ok[setting])
+    drawn, values = 0, []
+    for level, (colour, dashes, _) in zip(levels, setting_styles(len(levels))):
+        replications = ok[ok[setting] == level].sort_values("seed")
+        seeds = list(replications["seed"])
+        label = f"{level} (seed {seeds[0]})" if len(seeds) == 1 else f"{level} ({len(seeds)} seeds)"
+        for number in replications[key]:
+            sub = loss[loss[key] == number].sort_values("time_s").dropna(subset=["tokens"])
+            if len(sub):
+                ax.plot(sub["tokens"], sub["value"], color=colour, linestyle=dashes, linewidth=1.2, alpha=0.85,
+                        label=label)
+                label = None  # one legend entry per setting
+                values.append(sub["value"])
+                drawn += 1
     if not drawn:
         return _empty(ax, "no surrogate loss recorded")
     ax.set_xlabel("tokens (count)")
-    ax.set_ylabel("surrogate eval loss (nats)")
-    ax.set_title("Surrogate loss vs tokens, one curve per setting")
-    ax.legend(title=setting, fontsize=7, title_fontsize=8)
+    _log_loss_axis(ax, pd.concat(values))
+    ax.set_title("Surrogate loss vs tokens, every seed of every setting")
+    _setting_legend(ax, setting, len(levels))
     ax.grid(alpha=0.3)
     return ax
 

@@ -13,10 +13,11 @@ What the page shows:
 * **several runs** (or one compare run, which stands for its variants): the same tables with the runs
   side by side, labelled by what differs between their scenarios (which the page names), goodput and
   downtime per run, the ledger per run, one timeline per run, loss curves overlaid;
-* **a sweep**: a table per sweep point, crashed replications with their errors, goodput and
-  global-downtime heatmaps over two axes (one panel per setting of the others: never averaged across
-  factor levels; a zip group is one axis), the same as lines with the spread over seeds, and the
-  ledger per point.
+* **a sweep**: a table per sweep point, crashed replications with their errors, goodput,
+  global-downtime and (with the surrogate) final-loss heatmaps over two axes (one panel per setting of
+  the others: never averaged across factor levels; a zip group is one axis), the same as lines with
+  the spread over seeds, the ledger per point, and with the surrogate final loss against goodput and
+  the loss curve of every seed.
 
 Every input's provenance (chaossim version, command line, seeds, date) heads the page.
 
@@ -60,6 +61,7 @@ MAX_TIMELINES = 12  # beyond this the page says which runs' timelines it left ou
 MAX_LEDGER_BARS = 24
 MAX_PANELS = 6  # heatmap panels per metric (one per setting of the axes not on the map)
 MAX_VERDICT_ROWS = 20
+SWEEP_METRICS = ("goodput", "global_downtime_s", "final_loss")  # mapped over the factors (loss: with the surrogate)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -268,8 +270,8 @@ def _sweep_plots(r: Results) -> list[Plot]:
         x, y = plain[0], plain[1]
         rest = [a for a in axes if a not in (x, y)]
         panels = fig.ok_rows(rows)[rest].drop_duplicates().to_dict("records") if rest else [{}]
-        for metric in ("goodput", "global_downtime_s"):
-            if metric not in rows:
+        for metric in SWEEP_METRICS:
+            if not _recorded(rows, metric):
                 continue
             for k, panel in enumerate(panels[:MAX_PANELS]):
                 sub = rows.loc[(rows[list(panel)] == pd.Series(panel)).all(axis=1)] if panel else rows
@@ -286,8 +288,8 @@ def _sweep_plots(r: Results) -> list[Plot]:
         rest = [a for a in axes if a != x]
         hue = " / ".join(rest) or None
         lined = rows.assign(**{hue: _joined(rows, rest, ", ")}) if hue else rows
-        for metric in ("goodput", "global_downtime_s"):
-            if metric in rows:
+        for metric in SWEEP_METRICS:
+            if _recorded(rows, metric):
                 plots.append(Plot(
                     f"{slug}-lines-{metric}",
                     f"Mean {metric_quantity(metric).name} over seeds against {x}"
@@ -301,20 +303,21 @@ def _sweep_plots(r: Results) -> list[Plot]:
         plots.append(Plot(
             f"{slug}-ledger", "Where the chip-seconds went at each sweep point (mean over seeds; green = goodput).",
             lambda ax: fig.chip_time_bars(ledger, ax, by=setting.name), (9.0, 4.5)))
-    if axes and "final_loss" in rows and rows["final_loss"].notna().any():
+    if axes and _recorded(rows, "final_loss"):
         point = "; ".join(axes)
         named = rows.assign(**{point: _joined(rows, axes, "; ")})
+        size = (11.0, 5.0) if named[point].nunique() > 10 else (8.0, 5.0)  # room for a legend beside the axes
         plots.append(Plot(
             f"{slug}-loss-vs-goodput",
             "Final surrogate loss against goodput at each sweep point: small dots are seeds, rings the mean "
             "over seeds (lower right is better on both).",
-            lambda ax: fig.loss_vs_goodput(named, ax, point), (8.0, 5.0)))
+            lambda ax: fig.loss_vs_goodput(named, ax, point), size))
         series = r.table("series")
         if len(series):
             plots.append(Plot(
                 f"{slug}-loss-per-setting",
-                "Surrogate eval loss against tokens trained, one curve per sweep point (its lowest seed).",
-                lambda ax: fig.loss_per_setting(series, named, ax, point, r.key), (8.0, 5.0)))
+                "Surrogate eval loss against tokens trained, every seed of every sweep point (one colour per point).",
+                lambda ax: fig.loss_per_setting(series, named, ax, point, r.key), size))
     timeline = r.table("timeline", first=1)
     if len(timeline):
         events = r.with_groups(r.table("events", first=1))
@@ -324,6 +327,10 @@ def _sweep_plots(r: Results) -> list[Plot]:
             "(hollow: arrived while already stopped).",
             lambda ax: fig.timeline(timeline, ax, events, _exposed(r, timeline)), (10.0, 1.6 + 0.45 * timeline["group"].nunique())))
     return plots
+
+
+def _recorded(rows: pd.DataFrame, metric: str) -> bool:
+    return metric in rows and bool(rows[metric].notna().any())
 
 
 def _exposed(r: Results, timeline: pd.DataFrame) -> float:
@@ -455,8 +462,10 @@ def write_report(results_paths, out_dir) -> Path:
     )
     sections = [
         f"<h1>chaossim report</h1><ul>{inputs}</ul>{differences}{provenance_html(results)}",
-        "<h2>Summary metrics</h2><p class='note'>Mean over finished replications (min to max in brackets).</p>",
-        metrics_table(results),
+        # a sweep's replications ran different settings: pooled they mean nothing, so a sweep has its
+        # table per point below instead
+        *(["<h2>Summary metrics</h2><p class='note'>Mean over finished replications (min to max in brackets).</p>",
+           metrics_table(runs)] if runs else []),
         *[f"<h2>Sweep points: {_esc(s.label)}</h2>{sweep_tables(s)}" for s in sweeps],
         "<h2>Hypotheses</h2>",
         hypotheses_section(results),

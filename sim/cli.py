@@ -85,10 +85,10 @@ def fail(message: str) -> None:
 
 
 SetOption = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="override any field: dotted.key=value (repeatable)")
+    list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="override any field: dotted.key=value (repeatable)")
 ]
 TraceDirs = Annotated[
-    list[Path] | None, typer.Option("--trace-dir", help="a folder trace files may come from, besides the scenario's (repeatable)")
+    list[Path] | None, typer.Option("--trace-dir", metavar="DIR", help="a folder trace files may come from, besides the scenario's (repeatable)")
 ]
 AllowLarge = Annotated[
     bool, typer.Option("--allow-large", help="accept an estimated cost past the ceiling (README: limits)", metavar="")
@@ -247,7 +247,7 @@ def _interrupted(folder: Path, variants: list, finished: int, done: int) -> None
 
 @app.command()
 def run(
-    file: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="scenario YAML file")],
     set_: SetOption = None,
     seed: Annotated[int | None, typer.Option(help="override the scenario seed")] = None,
     replications: Annotated[int | None, typer.Option(help="override the number of replications")] = None,
@@ -334,7 +334,7 @@ def _write_report(folder: Path) -> Path:
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="scenario YAML files")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="scenario YAML files")],
     set_: SetOption = None,
     allow_large: AllowLarge = False,
     trace_dir: TraceDirs = None,
@@ -382,9 +382,9 @@ def schema() -> None:
 
 @app.command()
 def sweep(
-    file: Annotated[Path, typer.Argument(help="scenario YAML file (its sweep: section gives factors and seeds)")],
-    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="factor dotted.key=v1,v2,... (cartesian product; repeatable)")] = None,
-    zip_: Annotated[list[str] | None, typer.Option("--zip", help="factor dotted.key=v1,v2,... varying together with the other --zip factors")] = None,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="scenario YAML file (its sweep: section gives factors and seeds)")],
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", metavar="KEY=V1,V2,...", help="factor dotted.key=v1,v2,... (cartesian product; repeatable)")] = None,
+    zip_: Annotated[list[str] | None, typer.Option("--zip", metavar="KEY=V1,V2,...", help="factor dotted.key=v1,v2,... varying together with the other --zip factors")] = None,
     seeds: Annotated[str | None, typer.Option(help="seeds, e.g. 1-5 or 1,2,7 (default: the file's, else seed + replication)")] = None,
     set_: SetOption = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="sweep folder (rows/, runs/)")] = None,
@@ -409,7 +409,7 @@ def sweep(
 
 @app.command()
 def report(
-    results: Annotated[list[Path], typer.Argument(help="results folders (chaossim run -o) and/or sweep folders")],
+    results: Annotated[list[Path], typer.Argument(metavar="RESULTS", help="results folders (chaossim run -o) and/or sweep folders")],
     output: Annotated[Path, typer.Option("-o", "--output", help="report folder (PNG figures and report.html)")] = Path("report"),
 ) -> None:
     """Write figures and one self-contained report.html (images embedded) from results folders."""
@@ -501,9 +501,11 @@ def main() -> None:
         err.print("interrupted: results written so far are kept")
         sys.exit(EXIT_INTERRUPTED)
     except MemoryError as problem:
-        # only past the memory ceiling, which --allow-large lifted: say so in one line
-        err.print(f"error: out of memory ({problem}); the ceiling --allow-large lifted was there for this "
-                  "(README: limits)", markup=False, highlight=False, soft_wrap=True)
+        # past the memory ceiling (which --allow-large lifted) or beyond what the estimate foresees
+        why = ("the ceiling --allow-large lifted was there for this" if "--allow-large" in sys.argv[1:]
+               else "more than the memory estimate foresaw")
+        err.print(f"error: out of memory ({problem}); {why} (README: limits)", markup=False, highlight=False,
+                  soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)
 
 

@@ -15,7 +15,9 @@ Each would run until killed. :func:`estimate` adds up, per replication, the work
 * **surrogate steps and evaluations**: per learner group at most ``max_steps_per_learner``, and
   one evaluation per ``eval_every``;
 
-and the memory that grows with chips (Weibull and lognormal lifetimes keep one float per chip). ``chaossim run``
+and the memory that grows with chips (Weibull and lognormal lifetimes keep one float per chip) or with
+the surrogate's sizes (:func:`surrogate_bytes`: ``dim: 100000, hidden: 100000`` is 10^10 parameters per
+learner). ``chaossim run``
 and ``sweep`` refuse a plan whose total over replications (and sweep points) passes
 :data:`WORK_CEILING` or :data:`MEMORY_CEILING_BYTES`, unless ``--allow-large`` is given; the message
 names the largest term and its YAML path. The estimate is an expectation, accurate to a small factor
@@ -52,6 +54,13 @@ EVENTS_PER_FAILURE = 3  # the failure, its repair, and the recovery phase it sta
 EVENTS_PER_INJECTION = 2  # a fault's start and its end
 BYTES_PER_RENEWED_CHIP = 24  # next-failure time, age and a scratch draw per chip (Weibull, lognormal)
 LOCKSTEP = (Policy.SYNC_DP, Policy.ELASTIC_DP)
+# The surrogate's float64 arrays, in parameter vectors: per learner its parameters, AdamW moments, the
+# anchor it last received, its reported fragments and the merge scratch; shared: Theta, the outer
+# velocity, the data-parallel moments and the gradient scratch
+VECTORS_PER_LEARNER = 6
+SHARED_VECTORS = 5
+MLP_SAMPLES_PER_LEARNER, MLP_EVAL_SAMPLES = 2048, 4096  # sim.surrogate.data.make_dataset's defaults
+MARKOV_KEYS = 16  # sim.surrogate.markov.KEYS: key matrices per source, each kept with its CDF
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,24 @@ def _step_times(scenario: Scenario) -> list[float]:
     return times
 
 
+def surrogate_bytes(scenario: Scenario, learners: int) -> float:
+    """Bytes of the surrogate of one replication with ``learners`` learners (0 when it is off): the
+    parameter vectors (:data:`VECTORS_PER_LEARNER` per learner, :data:`SHARED_VECTORS` shared) plus
+    the task's data: the MLP's samples (features and label) and its evaluation activations, the
+    Markov sources' key matrices and their CDFs."""
+    cfg = scenario.surrogate
+    if cfg.model == "off":
+        return 0.0
+    if cfg.model == "mlp":
+        params = cfg.dim * cfg.hidden + cfg.hidden + cfg.hidden * cfg.classes + cfg.classes
+        samples = learners * MLP_SAMPLES_PER_LEARNER + MLP_EVAL_SAMPLES
+        data = samples * (cfg.dim + 1) + MLP_EVAL_SAMPLES * (cfg.hidden + cfg.classes)
+    else:
+        params = cfg.vocab * cfg.vocab
+        data = 2 * cfg.components * MARKOV_KEYS * params
+    return 8.0 * ((VECTORS_PER_LEARNER * learners + SHARED_VECTORS) * params + data)
+
+
 def estimate(scenario: Scenario) -> Cost:
     """The work and memory of one replication of a validated scenario (see the module docstring)."""
     terms, failure_rate, memory, memory_loc = _fault_terms(scenario)
@@ -223,6 +250,9 @@ def estimate(scenario: Scenario) -> Cost:
                           float(groups) * surrogate.max_steps_per_learner))
         evals = duration / surrogate.eval_every if surrogate.eval_every > 0 else 200.0
         terms.append(Term("surrogate evaluations", ("surrogate", "eval_every"), evals))
+        model = surrogate_bytes(scenario, len(island_list(scenario)))
+        if model > memory:
+            memory, memory_loc = model, ("surrogate", "model")
     return Cost(tuple(terms), memory, memory_loc)
 
 
@@ -240,9 +270,12 @@ def check(costs: list[tuple[Cost, int]], replications_loc: tuple, what: str = "r
             f"{term.work:.3g} per {what}, x {count:,} {what}(s)) is past the ceiling of {WORK_CEILING:.0e}; "
             "pass --allow-large to run it anyway", loc,
         )
-    memory = max(cost.memory_bytes for cost, _ in costs)
+    worst_memory = max((cost for cost, _ in costs), key=lambda c: c.memory_bytes)
+    memory = worst_memory.memory_bytes
     if memory > MEMORY_CEILING_BYTES:
+        surrogate = worst_memory.memory_loc[:1] == ("surrogate",)
+        what_grows = "the surrogate model and its data" if surrogate else "per-chip lifetimes (Weibull, lognormal)"
         raise CostError(
-            f"estimated memory {memory / 1e9:.3g} GB for per-chip lifetimes (Weibull, lognormal) is past the ceiling of "
-            f"{MEMORY_CEILING_BYTES / 1e9:.0f} GB; pass --allow-large to run it anyway", worst.memory_loc,
+            f"estimated memory {memory / 1e9:.3g} GB for {what_grows} is past the ceiling of "
+            f"{MEMORY_CEILING_BYTES / 1e9:.0f} GB; pass --allow-large to run it anyway", worst_memory.memory_loc,
         )

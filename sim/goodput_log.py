@@ -125,13 +125,24 @@ def _log(job_name: str, rows: list, points: list, marks: list, job_end_s: float)
 
 
 def write(rep_dir: Path, out_file: Path, job_name: str = "chaossim") -> int:
-    """Write the log as JSON lines (one entry per line); returns the number of entries."""
+    """Write the log as JSON lines (one entry per line); returns the number of entries. The folder
+    and then ``out_file`` are checked before anything is written (an ``out_file`` that is a folder or
+    in a missing one is a :class:`GoodputLogError`), and a write that fails leaves nothing behind."""
     log = entries(rep_dir, job_name)
+    out_file = Path(out_file)
+    if out_file.is_dir():
+        raise GoodputLogError(f"{out_file}: is a folder (-o takes the file to write)")
+    if not out_file.parent.is_dir():
+        raise GoodputLogError(f"{out_file}: no such folder {out_file.parent}")
     partial = out_file.with_name(f".{out_file.name}.tmp")
     n = 0
-    with partial.open("w") as handle:
-        for entry in log:
-            handle.write(json.dumps(entry) + "\n")
-            n += 1
-    partial.replace(out_file)  # complete or not at all
+    try:
+        with partial.open("w") as handle:
+            for entry in log:
+                handle.write(json.dumps(entry) + "\n")
+                n += 1
+        partial.replace(out_file)  # complete or not at all
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return n

@@ -280,6 +280,9 @@ def describe(err: dict, data: Any, file: str, alternatives: list[dict] = ()) -> 
     if kind == "missing":
         return f"{where}: required key is missing"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "model_type":  # pydantic's "a valid dictionary or instance of Grace" names a Python class
+        model = _model_at(loc)
+        msg = "expected a mapping" + (f" of the keys {', '.join(model.model_fields)}" if model else "")
     literals = [str(e["ctx"]["expected"]) for e in alternatives if e["type"] == "literal_error" and e.get("ctx")]
     if literals and kind == "value_error" and msg.startswith("expected "):
         # neither alternative parsed: say both ("expected 'auto' or a duration like '30s'")

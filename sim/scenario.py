@@ -320,6 +320,8 @@ class Surrogate(Model):
     def _off_shorthand(cls, data: Any) -> Any:
         if data in ("off", False, None):
             return {"model": "off"}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping such as {{model: mlp}} or {{model: markov}}, or off, got {data!r}")
         return data
 
 

@@ -448,7 +448,9 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
 
     table = Table(title=f"{plan.name}: best settings ({len(plan.scenarios)} points x {len(plan.seeds)} seeds)",
                   box=box.SIMPLE_HEAD)
-    table.add_column("setting", overflow="fold")
+    # a dotted key is read whole: the column is as wide as the longest one (a zip group wraps at " + ")
+    longest_key = max((len(key) for factor in plan.factors for key in factor.keys), default=7)
+    table.add_column("setting", overflow="fold", width=min(longest_key, 40))
     best = {}
     for metric, goal in BEST:
         if metric not in frame.columns:
@@ -458,17 +460,16 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
             continue
         # idxmax/idxmin return the first best point, so ties go to the lowest point index
         best[metric] = (stats["mean"].idxmax() if goal == "max" else stats["mean"].idxmin(), stats)
-        table.add_column(f"{metric_quantity(metric).name} ({goal})", justify="right", overflow="fold")
+        unit = metric_quantity(metric).suffix.strip()  # in the header, so the cells stay short
+        table.add_column(f"{metric_quantity(metric).name} ({goal}{', ' + unit if unit else ''})", justify="right",
+                         overflow="fold", max_width=15)
     for factor in plan.factors:
         values = [", ".join(str(plan.settings[point][key]) for key in factor.keys) for point, _ in best.values()]
         table.add_row(" + ".join(factor.keys), *values)
-    spreads = []
-    for metric, (point, stats) in best.items():
-        std = stats.at[point, "std"]
-        # in the metric's display unit, as `chaossim run` and the report show it
-        spreads.append(f"{format_metric(metric, stats.at[point, 'mean'])} ± "
-                       f"{'-' if pd.isna(std) else format_metric(metric, std, unit=True)}")
-    table.add_row("mean ± std", *spreads)
+    # in the metric's display unit, as `chaossim run` and the report show it
+    table.add_row("mean", *[format_metric(metric, stats.at[point, "mean"]) for metric, (point, stats) in best.items()])
+    table.add_row("std over seeds", *["-" if pd.isna(stats.at[point, "std"]) else format_metric(metric, stats.at[point, "std"])
+                                      for metric, (point, stats) in best.items()])
     table.add_row("seeds", *[f"{stats.at[point, 'n']:.0f}" for point, stats in best.values()])
     # the setting shown is the first of the points that share the best mean: say how many do
     ties = [int(((stats["mean"] - stats.at[point, "mean"]).abs() <= 1e-9 * abs(stats.at[point, "mean"])).sum())

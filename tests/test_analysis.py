@@ -443,6 +443,8 @@ def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     assert re.search(r"Learner states of sweep replication 0 \(training.checkpoint.write_time=30s, "
                      r"topology.regions.0.islands.0.count=2, training.policy \+ training.on_failure=sync_dp, restart, seed 1\)", page)
     assert "ValueError: injected" in page and "1 replication(s) crashed" in page
+    # no table pools the replications of different settings (sweep points hold them apart)
+    assert "Summary metrics" not in page and "Sweep points: sweep" in page
     assert "<th>training.checkpoint.write_time</th>" in page
     assert "<td>30s</td>" in page and "<td>120s</td>" in page  # as the sweep was given, not 30.0 and 120.0
 
@@ -524,7 +526,59 @@ def test_a_quality_sweep_reports_loss_against_goodput_and_loss_per_setting(tmp_p
     low, high = ax.get_ylim()
     assert low <= rows["final_loss"].min() and high >= rows["final_loss"].max()
     ax = figures.loss_per_setting(r.series, rows, axes(), "setting")
-    assert legend_texts(ax) == ["rda (seed 1)", "mean (seed 1)"]
+    assert legend_texts(ax) == ["rda (2 seeds)", "mean (2 seeds)"] and len(ax.lines) == 4  # every seed drawn
     write_report([folder], tmp_path / "report")
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"sweep-loss-vs-goodput.png", "sweep-loss-per-setting.png"} <= names  # named by the folder
+    # named by the folder; the final loss is drawn against the factors as goodput is
+    assert {"sweep-loss-vs-goodput.png", "sweep-loss-per-setting.png", "sweep-lines-final_loss.png"} <= names
+
+
+def diverging_sweep(settings: int = 2, seeds: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sweep rows and loss series by hand: every replication settles near 0.3 but the last seed of
+    the first setting, which diverges to 1e4 (as a merge without grace can)."""
+    t = np.linspace(0, 7200, 30)
+    rows, series = [], []
+    for point in range(settings):
+        for seed in range(1, seeds + 1):
+            index = point * seeds + seed - 1
+            diverges = point == 0 and seed == seeds
+            loss = 2.5 * np.exp(-t / 1e3) + 0.3 + (1e4 * (t / t[-1]) ** 8 if diverges else 0.0)
+            rows.append({"index": index, "setting": f"s{point}", "seed": seed, "status": "ok",
+                         "goodput": 0.9, "final_loss": loss[-1]})
+            series += [(x, "loss", "decoupled_diloco", v, x * 1e7, index) for x, v in zip(t, loss)]
+    return pd.DataFrame(rows), pd.DataFrame(series, columns=[*SERIES_SCHEMA.names, "index"])
+
+
+def test_loss_per_setting_draws_every_seed_and_a_divergence_on_a_log_axis():
+    """No seed is left out (the one that diverges is not the lowest), one legend entry per setting,
+    and a loss spanning decades is drawn on a log axis so the settled curves stay apart."""
+    rows, series = diverging_sweep()
+    ax = figures.loss_per_setting(series, rows, axes(), "setting")
+    assert len(ax.lines) == 4 and max(line.get_ydata().max() for line in ax.lines) > 1e3
+    assert legend_texts(ax) == ["s0 (2 seeds)", "s1 (2 seeds)"]
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    assert figures.loss_vs_goodput(rows, axes(), "setting").get_yscale() == "log"
+    settled, _ = diverging_sweep(settings=1, seeds=1)
+    assert figures.loss_vs_goodput(settled, axes(), "setting").get_yscale() == "linear"
+
+
+def test_loss_curves_switch_to_log_only_when_a_loss_spans_decades():
+    series = series_frame()
+    assert figures.loss_curves(series, axes(), "time").get_yscale() == "linear"
+    loss = series["series"] == "loss"
+    series.loc[loss & (series["key"] == "sync_dp"), "value"] *= np.linspace(1, 1e5, 25)
+    ax = figures.loss_curves(series, axes(), "time")
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "surrogate eval loss (nats, log scale)"
+
+
+def test_many_settings_keep_distinct_styles_and_a_legend_beside_the_axes():
+    """32 settings (averaging x bits x learners): no two share colour and dashes, and the legend
+    sits right of the axes instead of covering the curves and running off the figure."""
+    rows, series = diverging_sweep(settings=32, seeds=1)
+    figure, ax = figures.new_axes(11, 5)
+    figures.loss_per_setting(series, rows, ax, "setting")
+    styles = {(line.get_color(), line.get_linestyle()) for line in ax.lines}
+    assert len(ax.lines) == 32 and len(styles) == 32
+    figure.canvas.draw()
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1 and legend.y0 >= 0  # beside the axes, inside the figure

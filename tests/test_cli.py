@@ -319,3 +319,15 @@ def test_flags_show_as_flags_in_help(command):
     help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"}).stdout
     flags = [line for line in help_text.splitlines() if re.search(r"--(allow-large|goodput-log|json|quiet)\b", line)]
     assert flags and not [line for line in flags if "<bool>" in line]
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "validate", "report"])
+def test_help_names_what_each_value_is(command):
+    """The help shows what a value looks like (``--set KEY=VALUE``, ``--grid KEY=V1,V2,...``,
+    ``--trace-dir DIR``, the FILE argument), never a Python type such as ``<list[str]>`` in its place."""
+    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"}).stdout
+    options = help_text[help_text.index("Options"):]
+    assert "list[" not in options and "{file}" not in help_text, help_text
+    expected = {"run": ["KEY=VALUE", "DIR", "FILE"], "sweep": ["KEY=V1,V2,...", "KEY=VALUE", "DIR", "FILE"],
+                "validate": ["KEY=VALUE", "DIR", "FILE"], "report": ["RESULTS"]}[command]
+    assert all(word in help_text for word in expected), help_text

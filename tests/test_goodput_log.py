@@ -125,6 +125,13 @@ def test_export_command_and_bad_input(tmp_path):
         bad = CliRunner().invoke(app, ["export", "--goodput-log", *map(str, args)])
         assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and says in bad.stderr, bad.stderr
     assert not (tmp_path / "nowhere").exists() and not list(tmp_path.glob("*.jsonl"))
+    # -o that is a folder, or in a folder that does not exist: one line, and no partial file left anywhere
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for target, says in ((tmp_path / "run", "run: is a folder (-o takes the file to write)"),
+                         (tmp_path / "nowhere" / "log.jsonl", f"log.jsonl: no such folder {tmp_path / 'nowhere'}")):
+        bad = CliRunner().invoke(app, ["export", "--goodput-log", str(tmp_path / "run"), "-o", str(target)])
+        assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and says in bad.stderr, bad.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def test_export_of_a_comparison_names_its_variant_folders(tmp_path):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from typer.testing import CliRunner
 
 from sim.cli import app
-from sim.cost import EVENTS_PER_FAILURE, WORK_CEILING, estimate
+from sim.cost import EVENTS_PER_FAILURE, WORK_CEILING, estimate, surrogate_bytes
 from sim.loading import load_scenario
 from sim.runner import run_replication
 
@@ -64,6 +66,49 @@ def test_shipped_scenarios_are_far_below_the_ceiling(path):
     """Every shipped scenario, with its replications, costs under a tenth of the ceiling."""
     scenario = load_scenario(path, allow_large=False)
     assert estimate(scenario).work * scenario.replications < WORK_CEILING / 10
+
+
+def array_bytes(obj, seen: set | None = None) -> int:
+    """Bytes of every NumPy array an object holds (attributes, dataclass fields, lists), each once."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (type, np.random.Generator)):
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, (list, tuple)):
+        return sum(array_bytes(x, seen) for x in obj)
+    if dataclasses.is_dataclass(obj):
+        return sum(array_bytes(getattr(obj, f.name), seen) for f in dataclasses.fields(obj))
+    return sum(array_bytes(v, seen) for v in vars(obj).values()) if hasattr(obj, "__dict__") else 0
+
+
+@pytest.mark.parametrize("sizes", [["surrogate.dim=64", "surrogate.hidden=256"], ["surrogate.classes=20"],
+                                   ["surrogate.model=markov", "surrogate.vocab=128"]], ids=" ".join)
+def test_estimated_surrogate_memory_bounds_the_arrays_it_allocates(sizes):
+    """The surrogate's memory estimate against the arrays a model of those sizes really holds (plus
+    the driver's anchor and one snapshot per learner, each of the parameters' shape): above them, and
+    within a factor 2.5."""
+    from sim.surrogate import Surrogate
+
+    scenario = load_scenario(SCENARIOS / "sweeps" / "quality.yaml", sizes)
+    cfg, learners = scenario.surrogate, 4
+    model = Surrogate(np.random.default_rng(0), learners, scenario.training.fragments, task=cfg.model, dim=cfg.dim,
+                      hidden=cfg.hidden, classes=cfg.classes, vocab=cfg.vocab, components=cfg.components)
+    held = array_bytes(model) + 2 * model.params.nbytes
+    assert held <= surrogate_bytes(scenario, learners) <= 2.5 * held
+
+
+def test_a_surrogate_too_large_for_memory_is_refused_before_it_runs():
+    """10^10 parameters per learner would die of a MemoryError mid-run: refused up front, exit 2, with
+    the YAML path and the estimate; --allow-large lets the estimate through."""
+    file = str(SCENARIOS / "sweeps" / "quality.yaml")
+    big = ["--set", "surrogate.dim=100000", "--set", "surrogate.hidden=100000"]
+    result = CliRunner().invoke(app, ["validate", file, *big])
+    assert result.exit_code == 2
+    assert "surrogate.model (line 56): estimated memory" in result.output and "the surrogate model" in result.output
+    assert CliRunner().invoke(app, ["validate", file, *big, "--allow-large"]).exit_code == 0
+    assert surrogate_bytes(load_scenario(file, ["surrogate=off"]), 4) == 0
 
 
 MISTAKES = """\

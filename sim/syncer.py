@@ -30,6 +30,7 @@ deterministic whatever order the driver lists learners in.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -259,6 +260,9 @@ def token_weights(steps: Sequence[int], tokens: Sequence[float], mode: MergeWeig
     return tuple(w / total for w in raw)
 
 
+_BY_ID = operator.attrgetter("learner_id")
+
+
 def decide(now_s: float, view: SyncView, config: SyncConfig) -> Decision:
     """Decide what the synchronizer does now for the fragment round in ``view``.
 
@@ -283,7 +287,7 @@ def decide(now_s: float, view: SyncView, config: SyncConfig) -> Decision:
         raise ValueError(f"quorum {config.quorum} exceeds the {total} learners in the view: never reachable")
 
     # Sorting by id makes the decision independent of the order the driver listed learners in.
-    learners = sorted(view.learners, key=lambda r: r.learner_id)
+    learners = sorted(view.learners, key=_BY_ID)
     alive = [r for r in learners if r.alive]
     reporters = [r for r in alive if r.reported]
     k = config.quorum

@@ -128,6 +128,7 @@ class RoundEngine:
         self.surrogate = surrogate
         self.channels = Channels(ctx)
         self.learners: list[Learner] = []
+        self.blocked_count = 0  # learners with ``blocked`` set
         self._of_group: dict[Group, Learner] = {}
         for group in groups:
             island = group.islands[0]
@@ -195,7 +196,9 @@ class RoundEngine:
 
     def _left(self, ls: Learner) -> None:
         ls.left_s = self.env.now
-        ls.blocked = False  # it is not running anyway; when it is back nothing of this holds it
+        if ls.blocked:  # it is not running anyway; when it is back nothing of this holds it
+            ls.blocked = False
+            self.blocked_count -= 1
         self.wait_s[ls.index] = 0.0
         self.member_left(ls)
         for rep in list(ls.in_flight.values()):
@@ -286,6 +289,7 @@ class RoundEngine:
             return
         if _overdue(ls):
             ls.blocked = True
+            self.blocked_count += 1
             self.wait_s[ls.index] = math.inf
             ls.group.wake("outer protocol: waiting for a round's result")
             self.stall_changed()
@@ -295,6 +299,7 @@ class RoundEngine:
             return
         if not _overdue(ls):
             ls.blocked = False
+            self.blocked_count -= 1
             self.wait_s[ls.index] = 0.0
             ls.group.wake("outer protocol: result applied")
             self.stall_changed()

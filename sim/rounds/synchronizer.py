@@ -27,11 +27,22 @@ is (rule 6), with a ``deadlock`` event when one starts.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
 from ..scenario import RoundSchedule
-from ..syncer import Action, Decision, Ema, LearnerReport, SyncConfig, SyncView, decide, grace_window_s
+from ..syncer import (
+    Action,
+    Decision,
+    Ema,
+    LearnerReport,
+    SyncConfig,
+    SyncView,
+    TrustedSyncView,
+    decide,
+    grace_window_s,
+)
 from .engine import Learner, Report, RoundEngine
 
 
@@ -62,6 +73,7 @@ class SynchronizerRounds(RoundEngine):
         )
         self.syncer_region = ctx.topology.syncer_region
         self.open: list[Round | None] = [None] * self.fragments
+        self.open_fragments: list[int] = []  # the p with an open round, ascending (few of the P at a time)
         self.closing: list[Round] = []  # pulling or sending
         self.ema_step = self.ema_quorum = self.ema_sync = Ema(t.grace.ema_alpha)
         self.outages = 0
@@ -111,8 +123,7 @@ class SynchronizerRounds(RoundEngine):
 
     def _reporters(self, rnd: Round) -> int:
         """Reporters of ``rnd`` that can report now: the ones that count towards the quorum."""
-        reporting = self.reporting
-        return sum(1 for m in rnd.reports if reporting[m])
+        return sum(map(self.reporting.__getitem__, rnd.reports))  # (flags are bools: True counts 1)
 
     # ------------------------------------------------------------------------- reports
 
@@ -148,7 +159,7 @@ class SynchronizerRounds(RoundEngine):
             return
         rnd = self.open[rep.fragment]
         if rnd is None:
-            rnd = self.open[rep.fragment] = Round(rep.fragment, self.env.now)
+            rnd = self._open_round(rep.fragment)
         rep.round = rnd
         rnd.reports[ls.index] = rep
         self.evaluate(rnd)
@@ -162,10 +173,10 @@ class SynchronizerRounds(RoundEngine):
             return
         self.meta_steps[ls.index] = step
         self._advance_slots()
-        for rnd in self.open:
-            if rnd is None or ls.index in rnd.reports or rnd.fragment in ls.in_flight:
+        for p in tuple(self.open_fragments):  # (as of now: evaluating a round may close it)
+            rnd = self.open[p]
+            if rnd is None or ls.index in rnd.reports or p in ls.in_flight:
                 continue
-            p = rnd.fragment
             rep = Report(ls.index, p, step, chip_s, compute_steps, step - ls.points[p].step, made_s,
                          step + self.overlap, rnd)
             rnd.reports[ls.index] = rep
@@ -198,7 +209,16 @@ class SynchronizerRounds(RoundEngine):
                 self.skipped_slots += 1
                 continue
             opened.add(p)
-            self.open[p] = Round(p, self.env.now)
+            self._open_round(p)
+
+    def _open_round(self, p: int) -> Round:
+        rnd = self.open[p] = Round(p, self.env.now)
+        bisect.insort(self.open_fragments, p)
+        return rnd
+
+    def _clear_slot(self, p: int) -> None:
+        self.open[p] = None
+        self.open_fragments.remove(p)
 
     # ------------------------------------------------------------------------- the decision
 
@@ -211,16 +231,18 @@ class SynchronizerRounds(RoundEngine):
         learners = []
         for m, alive in enumerate(reporting):
             rep = reports.get(m)
-            learners.append(absent[alive][m] if rep is None else self._entry(rep, alive))
-        return SyncView(now, rnd.fragment, rnd.opened_s, rnd.quorum_met_s, tuple(learners),
-                        self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0), self.ema_sync.value_or(0.0))
+            if rep is None:
+                learners.append(absent[alive][m])
+            else:
+                entry = rep.entry
+                learners.append(entry if entry is not None and entry.alive is alive else self._entry(rep, alive))
+        return TrustedSyncView(now, rnd.fragment, rnd.opened_s, rnd.quorum_met_s, tuple(learners),
+                               self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0), self.ema_sync.value_or(0.0))
 
     def _entry(self, rep: Report, alive: bool) -> LearnerReport:
-        entry = rep.entry
-        if entry is None or entry.alive is not alive:
-            steps = rep.c_steps
-            entry = rep.entry = LearnerReport(rep.learner, alive, True, steps, steps * self.tokens_per_step)
-        return entry
+        steps = rep.c_steps
+        rep.entry = LearnerReport(rep.learner, alive, True, steps, steps * self.tokens_per_step)
+        return rep.entry
 
     def evaluate(self, rnd: Round) -> None:
         if rnd.state != "open":
@@ -249,7 +271,7 @@ class SynchronizerRounds(RoundEngine):
     def _close(self, rnd: Round, decision: Decision, view: SyncView) -> None:
         now = self.env.now
         rnd.state, rnd.closed_s, rnd.reason = "pulling", now, decision.reason
-        self.open[rnd.fragment] = None
+        self._clear_slot(rnd.fragment)
         rnd.members = {m: rnd.reports[m] for m in decision.members}
         rnd.weights = dict(zip(decision.members, decision.weights))
         if "round timeout" in decision.reason:
@@ -364,7 +386,7 @@ class SynchronizerRounds(RoundEngine):
                 if rnd is not None:
                     for rep in rnd.reports.values():
                         self.release(rep)
-                    self.open[p] = None
+                    self._clear_slot(p)
             for rnd in list(self.closing):
                 for m in list(rnd.pending if rnd.state == "sending" else rnd.members):
                     self.release(rnd.members[m])
@@ -390,7 +412,7 @@ class SynchronizerRounds(RoundEngine):
         return False
 
     def stall_changed(self) -> None:
-        if self._unmet_since is None and not any(ls.blocked for ls in self.learners):
+        if self._unmet_since is None and not self.blocked_count:
             return  # nobody blocked, no stall clock running: nothing can have changed
         now = self.env.now
         alive = [ls for ls in self.learners if ls.alive]

@@ -252,7 +252,7 @@ def chaos_scenario(schedule):
 @pytest.mark.parametrize("schedule", ["synchronizer", "learner"])
 def test_the_synchronizers_caches_equal_what_they_cache(schedule, monkeypatch):
     """The synchronizer keeps each learner's can_report as flags updated on the events that change it
-    (and a count of blocked learners, and the fragments with an open round), and builds its views from cached entries without re-validating them: at every decision the flags
+    (and a count of blocked learners, the fragments with an open round, each group's chips down), and builds its views from cached entries without re-validating them: at every decision the flags
     equal can_report, the view passes SyncView's checks and decide gives the same answer on it; the
     run with checked views is bit-identical to the one without."""
     from sim import syncer
@@ -266,6 +266,10 @@ def test_the_synchronizers_caches_equal_what_they_cache(schedule, monkeypatch):
         assert self.reporting_ids == tuple(ls.index for ls in self.learners if self.can_report(ls))
         assert self.blocked_count == sum(ls.blocked for ls in self.learners)
         assert self.open_fragments == [p for p, rnd in enumerate(self.open) if rnd is not None]
+        for group in (ls.group for ls in self.learners):
+            for i in group.islands:
+                size = i.unit_chips(group.elastic_unit)
+                assert group.down_chips[i.index] == sum(min(size, i.chips - u * size) for u in group.down_units[i.index])
         evaluate(self, rnd)
 
     def checked_view(self, rnd, now):

@@ -227,16 +227,11 @@ class SynchronizerRounds(RoundEngine):
 
         Entries are cached (they are immutable): an absent learner's depends only on whether it can
         report, a reporter's on its report and that flag."""
-        reports, reporting, absent = rnd.reports, self.reporting, self._absent
-        learners = []
-        for m, alive in enumerate(reporting):
-            rep = reports.get(m)
-            if rep is None:
-                learners.append(absent[alive][m])
-            else:
-                entry = rep.entry
-                learners.append(entry if entry is not None and entry.alive is alive else self._entry(rep, alive))
-        return TrustedSyncView(now, rnd.fragment, rnd.opened_s, rnd.quorum_met_s, tuple(learners),
+        reports, absent = rnd.reports, self._absent
+        learners = tuple([absent[alive][m] if (rep := reports.get(m)) is None else
+                          rep.entry if rep.entry is not None and rep.entry.alive is alive else self._entry(rep, alive)
+                          for m, alive in enumerate(self.reporting)])
+        return TrustedSyncView(now, rnd.fragment, rnd.opened_s, rnd.quorum_met_s, learners,
                                self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0), self.ema_sync.value_or(0.0))
 
     def _entry(self, rep: Report, alive: bool) -> LearnerReport:

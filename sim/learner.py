@@ -121,6 +121,7 @@ class Group:
         # per island: chips in the job, failed unit indices (in elastic.unit granularity), spares free
         self.in_job = {i.index: i.chips for i in islands}
         self.down_units: dict[int, set[int]] = {i.index: set() for i in islands}
+        self.down_chips = {i.index: 0 for i in islands}  # chips of those units (kept with them)
         spare_unit = {i.index: i.unit_chips(self.elastic_unit) for i in islands}
         spared = mode is OnFailure.SPARES
         self.spares = SparePools(
@@ -179,9 +180,7 @@ class Group:
         if island.outages > 0:
             return 0
         if self.mode is OnFailure.ELASTIC:
-            size = island.unit_chips(self.elastic_unit)
-            lost = sum(min(size, island.chips - u * size) for u in self.down_units[island.index])
-            return island.chips - lost
+            return island.chips - self.down_chips[island.index]
         return island.chips - self.spares.owed[island.index]  # (owed: failed chips waiting for a spare)
 
     @property
@@ -295,13 +294,15 @@ class Group:
             self.process.interrupt(Wake(reason))
 
     def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: Tier | None) -> None:
-        self.down_units[island.index] |= units
+        self.down_units[island.index] |= units  # (units not down already: fail_chip leaves those out)
         size = island.unit_chips(self.elastic_unit)
         chips = sum(min(size, island.chips - u * size) for u in units)
+        self.down_chips[island.index] += chips
 
         def repaired(_event) -> None:
             self.settle()
             self.down_units[island.index] -= units
+            self.down_chips[island.index] -= chips
             self.recorder.event(self.env.now, "repair", "", island.name, f"{chips} chips")
             if spare is not None:
                 if self.spares.give_back(island.index, chips, spare):

@@ -37,6 +37,7 @@ Units: seconds, bits per second for rates and capacities, bytes for sizes.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,7 @@ class _Link:
         "busy_time_s",
         "capacity_bps",
         "capacity_time_bits",
+        "capped",
         "changes",
         "completed",
         "created_at",
@@ -143,6 +145,7 @@ class _Link:
         self.capacity_bps = capacity_bps
         self.latency_s = latency_s
         self.flows: list[_Flow] = []  # in start order, so simultaneous completions succeed in that order
+        self.capped = 0  # flows in ``flows`` with a finite rate cap (none: every flow gets an equal share)
         self.last_update = now
         self.generation = 0
         self.created_at = now
@@ -236,6 +239,8 @@ class Network:
             return event
         self._advance(lk)
         lk.flows.append(flow)
+        if cap < math.inf:
+            lk.capped += 1
         self._reschedule(lk)
         return event
 
@@ -254,6 +259,8 @@ class Network:
         if flow in lk.flows:
             self._advance(lk)
             lk.flows.remove(flow)
+            if flow.cap_bps < math.inf:
+                lk.capped -= 1
             self._reschedule(lk)
         return flow.nbytes - flow.remaining_bits / 8.0
 
@@ -317,20 +324,28 @@ class Network:
     def _reschedule(self, lk: _Link) -> None:
         """Recompute fair rates and set the single wake-up at the next completion (if any)."""
         lk.generation += 1  # any wake-up scheduled before this one is now stale
-        if not lk.flows:
+        flows = lk.flows
+        if not flows:
             return
-        rates = water_fill(lk.capacity_bps, [f.cap_bps for f in lk.flows])
         due, delay = None, math.inf
-        for f, r in zip(lk.flows, rates):
+        if lk.capped:
+            rates = water_fill(lk.capacity_bps, [f.cap_bps for f in flows])
+        else:
+            # no caps: water_fill gives every flow capacity / n (computed once, as it does)
+            rates = itertools.repeat(lk.capacity_bps / len(flows))
+        for f, r in zip(flows, rates):
             f.rate_bps = r
-            if r > 0 and f.remaining_bits / r < delay:
-                due, delay = f, f.remaining_bits / r
+            if r > 0:
+                d = f.remaining_bits / r
+                if d < delay:
+                    due, delay = f, d
         if due is None:
             return  # partitioned: nothing moves until set_capacity() brings capacity back
-        generation = lk.generation
-        self.env.timeout(delay).callbacks.append(lambda _ev: self._wake(lk, generation, due))
+        self.env.timeout(delay, (lk, lk.generation, due)).callbacks.append(self._wake)
 
-    def _wake(self, lk: _Link, generation: int, due: _Flow) -> None:
+    def _wake(self, event: simpy.Event) -> None:
+        """A link's wake-up, timed for the flow ``due`` to finish (the event's value: link, generation, due)."""
+        lk, generation, due = event.value
         if generation != lk.generation:
             return  # superseded by a later start, completion or capacity change
         self._advance(lk)
@@ -341,6 +356,8 @@ class Network:
             if f is due or f.remaining_bits <= _REMAINING_REL_TOL * 8.0 * f.nbytes:
                 lk.delivered_bits += f.remaining_bits  # the residue, so bytes add up exactly
                 f.remaining_bits = 0.0
+                if f.cap_bps < math.inf:
+                    lk.capped -= 1
                 self._deliver(f)
             else:
                 still.append(f)
@@ -351,15 +368,17 @@ class Network:
         """The last byte has left: count it, then succeed the event after the link's latency."""
         lk = flow.link
         lk.completed += 1
-        sent = self.env.now
-
-        def succeed(_ev=None):
-            if flow.cancelled:
-                return
-            self._flow_of_event.pop(flow.event, None)
-            flow.event.succeed(TransferRecord(lk.name, flow.nbytes, flow.start, sent, self.env.now, flow.tag))
-
         if lk.latency_s > 0:
-            self.env.timeout(lk.latency_s).callbacks.append(succeed)
+            self.env.timeout(lk.latency_s, (flow, self.env.now)).callbacks.append(self._arrived)
         else:
-            succeed()
+            self._succeed(flow, self.env.now)
+
+    def _arrived(self, event: simpy.Event) -> None:
+        """The latency after a flow's last byte has passed (the event's value: flow, time it was sent)."""
+        self._succeed(*event.value)
+
+    def _succeed(self, flow: _Flow, sent: float) -> None:
+        if flow.cancelled:
+            return
+        self._flow_of_event.pop(flow.event, None)
+        flow.event.succeed(TransferRecord(flow.link.name, flow.nbytes, flow.start, sent, self.env.now, flow.tag))

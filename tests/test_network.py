@@ -287,3 +287,28 @@ def test_work_conservation_under_capacity_changes(sizes, changes):
             break
         need -= c * (t1 - t0)
     assert max(ev.value.end for ev in events) == pytest.approx(finish, rel=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    starts=st.lists(st.tuples(st.floats(0, 20), st.floats(0, 5 * GB)), min_size=1, max_size=8),
+    changes=st.lists(st.tuples(st.floats(0, 20), st.sampled_from([0.0, 0.5 * GBPS, 2 * GBPS])), max_size=3),
+    cancel=st.integers(0, 8),
+)
+def test_uncapped_flows_share_equally_exactly_as_water_filling_does(starts, changes, cancel):
+    """Without rate caps a link gives every flow capacity / n instead of calling water_fill; the same
+    transfers with a cap no share reaches (so water_fill runs and binds none) end at bit-identical
+    times, through capacity changes, partitions and a cancellation."""
+
+    def play(cap):
+        env, net = make(2 * GBPS, 0.01)
+        outs = [start_at(env, net, t, nbytes, max_rate_bps=cap) for t, nbytes in starts]
+        for t, bw in changes:
+            at(env, t, lambda bw=bw: net.set_capacity("a~b", bw))
+        at(env, 10.0, lambda: [net.cancel(e) for e in list(net._flow_of_event)[:cancel]])
+        at(env, 40.0, lambda: net.set_capacity("a~b", 2 * GBPS))
+        env.run(until=200.0)
+        return [out[0] if out else None for out in outs], net.stats("a~b")
+
+    fast, slow = play(None), play(1e300)
+    assert fast == slow

@@ -231,3 +231,67 @@ def test_same_seed_same_rounds():
         assert ta["rounds"].equals(tb["rounds"]) and len(ta["rounds"]) > 100
         strip = ("wall_time_s", "events_per_s", "sim_speedup")
         assert {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
+
+
+def chaos_scenario(schedule):
+    """Four learners in two regions, K = 2, adaptive grace; chip failures, a partition of the link to
+    the synchronizer and a synchronizer outage: every input of a learner's reporting flag changes."""
+    faults = [
+        {"name": "chips", "kind": "chip_failure", "target": "all", "mtbf": "50h", "blast_radius": "host",
+         "repair": {"distribution": "exponential", "mean": "2m"}},
+        {"name": "cut", "kind": "link_partition", "target": {"links": ["east~west"]}, "at": "4m", "duration": "3m"},
+        {"name": "down", "kind": "syncer_outage", "at": "10m", "duration": "3m"},
+    ]
+    training = {"quorum": 2, "schedule": schedule, "grace": {"mode": "adaptive", "max": "5s"},
+                "elastic": {"unit": "cube", "downscale": "10s", "upscale": "10s"}}
+    return scenario([("east", [island("e0", 256), island("e1", 256)]), ("west", [island("w0", 256), island("w1", 256)])],
+                    syncer="east", duration="20m", training=training, faults=faults, default_bw="2Gbps",
+                    latency="20ms", params="200M", step="3s")
+
+
+@pytest.mark.parametrize("schedule", ["synchronizer", "learner"])
+def test_the_synchronizers_caches_equal_what_they_cache(schedule, monkeypatch):
+    """The synchronizer keeps each learner's can_report as flags updated on the events that change it
+    (and a count of blocked learners, the fragments with an open round, each group's chips down), and builds its views from cached entries without re-validating them: at every decision the flags
+    equal can_report, the view passes SyncView's checks and decide gives the same answer on it; the
+    run with checked views is bit-identical to the one without."""
+    from sim import syncer
+    from sim.rounds import synchronizer
+
+    checked = []
+    view, evaluate = synchronizer.SynchronizerRounds.view, synchronizer.SynchronizerRounds.evaluate
+
+    def checked_evaluate(self, rnd):
+        assert self.reporting == [self.can_report(ls) for ls in self.learners]
+        assert self.reporting_ids == tuple(ls.index for ls in self.learners if self.can_report(ls))
+        assert self.blocked_count == sum(ls.blocked for ls in self.learners)
+        assert self.open_fragments == [p for p, rnd in enumerate(self.open) if rnd is not None]
+        for group in (ls.group for ls in self.learners):
+            for i in group.islands:
+                size = i.unit_chips(group.elastic_unit)
+                assert group.down_chips[i.index] == sum(min(size, i.chips - u * size) for u in group.down_units[i.index])
+        evaluate(self, rnd)
+
+    def checked_view(self, rnd, now):
+        fast = view(self, rnd, now)
+        slow = syncer.SyncView(now, rnd.fragment, rnd.opened_s, rnd.quorum_met_s, tuple(
+            syncer.LearnerReport(ls.index, self.can_report(ls), ls.index in rnd.reports,
+                                 rnd.reports[ls.index].c_steps if ls.index in rnd.reports else 0,
+                                 (rnd.reports[ls.index].c_steps if ls.index in rnd.reports else 0) * self.tokens_per_step)
+            for ls in self.learners), fast.ema_step_s, fast.ema_quorum_wait_s, fast.ema_sync_s)
+        assert fast.learners == slow.learners
+        assert syncer.decide(now, fast, self.config) == syncer.decide(now, slow, self.config)
+        checked.append(rnd)
+        return slow
+
+    fast_summary, fast_tables = run(chaos_scenario(schedule))
+    monkeypatch.setattr(synchronizer.SynchronizerRounds, "view", checked_view)
+    monkeypatch.setattr(synchronizer.SynchronizerRounds, "evaluate", checked_evaluate)
+    slow_summary, slow_tables = run(chaos_scenario(schedule))
+    assert len(checked) > 500 and fast_summary["outer_rounds"] > 100
+    assert fast_summary["failures"]["syncer_outage"] == 1 and fast_summary["failures"]["link_partition"] == 1
+    assert fast_summary["failures"]["chip_failure"] > 2
+    strip = ("wall_time_s", "events_per_s", "sim_speedup")
+    assert {k: v for k, v in fast_summary.items() if k not in strip} == \
+        {k: v for k, v in slow_summary.items() if k not in strip}
+    assert fast_tables["rounds"].equals(slow_tables["rounds"])

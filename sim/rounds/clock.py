@@ -16,17 +16,17 @@ _SNAP = 1e-6
 
 
 class StepClock:
-    __slots__ = ("phase", "since_s", "step_s", "steps")
+    __slots__ = ("phase", "running", "since_s", "step_s", "steps")
 
     def __init__(self, now_s: float = 0.0):
         self.steps = 0  # completed steps
         self.phase = 0.0  # fraction of the step in flight, as of since_s
         self.since_s = now_s
-        self.step_s = math.inf  # wall seconds per step now (inf: not running)
+        self._set_pace(math.inf)
 
-    @property
-    def running(self) -> bool:
-        return math.isfinite(self.step_s)
+    def _set_pace(self, step_s: float) -> None:
+        self.step_s = step_s  # wall seconds per step now (inf: not running)
+        self.running = math.isfinite(step_s)
 
     def settle(self, now_s: float) -> None:
         """Fold the progress since the last settle into ``steps`` and ``phase``."""
@@ -44,12 +44,12 @@ class StepClock:
 
     def retime(self, now_s: float, step_s: float) -> None:
         self.settle(now_s)
-        self.step_s = step_s
+        self._set_pace(step_s)
 
     def stop(self, now_s: float, keep_partial: bool) -> None:
         """Stop stepping; the step in flight is kept (blocked) or thrown away (a pause, a restart)."""
         self.settle(now_s)
-        self.step_s = math.inf
+        self._set_pace(math.inf)
         if not keep_partial:
             self.phase = 0.0
 

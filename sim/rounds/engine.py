@@ -56,6 +56,7 @@ class Report:
     transfer: simpy.Event | None = None  # its pull or its result, while in flight
     resolved: bool = False  # applied, or released (no result will come)
     surrogate: object = None  # the surrogate's snapshot of the fragment (and, once merged, the result)
+    entry: object = None  # its entry in a synchronizer's view, cached (see SynchronizerRounds.view)
 
     @property
     def surrogate_merged(self) -> bool:
@@ -95,6 +96,15 @@ class Learner:
         return self.group.name
 
 
+def _overdue(ls: Learner) -> bool:
+    """Some result in flight was due by the end of the learner's last completed step."""
+    steps = ls.clock.steps
+    for r in ls.in_flight.values():
+        if not r.resolved and r.deadline <= steps:
+            return True
+    return False
+
+
 class RoundEngine:
     """Learner clocks, reports, blocking and accounting shared by every outer-round protocol."""
 
@@ -118,6 +128,7 @@ class RoundEngine:
         self.surrogate = surrogate
         self.channels = Channels(ctx)
         self.learners: list[Learner] = []
+        self.blocked_count = 0  # learners with ``blocked`` set
         self._of_group: dict[Group, Learner] = {}
         for group in groups:
             island = group.islands[0]
@@ -156,6 +167,9 @@ class RoundEngine:
     def member_returned(self, ls: Learner) -> None:
         """``ls`` is alive again."""
 
+    def alive_changed(self, ls: Learner) -> None:
+        """``ls.alive`` was just set to a new value (before :meth:`member_left` or :meth:`member_returned`)."""
+
     def stall_changed(self) -> None:
         """Blocking or round state changed (for the quorum-unmet and deadlock clocks)."""
 
@@ -173,6 +187,7 @@ class RoundEngine:
             self.rejoin_s.append((ls.name, now - self._reload_started.pop(ls.index)))
         if alive != ls.alive:
             ls.alive = alive
+            self.alive_changed(ls)
             if alive:
                 self._returned(ls)
             else:
@@ -181,7 +196,9 @@ class RoundEngine:
 
     def _left(self, ls: Learner) -> None:
         ls.left_s = self.env.now
-        ls.blocked = False  # it is not running anyway; when it is back nothing of this holds it
+        if ls.blocked:  # it is not running anyway; when it is back nothing of this holds it
+            ls.blocked = False
+            self.blocked_count -= 1
         self.wait_s[ls.index] = 0.0
         self.member_left(ls)
         for rep in list(ls.in_flight.values()):
@@ -248,10 +265,10 @@ class RoundEngine:
             if not rep.resolved and steps < rep.deadline < nxt:
                 nxt = rep.deadline
         delay = max(ls.clock.end_of_step(nxt) - self.env.now, 0.0)
-        generation = ls.generation
-        self.env.timeout(delay).callbacks.append(lambda _e: self._step_end(ls, generation))
+        self.env.timeout(delay, (ls, ls.generation)).callbacks.append(self._step_end)
 
-    def _step_end(self, ls: Learner, generation: int) -> None:
+    def _step_end(self, event) -> None:
+        ls, generation = event.value
         if generation != ls.generation or not ls.alive:
             return
         now = self.env.now
@@ -270,9 +287,9 @@ class RoundEngine:
         """Block if a result is due by the end of the step just completed and is not applied."""
         if ls.blocked or not ls.alive:
             return
-        steps = ls.clock.steps
-        if any(not r.resolved and r.deadline <= steps for r in ls.in_flight.values()):
+        if _overdue(ls):
             ls.blocked = True
+            self.blocked_count += 1
             self.wait_s[ls.index] = math.inf
             ls.group.wake("outer protocol: waiting for a round's result")
             self.stall_changed()
@@ -280,9 +297,9 @@ class RoundEngine:
     def _maybe_unblock(self, ls: Learner) -> None:
         if not ls.blocked:
             return
-        steps = ls.clock.steps
-        if not any(not r.resolved and r.deadline <= steps for r in ls.in_flight.values()):
+        if not _overdue(ls):
             ls.blocked = False
+            self.blocked_count -= 1
             self.wait_s[ls.index] = 0.0
             ls.group.wake("outer protocol: result applied")
             self.stall_changed()

@@ -27,11 +27,22 @@ is (rule 6), with a ``deadlock`` event when one starts.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
 from ..scenario import RoundSchedule
-from ..syncer import Action, Decision, Ema, LearnerReport, SyncConfig, SyncView, decide, grace_window_s
+from ..syncer import (
+    Action,
+    Decision,
+    Ema,
+    LearnerReport,
+    SyncConfig,
+    SyncView,
+    TrustedSyncView,
+    decide,
+    grace_window_s,
+)
 from .engine import Learner, Report, RoundEngine
 
 
@@ -62,14 +73,24 @@ class SynchronizerRounds(RoundEngine):
         )
         self.syncer_region = ctx.topology.syncer_region
         self.open: list[Round | None] = [None] * self.fragments
+        self.open_fragments: list[int] = []  # the p with an open round, ascending (few of the P at a time)
         self.closing: list[Round] = []  # pulling or sending
         self.ema_step = self.ema_quorum = self.ema_sync = Ema(t.grace.ema_alpha)
         self.outages = 0
         self.reachable = {ls.index: True for ls in self.learners}
+        # can_report of every learner, kept as flags (indexed by learner) and as the ids whose flag is
+        # set: they change only when the synchronizer, a learner or a link goes down or comes back
+        self.reporting = [False] * len(self.learners)
+        self.reporting_ids: tuple[int, ...] = ()
+        self._refresh_reporting()
+        self._link_to_syncer = [self._link_of(ls) for ls in self.learners]
+        # the view's entry of a learner that has not reported, by (alive, learner)
+        self._absent = {alive: [LearnerReport(ls.index, alive, False, 0, 0 * self.tokens_per_step)
+                                for ls in self.learners] for alive in (False, True)}
         # slot clock (synchronizer schedule)
         self.slot = 0
         self.kth_seen: int | None = 0  # every learner starts at step 0
-        self.meta_steps = {ls.index: 0 for ls in self.learners}
+        self.meta_steps = [0] * len(self.learners)
         # measured
         self.grace_s_sum = 0.0
         self.grace_rounds = 0
@@ -92,53 +113,70 @@ class SynchronizerRounds(RoundEngine):
     def can_report(self, ls: Learner) -> bool:
         return self.up and ls.alive and self.reachable[ls.index]
 
+    def _refresh_reporting(self) -> None:
+        """Recompute the cached :meth:`can_report` flags (after any of its inputs changed)."""
+        self.reporting = [self.can_report(ls) for ls in self.learners]
+        self.reporting_ids = tuple(ls.index for ls in self.learners if self.reporting[ls.index])
+
+    def alive_changed(self, ls: Learner) -> None:
+        self._refresh_reporting()
+
+    def _reporters(self, rnd: Round) -> int:
+        """Reporters of ``rnd`` that can report now: the ones that count towards the quorum."""
+        return sum(map(self.reporting.__getitem__, rnd.reports))  # (flags are bools: True counts 1)
+
     # ------------------------------------------------------------------------- reports
 
     def on_step(self, ls: Learner, step: int, now: float) -> None:
-        if not self.can_report(ls):
+        if not self.reporting[ls.index]:
             return  # the report fails at once: it trains on and carries its counters
-        latency = self.ctx.links.current(self._link_of(ls))[1]
+        latency = self.ctx.links.current(self._link_to_syncer[ls.index])[1]
         if self.every_step:
-            snap = (step, ls.group.ledger.compute_chip_s, ls.group.ledger.compute_steps, now)
-            self.env.timeout(latency).callbacks.append(lambda _e: self._metadata(ls, snap))
+            ledger = ls.group.ledger
+            snap = (ls, step, ledger.compute_chip_s, ledger.compute_steps, now)
+            self.env.timeout(latency, snap).callbacks.append(self._metadata)
             return
         p = self.fragment_at[step % self.inner_steps]
         if p in ls.in_flight:
             return  # its previous result of p is still on its way: this report waits for the next slot
         rep = self.snapshot(ls, p, step, now)
         self.track(ls, rep)
-        self.env.timeout(latency).callbacks.append(lambda _e: self._report_arrived(ls, rep))
+        self.env.timeout(latency, rep).callbacks.append(self._report_arrived)
 
     def _link_of(self, ls: Learner) -> str:
         if ls.region == self.syncer_region:
             return f"dcn:{ls.region}"
         return self.ctx.topology.link_between(ls.region, self.syncer_region)[0]
 
-    def _report_arrived(self, ls: Learner, rep: Report) -> None:
+    def _report_arrived(self, event) -> None:
         """Learner schedule: a report reaches the synchronizer and joins (or opens) the round of p."""
+        rep: Report = event.value
         if rep.resolved:
             return
-        if not self.can_report(ls):
+        ls = self.learners[rep.learner]
+        if not self.reporting[ls.index]:
             self.release(rep)
             return
         rnd = self.open[rep.fragment]
         if rnd is None:
-            rnd = self.open[rep.fragment] = Round(rep.fragment, self.env.now)
+            rnd = self._open_round(rep.fragment)
         rep.round = rnd
         rnd.reports[ls.index] = rep
         self.evaluate(rnd)
 
-    def _metadata(self, ls: Learner, snap: tuple[int, float, float, float]) -> None:
-        """Synchronizer schedule: a learner's metadata after a step reaches the synchronizer."""
-        if not self.can_report(ls):
+    def _metadata(self, event) -> None:
+        """Synchronizer schedule: a learner's metadata after a step reaches the synchronizer.
+
+        The event's value is what the learner sent: (learner, step, chip_s, compute_steps, made_s)."""
+        ls, step, chip_s, compute_steps, made_s = event.value
+        if not self.reporting[ls.index]:
             return
-        step, chip_s, compute_steps, made_s = snap
         self.meta_steps[ls.index] = step
         self._advance_slots()
-        for rnd in self.open:
-            if rnd is None or ls.index in rnd.reports or rnd.fragment in ls.in_flight:
+        for p in tuple(self.open_fragments):  # (as of now: evaluating a round may close it)
+            rnd = self.open[p]
+            if rnd is None or ls.index in rnd.reports or p in ls.in_flight:
                 continue
-            p = rnd.fragment
             rep = Report(ls.index, p, step, chip_s, compute_steps, step - ls.points[p].step, made_s,
                          step + self.overlap, rnd)
             rnd.reports[ls.index] = rep
@@ -147,12 +185,12 @@ class SynchronizerRounds(RoundEngine):
 
     def _advance_slots(self) -> None:
         """The slot counter moves with the K-th fastest alive learner's step count."""
-        counts = sorted((self.meta_steps[ls.index] for ls in self.learners if self.can_report(ls)), reverse=True)
-        k = self.config.quorum
+        meta_steps, k = self.meta_steps, self.config.quorum
+        counts = [meta_steps[m] for m in self.reporting_ids]
         if len(counts) < k:
             self.kth_seen = None  # stands still; the baseline is taken afresh when K are back
             return
-        kth = counts[k - 1]
+        kth = max(counts) if k == 1 else sorted(counts, reverse=True)[k - 1]
         if self.kth_seen is None or kth < self.kth_seen:
             self.kth_seen = kth
             return
@@ -171,26 +209,41 @@ class SynchronizerRounds(RoundEngine):
                 self.skipped_slots += 1
                 continue
             opened.add(p)
-            self.open[p] = Round(p, self.env.now)
+            self._open_round(p)
+
+    def _open_round(self, p: int) -> Round:
+        rnd = self.open[p] = Round(p, self.env.now)
+        bisect.insort(self.open_fragments, p)
+        return rnd
+
+    def _clear_slot(self, p: int) -> None:
+        self.open[p] = None
+        self.open_fragments.remove(p)
 
     # ------------------------------------------------------------------------- the decision
 
     def view(self, rnd: Round, now: float) -> SyncView:
-        learners = []
-        for ls in self.learners:
-            rep = rnd.reports.get(ls.index)
-            steps = rep.c_steps if rep is not None else 0
-            learners.append(LearnerReport(ls.index, self.can_report(ls), rep is not None, steps,
-                                          steps * self.tokens_per_step))
-        return SyncView(now, rnd.fragment, rnd.opened_s, rnd.quorum_met_s, tuple(learners),
-                        self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0), self.ema_sync.value_or(0.0))
+        """The round's view for :func:`decide`: one entry per learner, in learner order.
+
+        Entries are cached (they are immutable): an absent learner's depends only on whether it can
+        report, a reporter's on its report and that flag."""
+        reports, absent = rnd.reports, self._absent
+        learners = tuple([absent[alive][m] if (rep := reports.get(m)) is None else
+                          rep.entry if rep.entry is not None and rep.entry.alive is alive else self._entry(rep, alive)
+                          for m, alive in enumerate(self.reporting)])
+        return TrustedSyncView(now, rnd.fragment, rnd.opened_s, rnd.quorum_met_s, learners,
+                               self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0), self.ema_sync.value_or(0.0))
+
+    def _entry(self, rep: Report, alive: bool) -> LearnerReport:
+        steps = rep.c_steps
+        rep.entry = LearnerReport(rep.learner, alive, True, steps, steps * self.tokens_per_step)
+        return rep.entry
 
     def evaluate(self, rnd: Round) -> None:
         if rnd.state != "open":
             return
         now = self.env.now
-        reporters = sum(1 for m in rnd.reports if self.can_report(self.learners[m]))
-        if reporters >= self.config.quorum:
+        if self._reporters(rnd) >= self.config.quorum:
             if rnd.quorum_met_s is None:
                 rnd.quorum_met_s = now
         else:
@@ -202,14 +255,18 @@ class SynchronizerRounds(RoundEngine):
         elif decision.wait_until_s is not None:
             rnd.timer += 1
             timer = rnd.timer
-            self.env.timeout(decision.wait_until_s - now).callbacks.append(
-                lambda _e: rnd.timer == timer and self.evaluate(rnd))
+            self.env.timeout(decision.wait_until_s - now, (rnd, timer)).callbacks.append(self._timer)
         self.stall_changed()
+
+    def _timer(self, event) -> None:
+        rnd, timer = event.value
+        if rnd.timer == timer:
+            self.evaluate(rnd)
 
     def _close(self, rnd: Round, decision: Decision, view: SyncView) -> None:
         now = self.env.now
         rnd.state, rnd.closed_s, rnd.reason = "pulling", now, decision.reason
-        self.open[rnd.fragment] = None
+        self._clear_slot(rnd.fragment)
         rnd.members = {m: rnd.reports[m] for m in decision.members}
         rnd.weights = dict(zip(decision.members, decision.weights))
         if "round timeout" in decision.reason:
@@ -305,6 +362,7 @@ class SynchronizerRounds(RoundEngine):
                 self.channels.capacity_bps(self.syncer_region, ls.region) > 0
             if reach != self.reachable[ls.index]:
                 self.reachable[ls.index] = reach
+                self._refresh_reporting()
                 changed = True
                 if not reach:
                     self._drop(ls)
@@ -315,6 +373,7 @@ class SynchronizerRounds(RoundEngine):
     def _syncer_changed(self, started: bool, fault: str) -> None:
         was_up = self.up
         self.outages += 1 if started else -1
+        self._refresh_reporting()
         if was_up == self.up:
             return  # an outage inside another changes nothing
         if started:
@@ -322,7 +381,7 @@ class SynchronizerRounds(RoundEngine):
                 if rnd is not None:
                     for rep in rnd.reports.values():
                         self.release(rep)
-                    self.open[p] = None
+                    self._clear_slot(p)
             for rnd in list(self.closing):
                 for m in list(rnd.pending if rnd.state == "sending" else rnd.members):
                     self.release(rnd.members[m])
@@ -343,16 +402,16 @@ class SynchronizerRounds(RoundEngine):
         for rep in ls.in_flight.values():
             rnd = rep.round  # None: still on its way to the synchronizer
             if (not rep.resolved and rep.deadline <= steps and rnd is not None and rnd.state == "open"
-                    and sum(1 for m in rnd.reports if self.can_report(self.learners[m])) < k):
+                    and self._reporters(rnd) < k):
                 return True
         return False
 
     def stall_changed(self) -> None:
-        if self._unmet_since is None and not any(ls.blocked for ls in self.learners):
+        if self._unmet_since is None and not self.blocked_count:
             return  # nobody blocked, no stall clock running: nothing can have changed
         now = self.env.now
         alive = [ls for ls in self.learners if ls.alive]
-        stuck = [ls for ls in alive if self._blocked_on_unmet(ls)]
+        stuck = [ls for ls in alive if ls.blocked and self._blocked_on_unmet(ls)]
         unmet = bool(stuck)
         deadlock = len(alive) >= self.config.quorum and len(stuck) == len(alive) and bool(alive)
         if unmet and self._unmet_since is None:

@@ -472,7 +472,7 @@ def bandwidth(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a results folder of chaossim run")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a results folder of chaossim run, or one replication's folder (RUN/rep-R, a sweep's runs/I)")],
     goodput_log: Annotated[bool, typer.Option("--goodput-log", help="ml-goodput-measurement's step event log", metavar="")] = False,
     replication: Annotated[int, typer.Option("--replication", "-r", help="which replication")] = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="default: RUN/rep-R/goodput-log.jsonl")] = None,

@@ -58,8 +58,9 @@ def _snap(progress: float) -> float:
 
 
 def replication_folder(run_dir: Path, replication: int) -> Path:
-    """``RUN/rep-<r>/`` of a results folder, or a GoodputLogError saying what ``run_dir`` is instead
-    (missing, a comparison of variants, a run without that replication)."""
+    """``RUN/rep-<r>/`` of a results folder (``run_dir`` itself when it is one replication's folder, such
+    as a sweep's ``runs/<i>/``), or a GoodputLogError saying what ``run_dir`` is instead (missing, a
+    comparison of variants, a run without that replication)."""
     if not run_dir.is_dir():
         raise GoodputLogError(f"{run_dir}: no such folder")
     compare = run_dir / "compare.json"
@@ -70,6 +71,10 @@ def replication_folder(run_dir: Path, replication: int) -> Path:
             folders = []
         raise GoodputLogError(f"{run_dir}: holds compared variants; export one of them: "
                               + (", ".join(str(f) for f in folders) or "its variant folders"))
+    if (run_dir / "timeline.parquet").is_file():  # one replication's own folder: RUN/rep-R, a sweep's runs/I
+        if replication != 0:
+            raise GoodputLogError(f"{run_dir}: is one replication's folder; -r applies to a run folder")
+        return run_dir
     rep_dir = run_dir / f"rep-{replication}"
     held = sorted(int(p.name[4:]) for p in run_dir.glob("rep-*") if p.name[4:].isdigit())
     if not rep_dir.is_dir() and held:

@@ -119,9 +119,16 @@ def test_export_command_and_bad_input(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "run" / "rep-0" / "goodput-log.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["job_start_time"] == 0.0 and "job_end_time" in json.loads(lines[-1])
+    # one replication's folder (as a sweep's runs/I is) exports itself
+    direct = CliRunner().invoke(app, ["export", "--goodput-log", str(tmp_path / "run" / "rep-0"), "-o",
+                                      str(tmp_path / "direct.jsonl")])
+    assert direct.exit_code == 0, direct.stderr
+    assert (tmp_path / "direct.jsonl").read_text().splitlines() == lines
+    (tmp_path / "direct.jsonl").unlink()
     for args, says in (([tmp_path / "nowhere"], "nowhere: no such folder"),
                        ([tmp_path / "run", "-r", "1"], "run: has no replication 1 (-r 0 to 0)"),
-                       ([tmp_path], "not a replication folder")):
+                       ([tmp_path], "not a replication folder"),
+                       ([tmp_path / "run" / "rep-0", "-r", "1"], "rep-0: is one replication's folder")):
         bad = CliRunner().invoke(app, ["export", "--goodput-log", *map(str, args)])
         assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and says in bad.stderr, bad.stderr
     assert not (tmp_path / "nowhere").exists() and not list(tmp_path.glob("*.jsonl"))

@@ -96,7 +96,7 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that n * _LN2_HI is exact for |n| < 2^20
 _LN2_LO = 1.90821492927058770002e-10
 _EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(14))
-_EXP_MIN_ARG = -708.0  # exp(-708) ~ 3e-308, the smallest normal power of two's neighbourhood
+_EXP_MIN_ARG = -708.0  # exp(-708) ~ 3e-308: from here up 2^n is a normal number (n >= -1021)
 
 
 @numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")

@@ -194,12 +194,22 @@ def _overrides(set_: list[str], seed: int | None, replications: int | None) -> l
     return extra
 
 
+# `run` says so when more than this share of goodput is work the run's end found pending
+AT_END_NOTE_SHARE = 0.1
+
+
 def _print_verdicts(summaries: list[dict], label: str) -> None:
     for r, summary in enumerate(summaries):
         for verdict in summary["hypotheses"]:
             where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
             out.print(f"{status} hypothesis {verdict_text(verdict)}{f' ({where})' if where else ''}", highlight=False)
+        at_end, goodput = summary.get("useful_at_end_fraction", 0.0), summary["goodput"]
+        if at_end > AT_END_NOTE_SHARE * goodput:
+            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
+            out.print(f"note: {at_end / goodput:.0%} of goodput {goodput:.4f} is work still unmerged or "
+                      f"uncheckpointed when the run ended, counted useful by the run-end convention; a longer "
+                      f"run shows whether it is kept{f' ({where})' if where else ''}", highlight=False)
         if summary["halted"]:
             where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             out.print(f"[red]HALTED[/] at {summary['duration_s'] / 3600:.4g} h of simulated time by the halt bound "

@@ -90,6 +90,8 @@ class Ledger:
     compute_steps: float = 0.0
     pending_run_s: float = 0.0  # wall seconds in RUNNING whose work is not committed yet
     kept_run_s: float = 0.0  # wall seconds in RUNNING whose work was committed (never rolled back)
+    # pending compute the end of the run counted as useful (work no round merged, no checkpoint kept)
+    useful_at_end_chip_s: float = 0.0
     # current state
     phase: Phase = Phase.BLOCKED
     active_chips: int = 0
@@ -208,7 +210,10 @@ class Ledger:
         self.rolled_back_steps += steps
 
     def finish(self, now_s: float) -> None:
-        """Close the books at the end of the run: pending work was never rolled back."""
+        """Close the books at the end of the run: pending work was never rolled back, so it counts as
+        useful (the run-end convention); how much that was is kept in ``useful_at_end_chip_s``."""
+        self.advance(now_s)
+        self.useful_at_end_chip_s = self.pending_chip_s
         self.commit(now_s)
 
     @property

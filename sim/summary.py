@@ -3,6 +3,9 @@
 Names (what ``chaossim run --json`` prints and ``summary.json`` holds):
 
 * ``goodput`` = useful chip-seconds / provisioned chip-seconds;
+* ``useful_at_end_fraction`` = the share of chip-seconds counted useful only because the run ended with
+  them pending (no round merged them, no checkpoint kept them): the part of goodput a longer run could
+  still lose;
 * ``uptime`` = fraction of wall time in which at least one learner group runs steps (the global model
   advances); ``global_downtime_s`` = the rest, in seconds;
 * ``chip_time`` (chip-seconds per bucket) and ``chip_time_fraction`` (the same over the total);
@@ -63,6 +66,9 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
         "chips": ctx.topology.total_chips,
         "islands": len(ctx.topology.islands),
         "goodput": chip_time[Bucket.USEFUL.value] / total if total > 0 else 0.0,
+        # the part of goodput that rests on the run-end convention (mid-run: what is pending now)
+        "useful_at_end_fraction": math.fsum(g.ledger.useful_at_end_chip_s if final else g.ledger.pending_chip_s
+                                            for g in groups) / total if total > 0 else 0.0,
         "uptime": up_s / now if now > 0 else 0.0,
         "global_downtime_s": now - up_s,
         "chip_time": chip_time,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_scenario, run
 
@@ -222,3 +224,38 @@ def test_elastic_loses_exactly_the_step_in_flight():
     )
     summary, _ = run(scenario)
     assert summary["chip_time"]["lost"] == pytest.approx(512.0)
+
+
+def test_useful_at_end_is_what_the_run_end_found_pending():
+    """The run-end convention counts pending compute as useful; the ledger keeps how much that was."""
+    ledger = Ledger(100)
+    ledger.set_state(0.0, Phase.RUNNING, active=100, compute_fraction=0.75, steps_per_s=1.0)
+    ledger.commit(40.0)  # 100 chips x 40 s x 0.75 kept by a checkpoint or a merge
+    ledger.finish(100.0)  # the next 60 s of compute are still pending at the end
+    assert ledger.useful_at_end_chip_s == pytest.approx(100 * 60 * 0.75)
+    assert ledger.buckets[Bucket.USEFUL] == pytest.approx(100 * 100 * 0.75)
+
+
+def test_useful_at_end_shows_learners_no_round_merged(tmp_path):
+    """Quorum 1 without grace on mixed learners: rounds close at the fastest reporter, so in two hours
+    three of the four learners are never merged, and what they computed is useful only by the
+    run-end convention; `run` says so below the table."""
+    from conftest import ROOT
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    result = CliRunner().invoke(app, [
+        "run", str(ROOT / "scenarios" / "sweeps" / "quality.yaml"), "--no-report", "-o", str(tmp_path / "r"),
+        "--set", "duration=2h", "--set", "replications=1", "--set", "surrogate=off",
+        "--set", "training.quorum=1", "--set", "training.grace.mode=none",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    rounds = pq.read_table(tmp_path / "r" / "rep-0" / "rounds.parquet").to_pylist()
+    merged = {int(m) for r in rounds for m in str(r["members"]).split(",")}
+    never = [learner for i, learner in enumerate(summary["runs"][0]["learners"]) if i not in merged]
+    assert len(never) == 3
+    # at least the never-merged learners' whole compute (each of the four holds a quarter of the chips)
+    assert summary["useful_at_end_fraction"] >= 0.7 * summary["goodput"]
+    assert "of goodput 1.0000 is work still unmerged or uncheckpointed when the run ended" in " ".join(result.output.split())

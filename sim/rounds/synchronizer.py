@@ -80,9 +80,7 @@ class SynchronizerRounds(RoundEngine):
         self.reachable = {ls.index: True for ls in self.learners}
         # can_report of every learner, kept as flags (indexed by learner) and as the ids whose flag is
         # set: they change only when the synchronizer, a learner or a link goes down or comes back
-        self.reporting = [False] * len(self.learners)
-        self.reporting_ids: tuple[int, ...] = ()
-        self._refresh_reporting()
+        self._refresh_reporting()  # sets self.reporting and self.reporting_ids
         self._link_to_syncer = [self._link_of(ls) for ls in self.learners]
         # the view's entry of a learner that has not reported, by (alive, learner)
         self._absent = {alive: [LearnerReport(ls.index, alive, False, 0, 0 * self.tokens_per_step)

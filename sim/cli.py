@@ -196,6 +196,19 @@ def _overrides(set_: list[str], seed: int | None, replications: int | None) -> l
 
 # `run` says so when more than this share of goodput is work the run's end found pending
 AT_END_NOTE_SHARE = 0.1
+# a learner merged in fewer than this share of the rounds of a typical learner, while up most of the run,
+# gets a note: its reports keep missing the rounds (the grace window can phase-lock with its step time)
+LEFT_OUT_SHARE = 0.1
+
+
+def left_out_learners(summary: dict) -> list[str]:
+    """Learners up at least half the run whose merges are under LEFT_OUT_SHARE of the mean per learner."""
+    merges, rounds = summary.get("merges_by_learner"), summary.get("outer_rounds", 0)
+    if not merges or not rounds:
+        return []
+    mean = sum(merges.values()) / len(merges)
+    up = {entry["name"] for entry in summary["learners"] if entry["downtime_s"] < 0.5 * summary["duration_s"]}
+    return [name for name, n in merges.items() if name in up and n < LEFT_OUT_SHARE * mean]
 
 
 def _print_verdicts(summaries: list[dict], label: str) -> None:
@@ -210,6 +223,14 @@ def _print_verdicts(summaries: list[dict], label: str) -> None:
             out.print(f"note: {at_end / goodput:.0%} of goodput {goodput:.4f} is work still unmerged or "
                       f"uncheckpointed when the run ended, counted useful by the run-end convention; a longer "
                       f"run shows whether it is kept{f' ({where})' if where else ''}", highlight=False)
+        if left_out := left_out_learners(summary):
+            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
+            merges = summary["merges_by_learner"]
+            out.print(f"note: {', '.join(f'{n} was merged in {merges[n]:,}' for n in left_out)} of "
+                      f"{summary['outer_rounds']:,} rounds (a learner {sum(merges.values()) / len(merges):,.0f} on "
+                      f"average) though up most of the run: its reports keep arriving after the rounds merged; its "
+                      f"work stays pending (README, \"When a learner is never merged\")"
+                      f"{f' ({where})' if where else ''}", highlight=False)
         if summary["halted"]:
             where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             out.print(f"[red]HALTED[/] at {summary['duration_s'] / 3600:.4g} h of simulated time by the halt bound "

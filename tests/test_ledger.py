@@ -259,3 +259,33 @@ def test_useful_at_end_shows_learners_no_round_merged(tmp_path):
     # at least the never-merged learners' whole compute (each of the four holds a quarter of the chips)
     assert summary["useful_at_end_fraction"] >= 0.7 * summary["goodput"]
     assert "of goodput 1.0000 is work still unmerged or uncheckpointed when the run ended" in " ".join(result.output.split())
+
+
+def test_a_learner_the_grace_window_keeps_missing_is_named(tmp_path):
+    """Quorum 1 with a fixed 5 s window on mixed learners: the v5p learner in the synchronizer's region
+    (steps exactly twice the v6e ones) reports just before each round opens and next just after the
+    window ends, so it is never merged (README, "When a learner is never merged"). The per-learner
+    counts agree with the rounds log, and `run` names that learner and no v6e one."""
+    from collections import Counter
+
+    from conftest import ROOT
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    result = CliRunner().invoke(app, [
+        "run", str(ROOT / "scenarios" / "sweeps" / "quality.yaml"), "--no-report", "-o", str(tmp_path / "r"),
+        "--set", "duration=2h", "--set", "replications=1", "--set", "surrogate=off",
+        "--set", "training.quorum=1", "--set", "training.grace.mode=fixed",
+    ])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "r" / "summary.json").read_text())["runs"][0]
+    rounds = pq.read_table(tmp_path / "r" / "rep-0" / "rounds.parquet").to_pylist()
+    names = [learner["name"] for learner in run["learners"]]
+    logged = Counter(names[int(m)] for r in rounds for m in str(r["members"]).split(","))
+    assert run["merges_by_learner"] == {name: logged.get(name, 0) for name in names}
+    assert run["merges_by_learner"]["central"] == 0
+    assert min(run["merges_by_learner"][n] for n in ("west", "asia")) >= 0.99 * run["outer_rounds"]
+    text = " ".join(result.output.split())
+    assert f"note: central was merged in 0 of {run['outer_rounds']:,} rounds" in text
+    assert "west was merged" not in text and "asia was merged" not in text

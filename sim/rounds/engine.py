@@ -143,6 +143,7 @@ class RoundEngine:
         # measured from the rounds played
         self.merged_rounds = 0
         self.member_merges = 0
+        self.merges_of = [0] * len(self.learners)  # rounds each learner was merged in
         self.stale_sum_s = 0.0
         self.stale_count = 0
         self.rejoin_s: list[tuple[str, float]] = []
@@ -357,6 +358,7 @@ class RoundEngine:
         p = self.fragments
         ls.group.ledger.commit_part(now, (rep.chip_s - point.chip_s) / p, (rep.compute_steps - point.compute_steps) / p)
         ls.points[rep.fragment] = Point(rep.step, rep.chip_s, rep.compute_steps)
+        self.merges_of[rep.learner] += 1
         self.stale_sum_s += now - ls.last_merge_s[rep.fragment]
         self.stale_count += 1
         ls.last_merge_s[rep.fragment] = now
@@ -413,6 +415,7 @@ class RoundEngine:
         return {
             "outer_rounds": self.merged_rounds,
             "mean_learners_per_merge": self.member_merges / self.merged_rounds if self.merged_rounds else 0.0,
+            "merges_by_learner": {ls.name: self.merges_of[ls.index] for ls in self.learners},
             "mean_staleness_s": self.stale_sum_s / self.stale_count if self.stale_count else 0.0,
             "rejoins": len(self.rejoin_s),
             "mean_rejoin_s": math.fsum(t for _, t in self.rejoin_s) / len(self.rejoin_s) if self.rejoin_s else 0.0,

@@ -49,7 +49,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from sim.quantities import format_metric
 
 from .labels import (
     BUCKET_COLOURS,
@@ -118,6 +120,11 @@ def spans_decades(values) -> bool:
     return bool(v.size) and v.min() > 0 and v.max() / v.min() > LOG_SPAN
 
 
+def _token_axis(axis) -> None:
+    """Token counts with the suffixes of every table (``120B``, ``2.4T``), not a ``1e11`` offset."""
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos: format_metric("tokens", value)))
+
+
 def _log_loss_axis(ax: Axes, values, label: str = LOSS_LABEL) -> None:
     """A log y axis when the loss spans decades, said in the axis label."""
     if spans_decades(values):
@@ -162,6 +169,9 @@ def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goo
         grid[ys.index(yv), xs.index(xv)] = values.mean() * q.scale
         counts[ys.index(yv), xs.index(xv)] = len(values)
     better_high = metric in _HIGHER_IS_BETTER
+    finite = grid[np.isfinite(grid)]
+    if finite.size and finite.min() == finite.max():
+        return _uniform_heatmap(ax, grid, counts, xs, ys, x, y, metric)
     # a diverged loss beside settled ones: colours on a log scale, or every other cell is one colour
     norm = LogNorm() if metric in LOSS_METRICS and spans_decades(grid) else None
     image = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap or ("viridis" if better_high else "viridis_r"),
@@ -170,16 +180,38 @@ def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goo
         shade = image.cmap(image.norm(value)) if not math.isnan(value) else (1, 1, 1, 1)
         light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5
         ax.text(col, row, _cell_text(value, metric), ha="center", va="center", fontsize=9, color="black" if light else "white")
+    _heatmap_axes(ax, xs, ys, x, y)
+    colorbar = ax.figure.colorbar(image, ax=ax)
+    colorbar.set_label(q.label)
+    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell")
+    return ax
+
+
+def _uniform_heatmap(ax: Axes, grid, counts, xs, ys, x: str, y: str, metric: str) -> Axes:
+    """Every cell has the same mean: one neutral colour and the value in the title, not a colour bar
+    around it (matplotlib spans a constant 0 as -0.1 to 0.1, a negative downtime nobody measured)."""
+    q = metric_quantity(metric)
+    value = grid[np.isfinite(grid)][0]
+    ax.imshow(np.where(np.isfinite(grid), 0.0, np.nan), origin="lower", aspect="auto", cmap="Greys", vmin=-1, vmax=3)
+    for (row, col), cell in np.ndenumerate(grid):
+        ax.text(col, row, _cell_text(cell, metric), ha="center", va="center", fontsize=9, color="black")
+    _heatmap_axes(ax, xs, ys, x, y)
+    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell\n"
+                 f"every cell {_cell_text(value, metric)}{q.suffix}")
+    return ax
+
+
+def _heatmap_axes(ax: Axes, xs, ys, x: str, y: str) -> None:
     x_axis, y_axis = factor_axis(pd.Series(xs, name=x)), factor_axis(pd.Series(ys, name=y))
     ax.set_xticks(range(len(xs)), [level_text(v, x_axis, n) for v, n in zip(xs, _numbers(x_axis, xs))])
     ax.set_yticks(range(len(ys)), [level_text(v, y_axis, n) for v, n in zip(ys, _numbers(y_axis, ys))])
     ax.set_xlabel(x_axis.label)
     ax.set_ylabel(y_axis.label)
-    colorbar = ax.figure.colorbar(image, ax=ax)
-    colorbar.set_label(q.label)
-    seeds = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
-    ax.set_title(f"{q.name}: mean over {seeds} seed(s) per cell")
-    return ax
+
+
+def _seeds_text(counts) -> str:
+    filled = counts[counts > 0]
+    return f"{filled.min()}" if filled.min() == filled.max() else f"{filled.min()}-{filled.max()}"
 
 
 def _numbers(axis, levels) -> list:
@@ -458,6 +490,8 @@ def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
     data, _ = _first_replication(data)
     if data.empty or not _series_lines(data, ax, "tokens" if tokens else "time_s", 1.0 if tokens else 1 / HOURS, 1.0, False):
         return _empty(ax, "no surrogate loss recorded")
+    if tokens:
+        _token_axis(ax.xaxis)
     _log_loss_axis(ax, data["value"])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -509,6 +543,7 @@ def loss_per_setting(series: pd.DataFrame, rows: pd.DataFrame, ax: Axes, setting
     if not drawn:
         return _empty(ax, "no surrogate loss recorded")
     ax.set_xlabel("tokens (count)")
+    _token_axis(ax.xaxis)
     _log_loss_axis(ax, pd.concat(values))
     ax.set_title("Surrogate loss vs tokens, every seed of every setting")
     _setting_legend(ax, setting, len(levels))

@@ -139,6 +139,30 @@ def test_heatmap_has_one_annotated_cell_per_factor_pair(results):
     assert "mean over 4 seed(s)" in ax.get_title()  # 2 seeds x 2 policies (zipped) per cell
 
 
+def test_a_heatmap_of_equal_cells_says_so_instead_of_a_colour_bar(results):
+    """Every cell 0 h of downtime: no colour bar spanning -0.1 to 0.1 h (a downtime nobody measured),
+    the value in the title and in every cell."""
+    rows = load_results(results["sweep"]).summaries.copy()
+    rows["global_downtime_s"] = 0.0
+    x, y = "training.checkpoint.write_time", "topology.regions.0.islands.0.count"
+    ax = figures.sweep_heatmap(rows, axes(), x, y, "global_downtime_s")
+    assert len(ax.figure.axes) == 1  # no colour bar
+    assert "every cell 0 h" in ax.get_title()
+    assert sorted(t.get_text() for t in ax.texts) == ["0"] * 4
+
+
+def test_token_axes_use_the_tables_suffixes(results):
+    """Loss against tokens labels its ticks 100B, 200B like every table, not with a 1e11 offset."""
+    series = series_frame()
+    series["tokens"] = series["time_s"] * 3e6  # up to 2.6e11 tokens
+    ax = figures.loss_curves(series, axes(), x="tokens")
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and all(re.fullmatch(r"-?[0-9.,]+[kMBT]?", label) for label in labels), labels
+    assert any(label.endswith("B") for label in labels)
+    assert ax.xaxis.get_offset_text().get_text() == ""
+
+
 def test_lines_have_one_line_and_band_per_hue_level(results):
     """Lines over a factor: one per level of the hue factor, each with its seed band."""
     rows = load_results(results["sweep"]).summaries

@@ -12,12 +12,13 @@ Each would run until killed. :func:`estimate` adds up, per replication, the work
   ``sqrt(2 C M)`` from the job MTBF implied by the fault terms;
 * **outer rounds** (DiLoCo family): per learner duration / step time x fragments / inner_steps,
   from the scenario's fields (step time given, or ``6 params tokens / (chips peak mfu)``);
-* **surrogate steps and evaluations**: per learner group at most ``max_steps_per_learner``, and
+* **surrogate steps and evaluations**: per learner group at most ``max_steps_per_learner``, each
+  weighted by batch x parameters over the default MLP step's (:func:`surrogate_step_work`), and
   one evaluation per ``eval_every``;
 
 and the memory that grows with chips (Weibull and lognormal lifetimes keep one float per chip) or with
 the surrogate's sizes (:func:`surrogate_bytes`: ``dim: 100000, hidden: 100000`` is 10^10 parameters per
-learner). ``chaossim run``
+learner; ``batch: 1e9`` a minibatch of 16 GB and a workspace of 3,000 GB). ``chaossim run``
 and ``sweep`` refuse a plan whose total over replications (and sweep points) passes
 :data:`WORK_CEILING` or :data:`MEMORY_CEILING_BYTES`, unless ``--allow-large`` is given; the message
 names the largest term and its YAML path. The estimate is an expectation, accurate to a small factor
@@ -60,7 +61,9 @@ LOCKSTEP = (Policy.SYNC_DP, Policy.ELASTIC_DP)
 VECTORS_PER_LEARNER = 6
 SHARED_VECTORS = 5
 MLP_SAMPLES_PER_LEARNER, MLP_EVAL_SAMPLES = 2048, 4096  # sim.surrogate.data.make_dataset's defaults
-MARKOV_KEYS = 16  # sim.surrogate.markov.KEYS: key matrices per source, each kept with its CDF
+SAMPLES_PER_DRAW = 1 << 20  # sim.surrogate.model.SAMPLES_PER_DRAW (not imported: that loads Numba)
+MARKOV_KEYS = 16
+REFERENCE_STEP_SIZE = 16 * 808  # samples x parameters of the default MLP step (batch 16, 16/32/8)  # sim.surrogate.markov.KEYS: key matrices per source, each kept with its CDF
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,19 @@ def _step_times(scenario: Scenario) -> list[float]:
     return times
 
 
+def surrogate_params(cfg) -> int:
+    """Parameters of one learner's surrogate model."""
+    if cfg.model == "mlp":
+        return cfg.dim * cfg.hidden + cfg.hidden + cfg.hidden * cfg.classes + cfg.classes
+    return cfg.vocab * cfg.vocab
+
+
+def surrogate_step_work(cfg) -> float:
+    """Work units of one surrogate step: one at the default sizes (a step there costs about what an
+    event does), more in proportion to samples x parameters (what the products of a step grow with)."""
+    return max(1.0, cfg.batch * surrogate_params(cfg) / REFERENCE_STEP_SIZE)
+
+
 def surrogate_bytes(scenario: Scenario, learners: int) -> float:
     """Bytes of the surrogate of one replication with ``learners`` learners (0 when it is off): the
     parameter vectors (:data:`VECTORS_PER_LEARNER` per learner, :data:`SHARED_VECTORS` shared) plus
@@ -215,13 +231,28 @@ def surrogate_bytes(scenario: Scenario, learners: int) -> float:
     if cfg.model == "off":
         return 0.0
     if cfg.model == "mlp":
-        params = cfg.dim * cfg.hidden + cfg.hidden + cfg.hidden * cfg.classes + cfg.classes
+        params = surrogate_params(cfg)
         samples = learners * MLP_SAMPLES_PER_LEARNER + MLP_EVAL_SAMPLES
         data = samples * (cfg.dim + 1) + MLP_EVAL_SAMPLES * (cfg.hidden + cfg.classes)
     else:
-        params = cfg.vocab * cfg.vocab
+        params = surrogate_params(cfg)
         data = 2 * cfg.components * MARKOV_KEYS * params
-    return 8.0 * ((VECTORS_PER_LEARNER * learners + SHARED_VECTORS) * params + data)
+    return 8.0 * ((VECTORS_PER_LEARNER * learners + SHARED_VECTORS) * params + data) + \
+        surrogate_scratch_bytes(scenario, learners)
+
+
+def surrogate_scratch_bytes(scenario: Scenario, learners: int) -> float:
+    """Bytes a training call of the surrogate holds while it runs: one draw of minibatches (at most
+    :data:`~sim.surrogate.model.SAMPLES_PER_DRAW` samples, or one step's when a step has more: the
+    data-parallel step takes ``batch`` from each of the learners) and the kernels' per-step workspace
+    (each sample's features, hidden activations and their gradients, class scores)."""
+    cfg = scenario.surrogate
+    samples = max(SAMPLES_PER_DRAW, cfg.batch * learners)
+    if cfg.model == "mlp":
+        # a uniform float and a row index per sample; the workspace of sim.surrogate.kernels._workspace
+        return 16.0 * samples + 8.0 * cfg.batch * learners * (cfg.dim + 2 * cfg.hidden + 2 * cfg.classes + 1)
+    # four uniforms and a (context, next) pair per sample; the kernel works one sample at a time
+    return 48.0 * samples
 
 
 def estimate(scenario: Scenario) -> Cost:
@@ -246,8 +277,11 @@ def estimate(scenario: Scenario) -> Cost:
         groups = len(island_list(scenario))
     surrogate = scenario.surrogate
     if surrogate.model != "off":
-        terms.append(Term("surrogate steps", ("surrogate", "max_steps_per_learner"),
-                          float(groups) * surrogate.max_steps_per_learner))
+        per_step = surrogate_step_work(surrogate)
+        terms.append(Term(f"surrogate steps (each {per_step:.3g} units: batch {surrogate.batch:,} x "
+                          f"{surrogate_params(surrogate):,} parameters)" if per_step > 1 else "surrogate steps",
+                          ("surrogate", "batch") if per_step > 1 else ("surrogate", "max_steps_per_learner"),
+                          float(groups) * surrogate.max_steps_per_learner * per_step))
         evals = duration / surrogate.eval_every if surrogate.eval_every > 0 else 200.0
         terms.append(Term("surrogate evaluations", ("surrogate", "eval_every"), evals))
         model = surrogate_bytes(scenario, len(island_list(scenario)))
@@ -262,14 +296,7 @@ def check(costs: list[tuple[Cost, int]], replications_loc: tuple, what: str = "r
     total = math.fsum(cost.work * n for cost, n in costs)
     count = sum(n for _, n in costs)
     worst = max((cost for cost, _ in costs), key=lambda c: c.largest().work)
-    if total > WORK_CEILING:
-        term = worst.largest()
-        loc = term.loc if term.work > WORK_CEILING / 10 else replications_loc
-        raise CostError(
-            f"estimated work {total:.3g} (events, rounds and surrogate steps; the largest part {term.what}: "
-            f"{term.work:.3g} per {what}, x {count:,} {what}(s)) is past the ceiling of {WORK_CEILING:.0e}; "
-            "pass --allow-large to run it anyway", loc,
-        )
+    # memory first: a run past it dies mid-way of a MemoryError, one past the work ceiling only takes long
     worst_memory = max((cost for cost, _ in costs), key=lambda c: c.memory_bytes)
     memory = worst_memory.memory_bytes
     if memory > MEMORY_CEILING_BYTES:
@@ -278,4 +305,12 @@ def check(costs: list[tuple[Cost, int]], replications_loc: tuple, what: str = "r
         raise CostError(
             f"estimated memory {memory / 1e9:.3g} GB for {what_grows} is past the ceiling of "
             f"{MEMORY_CEILING_BYTES / 1e9:.0f} GB; pass --allow-large to run it anyway", worst_memory.memory_loc,
+        )
+    if total > WORK_CEILING:
+        term = worst.largest()
+        loc = term.loc if term.work > WORK_CEILING / 10 else replications_loc
+        raise CostError(
+            f"estimated work {total:.3g} (events, rounds and surrogate steps; the largest part {term.what}: "
+            f"{term.work:.3g} per {what}, x {count:,} {what}(s)) is past the ceiling of {WORK_CEILING:.0e}; "
+            "pass --allow-large to run it anyway", loc,
         )

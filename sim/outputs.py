@@ -111,6 +111,11 @@ class FolderLock:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all: a reader (or a kill) never meets a half-written file."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except BaseException:  # a stop (SIGTERM, Ctrl-C) between the two leaves no stray .partial beside the file
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
 

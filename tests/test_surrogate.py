@@ -265,6 +265,30 @@ def test_train_is_chunking_invariant():
     np.testing.assert_allclose(a.params[2], b.params[2], rtol=1e-12, atol=1e-15)
 
 
+def test_draws_split_to_bound_memory_train_the_same_steps(monkeypatch):
+    """A training call whose minibatches pass SAMPLES_PER_DRAW is split into draws of at most that many
+    samples (at least one step each): learner and data-parallel training end on the same parameters and
+    step counts as in one draw, and the cost estimate uses the same bound."""
+    import sim.cost
+    import sim.surrogate.model as model_module
+
+    assert sim.cost.SAMPLES_PER_DRAW == model_module.SAMPLES_PER_DRAW
+    whole, split = _small(11), _small(11)
+    whole.train(1, 37)
+    whole.train_data_parallel(23, [0, 2])
+    monkeypatch.setattr(model_module, "SAMPLES_PER_DRAW", 5 * split.batch)  # 5 learner steps, 2 DP steps a draw
+    drawn = []
+    monkeypatch.setattr(split.task, "draw", lambda rng, m, phases, draw=split.task.draw: drawn.append(phases.size)
+                        or draw(rng, m, phases))
+    split.train(1, 37)
+    split.train_data_parallel(23, [0, 2])
+    assert drawn[:8] == [5] * 7 + [2] and set(drawn[8:]) == {2, 1}
+    np.testing.assert_array_equal(whole.params, split.params)
+    np.testing.assert_array_equal(whole.theta, split.theta)
+    np.testing.assert_array_equal(whole.dp_adam_v, split.dp_adam_v)
+    assert (whole.steps[1], whole.dp_steps) == (split.steps[1], split.dp_steps) == (37, 23)
+
+
 @pytest.mark.parametrize("averaging", ["rda", "mean"])
 def test_merge_fragment_matches_manual_outer_step(averaging):
     s = _small(10, averaging=averaging, outer_lr=0.6, outer_momentum=0.8)

@@ -53,6 +53,7 @@ from .mlp import MLPTask
 
 AVERAGING = ("rda", "mean")
 TASKS = ("mlp", "markov")
+SAMPLES_PER_DRAW = 1 << 20  # samples one draw of minibatches may hold: 16 MB (mlp) or 48 MB (markov)
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,11 +230,14 @@ class Surrogate:
         """``n_steps`` inner AdamW steps of learner m on its shard; returns their mean training loss."""
         if n_steps <= 0:
             return float("nan")
-        samples = self.task.draw(self._rngs[m], m, self._phases(int(self.steps[m]), n_steps))
-        loss = self.task.train(self.params[m], self.adam_m[m], self.adam_v[m], int(self.steps[m]), samples,
-                               self.inner_lr, self.beta1, self.beta2, self.eps, self.weight_decay, self._grad)
-        self.steps[m] += n_steps
-        return float(loss)
+        losses = []
+        for n in self._chunks(n_steps, self.batch):
+            samples = self.task.draw(self._rngs[m], m, self._phases(int(self.steps[m]), n))
+            losses.append(n * self.task.train(self.params[m], self.adam_m[m], self.adam_v[m], int(self.steps[m]),
+                                              samples, self.inner_lr, self.beta1, self.beta2, self.eps,
+                                              self.weight_decay, self._grad))
+            self.steps[m] += n
+        return float(sum(losses) / n_steps)
 
     def train_data_parallel(self, n_steps: int, members: Sequence[int] | None = None) -> float:
         """Lockstep data parallelism on Theta: each step averages the gradient over one minibatch from each
@@ -244,13 +248,24 @@ class Surrogate:
         idx = self._members(range(self.n_learners) if members is None else members)
         if n_steps <= 0:
             return float("nan")
-        phases = self._phases(self.dp_steps, n_steps)
-        samples = np.concatenate([self.task.draw(self._rngs[m], int(m), phases) for m in idx], axis=1)
-        loss = self.task.train(self.theta, self.dp_adam_m, self.dp_adam_v, self.dp_steps,
-                               np.ascontiguousarray(samples), self.inner_lr, self.beta1, self.beta2, self.eps,
-                               self.weight_decay, self._grad)
-        self.dp_steps += n_steps
-        return float(loss)
+        losses = []
+        for n in self._chunks(n_steps, self.batch * len(idx)):
+            phases = self._phases(self.dp_steps, n)
+            samples = np.concatenate([self.task.draw(self._rngs[m], int(m), phases) for m in idx], axis=1)
+            losses.append(n * self.task.train(self.theta, self.dp_adam_m, self.dp_adam_v, self.dp_steps,
+                                              np.ascontiguousarray(samples), self.inner_lr, self.beta1, self.beta2,
+                                              self.eps, self.weight_decay, self._grad))
+            self.dp_steps += n
+        return float(sum(losses) / n_steps)
+
+    @staticmethod
+    def _chunks(n_steps: int, samples_per_step: int) -> list[int]:
+        """``n_steps`` split so one draw holds at most :data:`SAMPLES_PER_DRAW` samples (at least one step).
+
+        The streams are chunking-invariant and a step's data phase does not depend on the split, so
+        the steps are the same however they are split; only the memory of one draw is bounded."""
+        per = max(1, SAMPLES_PER_DRAW // samples_per_step)
+        return [per] * (n_steps // per) + ([n_steps % per] if n_steps % per else [])
 
     # ------------------------------------------------------------------ synchronisation
     def pull_fragment(self, p: int, members: Sequence[int]) -> np.ndarray:

@@ -100,7 +100,13 @@ def _cell(values: pd.Series, metric: str) -> str:
 def metrics_table(results: list[Results]) -> str:
     """Summary metrics, one column per input: mean over replications (min to max)."""
     frames = {r.label: fig.ok_rows(r.summaries) for r in results}
-    metrics = [m for m in TABLE_METRICS if any(m in f and f[m].notna().any() for f in frames.values())]
+    listed = [*TABLE_METRICS]
+    # after learners per merge: how many rounds merged each learner (one that none merges stands out)
+    per_learner = sorted({c for f in frames.values() for c in f.columns if c.startswith("merges_by_learner.")},
+                         key=lambda c: min(list(f.columns).index(c) for f in frames.values() if c in f))
+    at = listed.index("mean_learners_per_merge") + 1
+    listed[at:at] = per_learner
+    metrics = [m for m in listed if any(m in f and f[m].notna().any() for f in frames.values())]
     head = "".join(f"<th>{_esc(label)}</th>" for label in frames)
     body = [
         "<tr><td>policy</td>"

@@ -71,6 +71,8 @@ def metric_quantity(metric: str) -> Quantity:
         return Quantity(f"{tail} chip-time", "chip-h", 1 / 3600)
     if head in ("failures", "failures_by_fault") and tail:
         return Quantity(f"{tail} failures", "count", 1.0)
+    if head == "merges_by_learner" and tail:
+        return Quantity(f"rounds merging learner {tail}", "count", 1.0)
     if metric.endswith("_s"):
         # seconds are stored; a chaos run spans hours to weeks, so hours read best
         return Quantity(metric[:-2].replace("_", " "), "h", 1 / 3600)

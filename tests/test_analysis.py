@@ -606,3 +606,27 @@ def test_many_settings_keep_distinct_styles_and_a_legend_beside_the_axes():
     figure.canvas.draw()
     legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert legend.x0 >= frame.x1 and legend.y0 >= 0  # beside the axes, inside the figure
+
+
+def test_summary_table_counts_each_learners_merges(tmp_path):
+    """The report's summary table has a row per learner after learners per merge: how many rounds
+    merged it (quorum 1 without grace: the fastest learner in every round, the others in none)."""
+    from analysis.report import metrics_table
+
+    folder = tmp_path / "q"
+    result = CliRunner().invoke(app, [
+        "run", str(ROOT / "scenarios" / "sweeps" / "quality.yaml"), "--no-report", "-o", str(folder), "-q",
+        "--set", "duration=1h", "--set", "replications=1", "--set", "surrogate=off",
+        "--set", "training.quorum=1", "--set", "training.grace.mode=none"])
+    assert result.exit_code == 0, result.output
+    run = load_results(folder)
+    merges = run.summaries.iloc[0]
+    table = metrics_table([run])
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", table)
+    labels = [label for label, _ in rows]
+    at = labels.index("learners per merge (learners)")
+    names = ["east", "central", "west", "asia"]
+    assert labels[at + 1:at + 5] == [f"rounds merging learner {n} (count)" for n in names]
+    counts = [int(value.replace(",", "")) for _, value in rows[at + 1:at + 5]]
+    assert counts == [int(merges[f"merges_by_learner.{n}"]) for n in names]
+    assert sorted(counts)[:3] == [0, 0, 0] and max(counts) == int(merges["outer_rounds"]) > 0

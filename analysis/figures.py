@@ -250,6 +250,8 @@ def sweep_lines(
         if spread == "std":
             std = stats["std"].fillna(0.0)
             low, high = stats["mean"] - std, stats["mean"] + std
+            if q.unit.startswith("fraction"):  # a share of 1.03 was never measured: the band stops at 0 and 1
+                low, high = low.clip(lower=0.0), high.clip(upper=1.0)
         else:
             low, high = stats["min"], stats["max"]
         # each level its own hollow marker, smaller and differently dashed for each next one, so levels

@@ -630,3 +630,15 @@ def test_summary_table_counts_each_learners_merges(tmp_path):
     counts = [int(value.replace(",", "")) for _, value in rows[at + 1:at + 5]]
     assert counts == [int(merges[f"merges_by_learner.{n}"]) for n in names]
     assert sorted(counts)[:3] == [0, 0, 0] and max(counts) == int(merges["outer_rounds"]) > 0
+
+
+def test_a_std_band_of_a_fraction_stays_inside_zero_and_one():
+    """Goodputs 0.90 and 1.00: mean 0.95 +- 0.071 would draw a band to 1.02, a share never measured;
+    the band stops at 1 (and the mean line is unchanged)."""
+    rows = pd.DataFrame({"training.quorum": [1, 1, 2, 2], "goodput": [0.90, 1.00, 0.97, 0.99],
+                         "status": ["ok"] * 4, "seed": [1, 2, 1, 2]})
+    ax = figures.sweep_lines(rows, axes(), "training.quorum", "goodput", spread="std")
+    band = next(c for c in ax.collections if isinstance(c, PolyCollection))
+    ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+    assert ys.max() == pytest.approx(1.0) and ys.min() == pytest.approx(0.95 - np.std([0.9, 1.0], ddof=1))
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.95, 0.98])

@@ -62,8 +62,8 @@ VECTORS_PER_LEARNER = 6
 SHARED_VECTORS = 5
 MLP_SAMPLES_PER_LEARNER, MLP_EVAL_SAMPLES = 2048, 4096  # sim.surrogate.data.make_dataset's defaults
 SAMPLES_PER_DRAW = 1 << 20  # sim.surrogate.model.SAMPLES_PER_DRAW (not imported: that loads Numba)
-MARKOV_KEYS = 16
-REFERENCE_STEP_SIZE = 16 * 808  # samples x parameters of the default MLP step (batch 16, 16/32/8)  # sim.surrogate.markov.KEYS: key matrices per source, each kept with its CDF
+MARKOV_KEYS = 16  # sim.surrogate.markov.KEYS: key matrices per source, each kept with its CDF
+REFERENCE_STEP_SIZE = 16 * 808  # samples x parameters of the default MLP step (batch 16, 16/32/8)
 
 
 @dataclass(frozen=True)

@@ -226,10 +226,13 @@ def _print_verdicts(summaries: list[dict], label: str) -> None:
         if left_out := left_out_learners(summary):
             where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             merges = summary["merges_by_learner"]
-            out.print(f"note: {', '.join(f'{n} was merged in {merges[n]:,}' for n in left_out)} of "
-                      f"{summary['outer_rounds']:,} rounds (a learner {sum(merges.values()) / len(merges):,.0f} on "
-                      f"average) though up most of the run: its reports keep arriving after the rounds merged; its "
-                      f"work stays pending (README, \"When a learner is never merged\")"
+            names = left_out[0] if len(left_out) == 1 else f"{', '.join(left_out[:-1])} and {left_out[-1]}"
+            counts = " and ".join(f"{merges[n]:,}" for n in left_out)
+            one = len(left_out) == 1
+            out.print(f"note: {names} {'was' if one else 'were'} merged in {counts} of {summary['outer_rounds']:,} "
+                      f"rounds ({sum(merges.values()) / len(merges):,.0f} per learner on average) though up most "
+                      f"of the run: {'its' if one else 'their'} reports keep arriving after the rounds close, so "
+                      f"{'its' if one else 'their'} work stays pending (README, \"When a learner is never merged\")"
                       f"{f' ({where})' if where else ''}", highlight=False)
         if summary["halted"]:
             where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)

@@ -18,7 +18,7 @@ Each would run until killed. :func:`estimate` adds up, per replication, the work
 
 and the memory that grows with chips (Weibull and lognormal lifetimes keep one float per chip) or with
 the surrogate's sizes (:func:`surrogate_bytes`: ``dim: 100000, hidden: 100000`` is 10^10 parameters per
-learner; ``batch: 1e9`` a minibatch of 16 GB and a workspace of 3,000 GB). ``chaossim run``
+learner; ``batch: 1e9`` on a Decoupled DiLoCo learner a draw of 16 GB and a workspace of 792 GB). ``chaossim run``
 and ``sweep`` refuse a plan whose total over replications (and sweep points) passes
 :data:`WORK_CEILING` or :data:`MEMORY_CEILING_BYTES`, unless ``--allow-large`` is given; the message
 names the largest term and its YAML path. The estimate is an expectation, accurate to a small factor
@@ -216,10 +216,11 @@ def surrogate_params(cfg) -> int:
     return cfg.vocab * cfg.vocab
 
 
-def surrogate_step_work(cfg) -> float:
+def surrogate_step_work(scenario: Scenario, learners: int) -> float:
     """Work units of one surrogate step: one at the default sizes (a step there costs about what an
-    event does), more in proportion to samples x parameters (what the products of a step grow with)."""
-    return max(1.0, cfg.batch * surrogate_params(cfg) / REFERENCE_STEP_SIZE)
+    event does), more in proportion to samples x parameters (what the products of a step grow with;
+    an upper bound for markov, whose step touches one row of its vocab^2 table per sample)."""
+    return max(1.0, step_samples(scenario, learners) * surrogate_params(scenario.surrogate) / REFERENCE_STEP_SIZE)
 
 
 def surrogate_bytes(scenario: Scenario, learners: int) -> float:
@@ -241,16 +242,22 @@ def surrogate_bytes(scenario: Scenario, learners: int) -> float:
         surrogate_scratch_bytes(scenario, learners)
 
 
+def step_samples(scenario: Scenario, learners: int) -> int:
+    """Samples one surrogate step takes: a DiLoCo learner's own ``batch``; the lockstep data-parallel
+    step takes ``batch`` from each of the learners."""
+    return scenario.surrogate.batch * (learners if scenario.training.policy in LOCKSTEP else 1)
+
+
 def surrogate_scratch_bytes(scenario: Scenario, learners: int) -> float:
     """Bytes a training call of the surrogate holds while it runs: one draw of minibatches (at most
-    :data:`~sim.surrogate.model.SAMPLES_PER_DRAW` samples, or one step's when a step has more: the
-    data-parallel step takes ``batch`` from each of the learners) and the kernels' per-step workspace
-    (each sample's features, hidden activations and their gradients, class scores)."""
+    :data:`SAMPLES_PER_DRAW` samples and a run's steps' worth, at least one step's) and the kernels'
+    per-step workspace (each sample's features, hidden activations and their gradients, class scores)."""
     cfg = scenario.surrogate
-    samples = max(SAMPLES_PER_DRAW, cfg.batch * learners)
+    per_step = step_samples(scenario, learners)
+    samples = max(per_step, min(SAMPLES_PER_DRAW, cfg.max_steps_per_learner * per_step))
     if cfg.model == "mlp":
         # a uniform float and a row index per sample; the workspace of sim.surrogate.kernels._workspace
-        return 16.0 * samples + 8.0 * cfg.batch * learners * (cfg.dim + 2 * cfg.hidden + 2 * cfg.classes + 1)
+        return 16.0 * samples + 8.0 * per_step * (cfg.dim + 2 * cfg.hidden + 2 * cfg.classes + 1)
     # four uniforms and a (context, next) pair per sample; the kernel works one sample at a time
     return 48.0 * samples
 
@@ -277,16 +284,19 @@ def estimate(scenario: Scenario) -> Cost:
         groups = len(island_list(scenario))
     surrogate = scenario.surrogate
     if surrogate.model != "off":
-        per_step = surrogate_step_work(surrogate)
-        terms.append(Term(f"surrogate steps (each {per_step:.3g} units: batch {surrogate.batch:,} x "
+        learners = len(island_list(scenario))
+        per_step = surrogate_step_work(scenario, learners)
+        terms.append(Term(f"surrogate steps (each {per_step:.3g} units: {step_samples(scenario, learners):,} samples x "
                           f"{surrogate_params(surrogate):,} parameters)" if per_step > 1 else "surrogate steps",
                           ("surrogate", "batch") if per_step > 1 else ("surrogate", "max_steps_per_learner"),
                           float(groups) * surrogate.max_steps_per_learner * per_step))
         evals = duration / surrogate.eval_every if surrogate.eval_every > 0 else 200.0
         terms.append(Term("surrogate evaluations", ("surrogate", "eval_every"), evals))
-        model = surrogate_bytes(scenario, len(island_list(scenario)))
+        model = surrogate_bytes(scenario, learners)
         if model > memory:
-            memory, memory_loc = model, ("surrogate", "model")
+            # the batch when what a training call holds is most of it
+            scratch = surrogate_scratch_bytes(scenario, learners) > model / 2
+            memory, memory_loc = model, ("surrogate", "batch" if scratch else "model")
     return Cost(tuple(terms), memory, memory_loc)
 
 
@@ -300,8 +310,9 @@ def check(costs: list[tuple[Cost, int]], replications_loc: tuple, what: str = "r
     worst_memory = max((cost for cost, _ in costs), key=lambda c: c.memory_bytes)
     memory = worst_memory.memory_bytes
     if memory > MEMORY_CEILING_BYTES:
-        surrogate = worst_memory.memory_loc[:1] == ("surrogate",)
-        what_grows = "the surrogate model and its data" if surrogate else "per-chip lifetimes (Weibull, lognormal)"
+        what_grows = {("surrogate", "model"): "the surrogate model and its data",
+                      ("surrogate", "batch"): "the surrogate's minibatches and kernel workspace"}.get(
+            tuple(worst_memory.memory_loc), "per-chip lifetimes (Weibull, lognormal)")
         raise CostError(
             f"estimated memory {memory / 1e9:.3g} GB for {what_grows} is past the ceiling of "
             f"{MEMORY_CEILING_BYTES / 1e9:.0f} GB; pass --allow-large to run it anyway", worst_memory.memory_loc,

@@ -113,19 +113,20 @@ def test_a_surrogate_too_large_for_memory_is_refused_before_it_runs():
 
 
 def test_a_surrogate_batch_too_large_is_refused_before_it_runs():
-    """A billion samples a step: the minibatch and the kernels' workspace (about 3,200 GB) and the
+    """A billion samples a step: the minibatch and the kernels' workspace (about 790 GB) and the
     steps' work are both counted, so validate refuses it with the YAML path; batch 16 passes."""
     file = str(SCENARIOS / "sweeps" / "quality.yaml")
     result = CliRunner().invoke(app, ["validate", file, "--set", "surrogate.batch=1000000000", "--allow-large"])
     assert result.exit_code == 0  # the ceilings are the only thing refusing it
     scenario = load_scenario(file, ["surrogate.batch=1000000000"])
-    assert surrogate_bytes(scenario, 4) > 1e12
-    assert estimate(scenario).memory_loc == ("surrogate", "model")
+    assert surrogate_bytes(scenario, 4) > 7e11
+    assert estimate(scenario).memory_loc == ("surrogate", "batch")
     result = CliRunner().invoke(app, ["validate", file, "--set", "surrogate.batch=1000000000"])
     assert result.exit_code == 2
-    assert "surrogate.model (line 56): estimated memory 3.17e+03 GB" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "surrogate.batch (line 56): estimated memory 792 GB for the surrogate's minibatches" in text
     work = estimate(load_scenario(file, ["surrogate.batch=100000"])).largest()  # fits in memory, not in time
-    assert work.loc == ("surrogate", "batch") and "batch 100,000 x 808 parameters" in work.what
+    assert work.loc == ("surrogate", "batch") and "100,000 samples x 808 parameters" in work.what
     assert CliRunner().invoke(app, ["validate", file, "--set", "surrogate.batch=16"]).exit_code == 0
 
 

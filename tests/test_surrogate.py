@@ -289,6 +289,27 @@ def test_draws_split_to_bound_memory_train_the_same_steps(monkeypatch):
     assert (whole.steps[1], whole.dp_steps) == (split.steps[1], split.dp_steps) == (37, 23)
 
 
+def test_split_draws_keep_the_data_phase_of_a_lagging_learner(monkeypatch):
+    """Markov text drifts, so a draw's phase matters: learner 0 trains 40 steps ahead, then learner 2
+    (behind the frontier) trains 30 in draws of 4 steps, and ends exactly where one draw leaves it."""
+    import sim.surrogate.model as model_module
+
+    def run(split: bool):
+        s = Surrogate(np.random.default_rng(5), 3, 3, task="markov", vocab=16, components=2, drift_steps=10)
+        s.train(0, 40)
+        if split:
+            monkeypatch.setattr(model_module, "SAMPLES_PER_DRAW", 4 * s.batch)
+        s.train(2, 30)
+        s.train(0, 9)  # the frontier moves on while learner 2 lags: it reads the frontier's data
+        s.train(2, 25)
+        monkeypatch.setattr(model_module, "SAMPLES_PER_DRAW", 1 << 20)
+        return s
+
+    whole, split = run(False), run(True)
+    np.testing.assert_array_equal(whole.params, split.params)
+    np.testing.assert_array_equal(whole.adam_v, split.adam_v)
+
+
 @pytest.mark.parametrize("averaging", ["rda", "mean"])
 def test_merge_fragment_matches_manual_outer_step(averaging):
     s = _small(10, averaging=averaging, outer_lr=0.6, outer_momentum=0.8)

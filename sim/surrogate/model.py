@@ -41,6 +41,7 @@ past), and the held-out loss is measured at the frontier. ``copy_learner`` copie
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -233,11 +234,11 @@ class Surrogate:
         losses = []
         for n in self._chunks(n_steps, self.batch):
             samples = self.task.draw(self._rngs[m], m, self._phases(int(self.steps[m]), n))
-            losses.append(n * self.task.train(self.params[m], self.adam_m[m], self.adam_v[m], int(self.steps[m]),
+            losses.append((n, self.task.train(self.params[m], self.adam_m[m], self.adam_v[m], int(self.steps[m]),
                                               samples, self.inner_lr, self.beta1, self.beta2, self.eps,
-                                              self.weight_decay, self._grad))
+                                              self.weight_decay, self._grad)))
             self.steps[m] += n
-        return float(sum(losses) / n_steps)
+        return float(self._mean_loss(losses))
 
     def train_data_parallel(self, n_steps: int, members: Sequence[int] | None = None) -> float:
         """Lockstep data parallelism on Theta: each step averages the gradient over one minibatch from each
@@ -252,11 +253,18 @@ class Surrogate:
         for n in self._chunks(n_steps, self.batch * len(idx)):
             phases = self._phases(self.dp_steps, n)
             samples = np.concatenate([self.task.draw(self._rngs[m], int(m), phases) for m in idx], axis=1)
-            losses.append(n * self.task.train(self.theta, self.dp_adam_m, self.dp_adam_v, self.dp_steps,
+            losses.append((n, self.task.train(self.theta, self.dp_adam_m, self.dp_adam_v, self.dp_steps,
                                               np.ascontiguousarray(samples), self.inner_lr, self.beta1, self.beta2,
-                                              self.eps, self.weight_decay, self._grad))
+                                              self.eps, self.weight_decay, self._grad)))
             self.dp_steps += n
-        return float(sum(losses) / n_steps)
+        return float(self._mean_loss(losses))
+
+    @staticmethod
+    def _mean_loss(losses: list[tuple[int, float]]) -> float:
+        """Mean loss over the steps of split draws: each draw's mean, weighted by its steps."""
+        if len(losses) == 1:
+            return losses[0][1]
+        return math.fsum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
 
     @staticmethod
     def _chunks(n_steps: int, samples_per_step: int) -> list[int]:

@@ -211,6 +211,11 @@ def left_out_learners(summary: dict) -> list[str]:
     return [name for name, n in merges.items() if name in up and n < LEFT_OUT_SHARE * mean]
 
 
+def _listed(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def _print_verdicts(summaries: list[dict], label: str) -> None:
     for r, summary in enumerate(summaries):
         for verdict in summary["hypotheses"]:
@@ -226,8 +231,7 @@ def _print_verdicts(summaries: list[dict], label: str) -> None:
         if left_out := left_out_learners(summary):
             where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             merges = summary["merges_by_learner"]
-            names = left_out[0] if len(left_out) == 1 else f"{', '.join(left_out[:-1])} and {left_out[-1]}"
-            counts = " and ".join(f"{merges[n]:,}" for n in left_out)
+            names, counts = _listed(left_out), _listed([f"{merges[n]:,}" for n in left_out])
             one = len(left_out) == 1
             out.print(f"note: {names} {'was' if one else 'were'} merged in {counts} of {summary['outer_rounds']:,} "
                       f"rounds ({sum(merges.values()) / len(merges):,.0f} per learner on average) though up most "

@@ -218,18 +218,17 @@ def _listed(words: list[str]) -> str:
 
 def _print_verdicts(summaries: list[dict], label: str) -> None:
     for r, summary in enumerate(summaries):
+        where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
+        suffix = f" ({where})" if where else ""
         for verdict in summary["hypotheses"]:
-            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             status = "[green]PASS[/]" if verdict["passed"] else "[red]FAIL[/]"
-            out.print(f"{status} hypothesis {verdict_text(verdict)}{f' ({where})' if where else ''}", highlight=False)
+            out.print(f"{status} hypothesis {verdict_text(verdict)}{suffix}", highlight=False)
         at_end, goodput = summary.get("useful_at_end_fraction", 0.0), summary["goodput"]
         if at_end > AT_END_NOTE_SHARE * goodput:
-            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             out.print(f"note: {at_end / goodput:.0%} of goodput {goodput:.4f} is work still unmerged or "
                       f"uncheckpointed when the run ended, counted useful by the run-end convention; a longer "
-                      f"run shows whether it is kept{f' ({where})' if where else ''}", highlight=False)
+                      f"run shows whether it is kept{suffix}", highlight=False)
         if left_out := left_out_learners(summary):
-            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             merges = summary["merges_by_learner"]
             names, counts = _listed(left_out), _listed([f"{merges[n]:,}" for n in left_out])
             one = len(left_out) == 1
@@ -237,11 +236,10 @@ def _print_verdicts(summaries: list[dict], label: str) -> None:
                       f"rounds ({sum(merges.values()) / len(merges):,.0f} per learner on average) though up most "
                       f"of the run: {'its' if one else 'their'} reports keep arriving after the rounds close, so "
                       f"{'its' if one else 'their'} work stays pending (README, \"When a learner is never merged\")"
-                      f"{f' ({where})' if where else ''}", highlight=False)
+                      f"{suffix}", highlight=False)
         if summary["halted"]:
-            where = ", ".join(w for w in (label, f"rep {r}" if len(summaries) > 1 else "") if w)
             out.print(f"[red]HALTED[/] at {summary['duration_s'] / 3600:.4g} h of simulated time by the halt bound "
-                      f"{verdict_text(summary['halted'])}{f' ({where})' if where else ''}", highlight=False)
+                      f"{verdict_text(summary['halted'])}{suffix}", highlight=False)
 
 
 def _play(variant, file: Path, folder: Path, bar: Progress, record: dict, summaries: list[dict]) -> dict:

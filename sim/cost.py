@@ -231,12 +231,11 @@ def surrogate_bytes(scenario: Scenario, learners: int) -> float:
     cfg = scenario.surrogate
     if cfg.model == "off":
         return 0.0
+    params = surrogate_params(cfg)
     if cfg.model == "mlp":
-        params = surrogate_params(cfg)
         samples = learners * MLP_SAMPLES_PER_LEARNER + MLP_EVAL_SAMPLES
         data = samples * (cfg.dim + 1) + MLP_EVAL_SAMPLES * (cfg.hidden + cfg.classes)
     else:
-        params = surrogate_params(cfg)
         data = 2 * cfg.components * MARKOV_KEYS * params
     return 8.0 * ((VECTORS_PER_LEARNER * learners + SHARED_VECTORS) * params + data) + \
         surrogate_scratch_bytes(scenario, learners)

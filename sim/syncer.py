@@ -225,11 +225,16 @@ def grace_window_s(view: SyncView, config: SyncConfig) -> float:
     ADAPTIVE is ``clamp(γ·(τ·ξ_step − ξ_quorum − ξ_sync), 0, grace_max_s)``: negative slack (the overlap
     cannot hide the wait) gives no grace at all. FIXED is ``min(grace_fixed_s, grace_max_s)``.
     """
+    return grace_s(config, view.ema_step_s, view.ema_quorum_wait_s, view.ema_sync_s)
+
+
+def grace_s(config: SyncConfig, ema_step_s: float, ema_quorum_wait_s: float, ema_sync_s: float) -> float:
+    """:func:`grace_window_s` from the three EMAs themselves (what a driver holds without a view)."""
     if config.grace_mode is GraceMode.NONE:
         return 0.0
     if config.grace_mode is GraceMode.FIXED:
         return min(config.grace_fixed_s, config.grace_max_s)
-    slack_s = config.overlap_steps * view.ema_step_s - view.ema_quorum_wait_s - view.ema_sync_s
+    slack_s = config.overlap_steps * ema_step_s - ema_quorum_wait_s - ema_sync_s
     return min(max(config.gamma * slack_s, 0.0), config.grace_max_s)
 
 
@@ -274,10 +279,47 @@ def token_weights(steps: Sequence[int], tokens: Sequence[float], mode: MergeWeig
 _BY_ID = operator.attrgetter("learner_id")
 
 
+class Rule(Enum):
+    """Which rule of :func:`decide` applies (its action follows from the rule)."""
+
+    QUORUM_UNMET = "quorum unmet"  # WAIT
+    ROUND_TIMEOUT = "round timeout"  # MERGE
+    FAST_PATH = "fast path"  # MERGE
+    GRACE_OPEN = "grace window open"  # WAIT
+    GRACE_CLOSED = "grace window closed"  # MERGE
+
+    @property
+    def merges(self) -> bool:
+        return self not in (Rule.QUORUM_UNMET, Rule.GRACE_OPEN)
+
+
+def rule(now_s: float, alive: int, reported: int, round_opened_s: float, quorum_met_s: float | None,
+         grace_window: float, config: SyncConfig) -> tuple[Rule, float | None]:
+    """The rule :func:`decide` applies, from counts alone: ``alive`` learners, ``reported`` of them
+    alive reporters, and the grace window in seconds. Returns the rule and, for a WAIT, the time to
+    ask again (None: on the next report or membership change).
+
+    This is the whole of decide's control flow; decide adds the members, weights and reason. A driver
+    that only needs to know whether to merge (most evaluations wait) calls this without building a view.
+    """
+    k = config.quorum
+    if reported < k:
+        timeout_at_s = round_opened_s + config.round_timeout_s
+        if reported and now_s >= timeout_at_s:
+            return Rule.ROUND_TIMEOUT, None
+        return Rule.QUORUM_UNMET, (timeout_at_s if reported and math.isfinite(timeout_at_s) else None)
+    if reported == alive:
+        return Rule.FAST_PATH, None
+    deadline_s = (now_s if quorum_met_s is None else quorum_met_s) + grace_window
+    if now_s < deadline_s:
+        return Rule.GRACE_OPEN, deadline_s
+    return Rule.GRACE_CLOSED, None
+
+
 def decide(now_s: float, view: SyncView, config: SyncConfig) -> Decision:
     """Decide what the synchronizer does now for the fragment round in ``view``.
 
-    Rules, in order (the reason of each branch names it):
+    Rules, in order (the reason of each branch names it; :func:`rule` is this control flow on counts):
 
     1. fewer than K alive learners have reported -> WAIT for the next report ("quorum unmet"), or
        until the round timeout; past ``round_timeout_s`` after the round opened, MERGE whoever has
@@ -304,36 +346,33 @@ def decide(now_s: float, view: SyncView, config: SyncConfig) -> Decision:
     k = config.quorum
     counts = f"[{len(reporters)}/{total} reported, {len(alive)} alive, quorum {k}]"
     head = f"fragment {view.fragment}:"
+    grace_window = grace_window_s(view, config)
+    which, wait_until = rule(now_s, len(alive), len(reporters), view.round_opened_s, view.quorum_met_s,
+                             grace_window, config)
+    grace_note = f"grace {config.grace_mode.value} {grace_window:.3f}s"
 
-    if len(reporters) < k:
-        timeout_at_s = view.round_opened_s + config.round_timeout_s
-        if reporters and now_s >= timeout_at_s:
-            return _merge(reporters, config, f"{head} round timeout after {config.round_timeout_s:.3f}s", counts)
+    if which is Rule.ROUND_TIMEOUT:
+        return _merge(reporters, config, f"{head} round timeout after {config.round_timeout_s:.3f}s", counts)
+    if which is Rule.QUORUM_UNMET:
         why = (
             f"only {len(alive)} alive < quorum, waiting for learners to return"
             if len(alive) < k
             else "waiting for the next report"
         )
-        wait_until = timeout_at_s if reporters and math.isfinite(timeout_at_s) else None
         return Decision(Action.WAIT, (), (), wait_until, f"{head} quorum unmet, {why} {counts}")
-
-    if len(reporters) == len(alive):
+    if which is Rule.GRACE_OPEN:
+        return Decision(
+            Action.WAIT,
+            (),
+            (),
+            wait_until,
+            f"{head} quorum met, grace window open until {wait_until:.3f}s ({grace_note}) {counts}",
+        )
+    if which is Rule.FAST_PATH:
         why = "fast path: all alive learners reported, nobody left to wait for"
     else:
-        grace_s = grace_window_s(view, config)
-        quorum_met_s = now_s if view.quorum_met_s is None else view.quorum_met_s
-        deadline_s = quorum_met_s + grace_s
-        grace_note = f"grace {config.grace_mode.value} {grace_s:.3f}s"
-        if now_s < deadline_s:
-            return Decision(
-                Action.WAIT,
-                (),
-                (),
-                deadline_s,
-                f"{head} quorum met, grace window open until {deadline_s:.3f}s ({grace_note}) {counts}",
-            )
+        deadline_s = (now_s if view.quorum_met_s is None else view.quorum_met_s) + grace_window
         why = f"grace window closed at {deadline_s:.3f}s ({grace_note})"
-
     return _merge(reporters, config, f"{head} merge {len(reporters)}", counts, why)
 
 

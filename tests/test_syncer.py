@@ -20,6 +20,7 @@ from sim.syncer import (
     decide,
     ema_update,
     grace_window_s,
+    rule,
     token_weights,
 )
 
@@ -147,6 +148,32 @@ def test_uniform_merge_ignores_counters():
     ls = [rep(0, steps=1, tokens=10.0), rep(1, steps=5, tokens=1e6), rep(2, steps=3, tokens=7.0)]
     d = decide(10.0, view(ls), SyncConfig(1, N, merge=UNI))
     assert d.weights == pytest.approx((1 / 3,) * 3)
+
+
+@given(
+    flags=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=6),
+    k=st.integers(1, 6),
+    mode=st.sampled_from([A, F, N]),
+    now_s=st.floats(0.0, 50.0),
+    opened_s=st.floats(0.0, 50.0),
+    met_s=st.one_of(st.none(), st.floats(0.0, 50.0)),
+    emas=st.tuples(st.floats(0.0, 10.0), st.floats(0.0, 10.0), st.floats(0.0, 10.0)),
+    timeout_s=st.sampled_from([math.inf, 5.0, 20.0]),
+)
+def test_rule_from_counts_is_decides_control_flow(flags, k, mode, now_s, opened_s, met_s, emas, timeout_s):
+    """rule() on counts alone gives the action and wake time decide() gives on the full view (the
+    round engine asks it at every evaluation and builds the view only for a round that merges)."""
+    if k > len(flags) or opened_s > now_s or (met_s is not None and not opened_s <= met_s <= now_s):
+        return
+    config = SyncConfig(k, mode, grace_fixed_s=3.0, grace_max_s=8.0, round_timeout_s=timeout_s)
+    learners = [rep(i, alive=a, reported=r) for i, (a, r) in enumerate(flags)]
+    v = SyncView(now_s, 0, opened_s, met_s, tuple(learners), *emas)
+    d = decide(now_s, v, config)
+    which, wait_until_s = rule(now_s, sum(a for a, _ in flags), sum(a and r for a, r in flags), opened_s, met_s,
+                               grace_window_s(v, config), config)
+    assert which.merges == (d.action is Action.MERGE)
+    assert wait_until_s == d.wait_until_s
+    assert which.value in d.reason
 
 
 @given(st.data())

@@ -11,8 +11,10 @@ One open round per fragment. A round opens
 * ``schedule: learner``: at the first report after the previous round of p closed; learner m reports
   p after its own steps i with ``i mod H = t_p``.
 
-Every report, membership change and timer asks :func:`sim.syncer.decide` about the round's real view
-(quorum among alive reporters, grace window from the EMAs, fast path, round timeout). On MERGE the
+Every report, membership change and timer asks the decision about the round (quorum among alive
+reporters, grace window from the EMAs, fast path, round timeout): :func:`sim.syncer.rule`, decide's
+control flow on the round's counts, says whether it merges; a merging round gets :func:`decide` on
+its real view (members, weights, reason). On MERGE the
 members' fragments are pulled over their channels to the synchronizer's region; the merge happens
 when the last pull has arrived (a member that fails first is dropped; with fewer than K left and no
 timeout the round is abandoned and every report given back), then the result is sent back to each
@@ -33,7 +35,6 @@ from dataclasses import dataclass, field
 
 from ..scenario import RoundSchedule
 from ..syncer import (
-    Action,
     Decision,
     Ema,
     LearnerReport,
@@ -41,7 +42,9 @@ from ..syncer import (
     SyncView,
     TrustedSyncView,
     decide,
+    grace_s,
     grace_window_s,
+    rule,
 )
 from .engine import Learner, Report, RoundEngine
 
@@ -238,22 +241,31 @@ class SynchronizerRounds(RoundEngine):
         return rep.entry
 
     def evaluate(self, rnd: Round) -> None:
+        """Ask the decision about ``rnd`` now: merge it, or wake up again when the decision says.
+
+        Most evaluations wait (a report short of quorum, or one more inside the grace window); which
+        rule applies follows from counts alone (:func:`sim.syncer.rule`, decide's own control flow), so
+        the view is built, and :func:`decide` called on it, only for the round that merges."""
         if rnd.state != "open":
             return
         now = self.env.now
-        if self._reporters(rnd) >= self.config.quorum:
+        reported, k = self._reporters(rnd), self.config.quorum
+        if reported >= k:
             if rnd.quorum_met_s is None:
                 rnd.quorum_met_s = now
         else:
             rnd.quorum_met_s = None
-        view = self.view(rnd, now)
-        decision = decide(now, view, self.config)
-        if decision.action is Action.MERGE:
-            self._close(rnd, decision, view)
-        elif decision.wait_until_s is not None:
+        grace = grace_s(self.config, self.ema_step.value_or(0.0), self.ema_quorum.value_or(0.0),
+                        self.ema_sync.value_or(0.0)) if reported >= k else 0.0
+        which, wait_until_s = rule(now, len(self.reporting_ids), reported, rnd.opened_s, rnd.quorum_met_s,
+                                   grace, self.config)
+        if which.merges:
+            view = self.view(rnd, now)
+            self._close(rnd, decide(now, view, self.config), view)
+        elif wait_until_s is not None:
             rnd.timer += 1
             timer = rnd.timer
-            self.env.timeout(decision.wait_until_s - now, (rnd, timer)).callbacks.append(self._timer)
+            self.env.timeout(wait_until_s - now, (rnd, timer)).callbacks.append(self._timer)
         self.stall_changed()
 
     def _timer(self, event) -> None:

@@ -62,6 +62,7 @@ class Round:
     reason: str = ""
     pending: set[int] = field(default_factory=set)  # members whose pull (or result) is in flight
     timer: int = 0  # generation of its wake-up
+    timer_s: float = math.nan  # when its live wake-up fires
 
 
 class SynchronizerRounds(RoundEngine):
@@ -262,10 +263,12 @@ class SynchronizerRounds(RoundEngine):
         if which.merges:
             view = self.view(rnd, now)
             self._close(rnd, decide(now, view, self.config), view)
-        elif wait_until_s is not None:
+        elif wait_until_s is not None and wait_until_s != rnd.timer_s:
+            # (a wake-up already set for that instant stands: the reports inside a grace window ask
+            # for the same deadline again and again)
             rnd.timer += 1
-            timer = rnd.timer
-            self.env.timeout(wait_until_s - now, (rnd, timer)).callbacks.append(self._timer)
+            rnd.timer_s = wait_until_s
+            self.env.timeout(wait_until_s - now, (rnd, rnd.timer)).callbacks.append(self._timer)
         self.stall_changed()
 
     def _timer(self, event) -> None:

@@ -1,8 +1,9 @@
 """Building blocks of the scenario model: unit-carrying field types and the frozen base model.
 
-``Duration``, ``Seconds``, ``Bandwidth``, ``Bytes`` and ``Count`` accept unit strings (see
+``Seconds``, ``PositiveSeconds``, ``Bandwidth``, ``Bytes`` and ``Count`` accept unit strings (see
 :mod:`sim.units`) or plain SI numbers and validate to floats; their JSON Schema says so, with a pattern
-per unit (:data:`UNIT_PATTERNS`), so editors complete and check them as ``chaossim validate`` does.
+per unit (:func:`unit_pattern`) and the bound (no sign where the value must be >= 0, a non-zero digit
+where it must be > 0), so editors complete and check them as ``chaossim validate`` does.
 :func:`readable` turns a validated model back into unit strings that parse to the same floats (a
 resolved scenario says ``7d``, not ``604800.0``). :class:`Model` forbids unknown keys and is frozen.
 :class:`LocatedError` lets a cross-field check say where, below its model, the problem is.
@@ -22,26 +23,53 @@ from .units import parse_bandwidth, parse_bytes, parse_count, parse_duration
 
 # Patterns of the unit strings each parser accepts (ECMA regular expressions, as JSON Schema uses), so
 # an editor rejects '7 dayz' or '2GBps' as `chaossim validate` does. A test holds them to the parsers.
-_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
-UNIT_PATTERNS = {
-    parse_duration: rf"^\s*(inf|infinity|{_NUMBER}|-?((\d+(\.\d*)?([eE][+-]?\d+)?|\.\d+)\s*(ns|us|µs|ms|min|s|m|h|d|w|y)\s*)+)\s*$",
-    parse_bandwidth: rf"^\s*{_NUMBER}\s*([kKmMgGtT]?(bps|bit/s|b/s))?\s*$",
-    parse_bytes: rf"^\s*{_NUMBER}\s*(([kKmMgGtTpP][iI]?)?B|b)?\s*$",
-    parse_count: rf"^\s*{_NUMBER}\s*[kKMBGT]?\s*$",
+_MANTISSA = r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
+_NUMBER = rf"[+-]?{_MANTISSA}"
+_UNITS = {
+    parse_duration: r"(ns|us|µs|ms|min|s|m|h|d|w|y)",
+    parse_bandwidth: r"([kKmMgGtT]?(bps|bit/s|b/s))",
+    parse_bytes: r"(([kKmMgGtTpP][iI]?)?B|b)",
+    parse_count: r"[kKMBGT]",
 }
 
 
-def _unit(parser, description: str):
-    schema = {"anyOf": [{"type": "string", "pattern": UNIT_PATTERNS[parser]}, {"type": "number"}], "description": description}
-    return Annotated[float, BeforeValidator(parser), WithJsonSchema(schema)]
+def unit_pattern(parser, minimum: str | None = None) -> str:
+    """The pattern of ``parser``'s strings, for any value (``minimum`` None), a value >= 0 (``"ge0"``: no
+    minus sign) or a value > 0 (``"gt0"``: also some non-zero digit before any exponent, or inf)."""
+    number = _NUMBER if minimum is None else rf"\+?{_MANTISSA}"
+    if parser is parse_duration:
+        sign = "-?" if minimum is None else ""
+        parts = rf"{sign}((\d+(\.\d*)?([eE][+-]?\d+)?|\.\d+)\s*{_UNITS[parser]}\s*)+"
+        body = rf"(inf|infinity|{number}|{parts})"
+    else:
+        body = rf"{number}\s*{_UNITS[parser]}?"
+    nonzero = r"(?=\s*(inf|infinity)\s*$|[^eE]*[1-9])" if minimum == "gt0" else ""
+    return rf"^{nonzero}\s*{body}\s*$"
 
 
-Duration = _unit(parse_duration, "duration: '500ms', '30s', '2h45m', '7d', '1y', 'inf' or seconds")
-Seconds = Annotated[Duration, Field(ge=0)]
-PositiveSeconds = Annotated[Duration, Field(gt=0)]
-Bandwidth = Annotated[_unit(parse_bandwidth, "bandwidth in bits per second: '2Gbps', '500Mbps' or bits/s"), Field(ge=0)]
-Bytes = Annotated[_unit(parse_bytes, "size: '95GB', '16GiB' or bytes"), Field(gt=0)]
-Count = Annotated[_unit(parse_count, "count: '12B', '4M', '1.5k' or a number"), Field(gt=0)]
+UNIT_PATTERNS = {parser: unit_pattern(parser) for parser in _UNITS}
+
+
+def _unit(parser, description: str, minimum: str | None = None):
+    """A unit type: parsed by ``parser``, bounded below (``minimum``: None, "ge0" or "gt0"), with a JSON
+    Schema that says both, so an editor refuses '-5h' or '0s' where ``chaossim validate`` does."""
+    number: dict[str, Any] = {"type": "number"}
+    bound: dict[str, Any] = {}
+    if minimum == "ge0":
+        number["minimum"], bound["ge"] = 0, 0
+    elif minimum == "gt0":
+        number["exclusiveMinimum"], bound["gt"] = 0, 0
+    schema = {"anyOf": [{"type": "string", "pattern": unit_pattern(parser, minimum)}, number],
+              "description": description}
+    return Annotated[float, BeforeValidator(parser), Field(**bound), WithJsonSchema(schema)]
+
+
+_DURATION = "duration: '500ms', '30s', '2h45m', '7d', '1y', 'inf' or seconds"
+Seconds = _unit(parse_duration, _DURATION, "ge0")
+PositiveSeconds = _unit(parse_duration, _DURATION, "gt0")
+Bandwidth = _unit(parse_bandwidth, "bandwidth in bits per second: '2Gbps', '500Mbps' or bits/s", "ge0")
+Bytes = _unit(parse_bytes, "size: '95GB', '16GiB' or bytes", "gt0")
+Count = _unit(parse_count, "count: '12B', '4M', '1.5k' or a number", "gt0")
 
 
 def strict_json(document: Any) -> Any:

@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from sim.cli import app
-from sim.schema import UNIT_PATTERNS
+from sim.schema import UNIT_PATTERNS, unit_pattern
 from sim.units import parse_bandwidth, parse_bytes, parse_count, parse_duration
 
 SCENARIOS = sorted((ROOT / "scenarios").rglob("*.yaml"))
@@ -82,6 +82,44 @@ def test_patterns_accept_what_the_parsers_accept(parser):
         except ValueError:
             accepted = False
         assert bool(re.search(UNIT_PATTERNS[parser], text)) == accepted, text
+
+
+BOUNDED = {
+    parse_duration: ["30s", "-5h", "0s", "0", "0h0m", "inf", "+2h", "0.0001s", "1e-3s", "0e5s", "-1d", "-inf", "1d-2h"],
+    parse_bandwidth: ["2Gbps", "-2Gbps", "0Gbps", "0", "0.5Gbps", "+1e9", "0e9"],
+    parse_bytes: ["95GB", "-8B", "0B", "0.5GB", "1", "-1"],
+    parse_count: ["12B", "-8B", "0", "0.0k", "1e6", "-1e6"],
+}
+
+
+@pytest.mark.parametrize("parser", list(BOUNDED), ids=lambda p: p.__name__)
+@pytest.mark.parametrize("minimum", ["ge0", "gt0"])
+def test_bounded_patterns_accept_what_validate_accepts(parser, minimum):
+    """A unit field that must be >= 0 (or > 0) has a pattern that matches exactly the strings its parser
+    reads to such a value: an editor refuses 'duration: -5h', 'mtbf: 0h' or 'bandwidth: -2Gbps'."""
+    for text in BOUNDED[parser] + SAMPLES[parser]:
+        try:
+            value = parser(text)
+            accepted = value >= 0 if minimum == "ge0" else value > 0
+        except ValueError:
+            accepted = False
+        assert bool(re.search(unit_pattern(parser, minimum), text)) == accepted, (text, minimum)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("duration", "-5h"), ("duration", "0s"), ("faults.0.mtbf", "-50000h"), ("faults.0.mtbf", "0h"),
+    ("workload.params", "-8B"), ("workload.tokens_per_step", 0), ("topology.default_link.bandwidth", "-2Gbps"),
+    ("duration", -3600),
+])
+def test_out_of_range_values_are_rejected_by_the_schema(validator, key, value):
+    """What validate refuses as out of range, the schema refuses too."""
+    data = copy.deepcopy(load(ROOT / "scenarios" / "four-regions-12b.yaml"))
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[last] = value
+    assert any(validator.iter_errors(data)), f"{key}: {value!r} passed the schema"
 
 
 def test_schema_knows_the_surrogate_tasks(validator):

@@ -223,6 +223,24 @@ def test_invariants_hold_on_random_scenarios(schedule, quorum, grace, on_failure
     assert len(rounds) == s["outer_rounds"]
 
 
+def test_a_cut_link_samples_zero_utilisation_while_it_is_cut():
+    """The link_utilisation series of a partitioned channel reads 0 for every window inside the cut
+    (it offers no capacity and carries nothing), not the last busy value held across it."""
+    cut = {"name": "cut", "kind": "link_partition", "target": {"links": ["east~west"]}, "at": "20m", "duration": "20m"}
+    sc = scenario([("east", [island("e0", 256)]), ("west", [island("w0", 256)])], syncer="east", duration="1h",
+                  training={"quorum": 2}, faults=[cut], default_bw="2Gbps", latency="20ms", params="200M", step="3s")
+    _, tables = run(sc)
+    series = tables["series"].to_pandas()
+    util = series[(series.series == "link_utilisation") & (series.key == "east~west>east")]
+    window_s = 3600 / 200
+    inside = util[(util.time_s >= 1200 + window_s) & (util.time_s <= 2400)]
+    before = util[util.time_s < 1200]
+    after = util[util.time_s > 2400 + 60]
+    assert len(inside) >= 60 and (inside.value == 0).all()
+    assert (before.value > 0).mean() > 0.9 and (after.value > 0).mean() > 0.9
+    assert len(util) == 200  # one sample per window from its first carried byte (at the first report)
+
+
 def test_same_seed_same_rounds():
     """Failures, a straggler, K = 2, both schedules: the same scenario and seed play the same rounds."""
     for schedule in ("synchronizer", "learner"):

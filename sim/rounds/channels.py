@@ -10,7 +10,7 @@ transfers in flight.
 Every byte the outer protocol moves goes through :meth:`Channels.send`, so per-link bytes and
 utilisation (bits carried / capacity offered, never above 1 by construction of the fair shares) are
 measured, not assumed. Utilisation is sampled per channel every 1/200 of the run into the
-``link_utilisation`` series.
+``link_utilisation`` series (0 for a window in which a channel that has carried traffic carried none).
 """
 
 from __future__ import annotations
@@ -71,16 +71,19 @@ class Channels:
             self.record_window()
 
     def record_window(self) -> None:
-        """Utilisation of each channel that carried anything since the last sample."""
+        """Utilisation of each channel over the window since the last sample, from its first carried
+        byte on: a window in which it carried nothing (idle, or cut by a partition, which offers no
+        capacity) is a 0, so a plot does not hold the last busy value across it."""
         now = self.ctx.env.now
         for name, (bits_before, offered_before) in self._sampled.items():
             stats = self.network.stats(name)
             bits, offered = stats.bytes_delivered * 8.0, stats.offered_bits
             self._sampled[name] = (bits, offered)
-            if bits > bits_before and offered > offered_before:
-                value = (bits - bits_before) / (offered - offered_before)
-                self.peak_utilisation[name] = max(self.peak_utilisation[name], value)
-                self.ctx.recorder.point(now, "link_utilisation", name, value)
+            if bits <= 0:
+                continue  # it never carried anything: not a channel of this run's traffic
+            value = (bits - bits_before) / (offered - offered_before) if bits > bits_before else 0.0
+            self.peak_utilisation[name] = max(self.peak_utilisation[name], value)
+            self.ctx.recorder.point(now, "link_utilisation", name, value)
 
     def link_bytes(self) -> dict[str, float]:
         """Bytes carried per topology link (both directions), for links that carried any."""

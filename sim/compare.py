@@ -108,7 +108,7 @@ def variants_of(
 def _compare_value_error(err: ScenarioError, data: dict, path: Path, where: str, setting: dict, i: int) -> ScenarioError:
     """A variant refused at one of its compared keys is the compare list's fault: name that entry
     (``compare.training.policy[0] (line 44)``), not the base scenario's key."""
-    found = re.match(rf"{re.escape(where)}: (?P<key>\S+)(?: \(line \d+\))?: (?P<message>.*)", str(err))
+    found = re.match(rf"{re.escape(where)}: (?P<key>\S+)(?: \((?:line \d+|from [^)]*)\))?: (?P<message>.*)", str(err))
     if found is None or found["key"] not in setting:
         return err
     return ScenarioError(f"{located(data, ('compare', found['key'], i), str(path))}: {found['message']}")

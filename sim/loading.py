@@ -105,6 +105,7 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
                 )
             if last:
                 node[int(part)] = value
+                _mark_set(node, int(part), source)
             else:
                 node = node[int(part)]
         elif isinstance(node, dict):
@@ -112,14 +113,43 @@ def set_path(data: Any, key: str, value: Any, source: str = "--set") -> None:
                 node[part] = value
                 if isinstance(node, CommentedMap) and node.lc.data:
                     # the value no longer comes from the file: an error about it must not cite the
-                    # line that still says the old one (it is located like a key --set added)
+                    # line that still says the old one
                     node.lc.data.pop(part, None)
+                _mark_set(node, part, source)
             else:
                 if node.get(part) is None:
-                    node[part] = {}
+                    node[part] = CommentedMap()  # (a section --set adds can note where its keys came from)
+                    _mark_set(node, part, source)
                 node = node[part]
         else:
             raise ScenarioError(f"{source} {key}: {'.'.join(parts[:depth])} is a value, not a section")
+
+
+_SET_BY = "chaossim_set_by"  # attribute of a YAML node: {key or index: the override that set it}
+
+
+def _mark_set(node: Any, part: Any, source: str) -> None:
+    """Note that ``node[part]`` was set by ``source`` (``--set``, a compare variant, a sweep factor),
+    so an error about it names that, not a line of the file."""
+    if isinstance(node, (CommentedMap, CommentedSeq)):
+        marks = getattr(node, _SET_BY, None)
+        if marks is None:
+            marks = {}
+            setattr(node, _SET_BY, marks)
+        marks[part] = source.rsplit(": ", 1)[-1]
+
+
+def _copy_set_marks(source: Any, copied: Any) -> None:
+    """Give a deep copy of a YAML document the override marks of the original (deepcopy drops them)."""
+    if hasattr(source, _SET_BY):
+        setattr(copied, _SET_BY, dict(getattr(source, _SET_BY)))
+    if isinstance(source, dict) and isinstance(copied, dict):
+        for key, value in source.items():
+            if key in copied:
+                _copy_set_marks(value, copied[key])
+    elif isinstance(source, list) and isinstance(copied, list):
+        for value, twin in zip(source, copied):
+            _copy_set_marks(value, twin)
 
 
 def variant(data: Any, setting: dict, where: str, source: str, trace_dirs: tuple[Path, ...] | None = None,
@@ -131,6 +161,7 @@ def variant(data: Any, setting: dict, where: str, source: str, trace_dirs: tuple
     ``folder`` are :func:`validate`'s (``where`` is a label, not a file, so the folder is given).
     """
     point = copy.deepcopy(data)
+    _copy_set_marks(data, point)
     point.pop("sweep", None)
     point.pop("compare", None)
     for key, value in setting.items():
@@ -160,16 +191,18 @@ def _plain(data: Any) -> Any:
     return data
 
 
-def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
-    """The YAML path text and the 1-based line of a pydantic error location."""
+def _locate(data: Any, loc: tuple) -> tuple[str, int | str | None]:
+    """The YAML path text of a pydantic error location, and where it is: the 1-based line in the file,
+    the override that set it (``"--set"``, ``"compare"``, ``"sweep factor"``), or None."""
     node, path, line = data, "", None
     for part in loc:
+        set_by = getattr(node, _SET_BY, {}).get(part) if isinstance(line, int) or line is None else None
         if isinstance(node, list) and isinstance(part, int) and part < len(node):
             if isinstance(node, CommentedSeq) and part in (node.lc.data or {}):
                 line = node.lc.item(part)[0] + 1
             node, path = node[part], f"{path}[{part}]"
         elif isinstance(node, dict) and isinstance(part, str) and part in node:
-            # keys added by --set have no position in the file: keep the parent's line
+            # a key whose value came from an override has no line of its own: keep the parent's line
             if isinstance(node, CommentedMap) and part in (node.lc.data or {}):
                 line = node.lc.key(part)[0] + 1
             node, path = node[part], f"{path}.{part}" if path else part
@@ -180,12 +213,17 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | None]:
         else:
             path = f"{path}.{part}" if path and isinstance(part, str) else (f"{path}[{part}]" if path else str(part))
             node = None
+        if set_by is not None:
+            line = set_by  # the value (and everything below it) came from an override, not the file
     return path or "(top level)", line
 
 
 def located(data: Any, loc: tuple, file: str) -> str:
-    """``file: yaml.path (line N)`` for a location, the start of every message about it."""
+    """``file: yaml.path (line N)`` for a location (``(from --set)`` for a value an override set), the
+    start of every message about it."""
     path, line = _locate(data, loc)
+    if isinstance(line, str):
+        return f"{file}: {path} (from {line})"
     return f"{file}: {path}" + (f" (line {line})" if line else "")
 
 

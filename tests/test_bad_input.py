@@ -140,7 +140,7 @@ def test_an_overridden_value_is_not_blamed_on_the_line_it_replaced(tmp_path):
     for option, key in ((["--set", "duration=abc"], "duration"), (["--seed", "-1"], "seed")):
         line = next(n for n, row in enumerate(text, 1) if row.startswith(f"{key}:"))
         result = chaossim("run", str(SMALL), *option, "-q", "-o", str(tmp_path / "out"))
-        assert_one_line_error(result, "small.yaml", f"small.yaml: {key}: ")
+        assert_one_line_error(result, "small.yaml", f"small.yaml: {key} (from --set)")  # (--seed is one)
         assert f"(line {line})" not in result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -151,14 +151,15 @@ def test_an_overridden_value_is_not_blamed_on_the_line_it_replaced(tmp_path):
         ("seed", ["--set 'seed'", "expected dotted.key=value"]),
         ("topology.regions.3.name=x", ["--set topology.regions.3.name", "expected an index below 1"]),
         ("name.first=x", ["--set name.first", "is a value, not a section"]),
-        ("seed=abc", ["small.yaml: seed: ", "valid integer"]),  # line 4 holds the file's seed, not 'abc'
+        ("seed=abc", ["small.yaml: seed (from --set): ", "valid integer"]),  # line 4 holds the file's seed, not 'abc'
         ("training.nonsense=1", ["training.nonsense", "unknown key 'nonsense'"]),
         ("surrogate.model=big", ["surrogate.model", "'mlp', 'markov' or 'off'"]),
-        ("surrogate=mlp", ["small.yaml: surrogate: ", "expected a mapping such as {model: mlp}", "got 'mlp'"]),
+        ("surrogate=mlp", ["small.yaml: surrogate (from --set): ", "expected a mapping such as {model: mlp}", "got 'mlp'"]),
         ("training.grace=5s", ["training.grace", "expected a mapping of the keys mode, gamma, ema_alpha, fixed, max, got '5s'"]),
         ("training.outer=[0.7]", ["training.outer", "expected a mapping of the keys lr, momentum, anchor, got a list"]),
-        ("surrogate=[mlp]", ["small.yaml: surrogate: ", "expected a mapping such as {model: mlp}", "got ['mlp']"]),
-        ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (line 10)", "greater than 0"]),
+        ("surrogate=[mlp]", ["small.yaml: surrogate (from --set): ", "expected a mapping such as {model: mlp}", "got ['mlp']"]),
+        ("topology.regions.0.islands.0.chips=-8", ["topology.regions[0].islands[0].chips (from --set)", "greater than 0"]),
+        ("training.nonsense.deeper=1", ["training.nonsense (from --set)", "unknown key 'nonsense'"]),
     ],
 )
 def test_bad_set(assignment, phrases, tmp_path):

@@ -89,3 +89,10 @@ def test_format_duration(seconds, text):
     """Durations print in a compact form (at most two parts) that parses back."""
     assert format_duration(seconds) == text
     assert parse_duration(text) == pytest.approx(seconds, rel=1e-9)
+
+
+@pytest.mark.parametrize("seconds, text", [(1313325398746604 * D, "3.6e+12y"), (5000 * D, "13.7y"), (999 * D, "999d")])
+def test_format_duration_past_a_thousand_days_is_in_years(seconds, text):
+    """An absurd step time reads '3.6e+12y', not '1313325398746604d'; it still parses back (to 3 digits)."""
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == pytest.approx(seconds, rel=5e-3)

@@ -383,11 +383,22 @@ def scenario_differences(texts: list[str]) -> list[str]:
     return [k for k in keys if len({repr(leaves.get(k)) for leaves in parsed}) > 1 and k not in ("description",)]
 
 
-def _difference_label(text: str, keys: list[str]) -> str:
+LABEL_KEYS = 4
+"""Runs that differ in at most this many scenario keys are labelled by them (``policy=elastic_dp``)."""
+LABEL_CHARS = 80
+"""... and only while every such label stays this short; past either, a run is named by its folder."""
+
+
+def scenario_values(text: str, keys: list[str]) -> list:
+    """The resolved values of dotted ``keys`` in one scenario text (``"-"`` where a key is absent)."""
     from ruamel.yaml import YAML
 
     leaves = _leaves(YAML(typ="safe", pure=True).load(text) or {})
-    return ", ".join(f"{short_key(k)}={leaves.get(k, '-')}" for k in keys)
+    return [leaves.get(k, "-") for k in keys]
+
+
+def _difference_label(text: str, keys: list[str]) -> str:
+    return ", ".join(f"{short_key(k)}={value}" for k, value in zip(keys, scenario_values(text, keys)))
 
 
 def short_key(key: str) -> str:
@@ -400,8 +411,11 @@ def load_many(paths) -> list[Results]:
     """Load several inputs, each labelled by what differs between them.
 
     A compare run stands for its variants (labelled by their compared values). Other runs are
-    labelled by the scenario keys whose values differ (``policy=elastic_dp, on_failure=elastic``);
-    inputs that differ in none are labelled by folder name, made unique with their parents.
+    labelled by the scenario keys whose values differ (``policy=elastic_dp, on_failure=elastic``)
+    when there are at most :data:`LABEL_KEYS` of them and every label is at most
+    :data:`LABEL_CHARS` long; runs of different scenarios (dozens of keys) and inputs that differ in
+    none are labelled by folder name, made unique with their parents (the report spells the
+    differences out in a table).
     """
     if not paths:
         raise ResultsError("no results folder given")
@@ -417,10 +431,12 @@ def load_many(paths) -> list[Results]:
     results = [load_results(f, label) for f, label in zip(folders, labels)]
     runs = [r for r, (_, given) in zip(results, inputs) if r.kind == "run" and not given]
     keys = scenario_differences([r.scenario_text for r in runs])
-    if keys and len(runs) > 1:
-        for r in runs:
-            with contextlib.suppress(Exception):
-                r.relabel(_difference_label(r.scenario_text, keys))
+    if keys and len(runs) > 1 and len(keys) <= LABEL_KEYS:
+        with contextlib.suppress(Exception):  # an unreadable scenario.yaml keeps the folder names
+            named = [_difference_label(r.scenario_text, keys) for r in runs]
+            if max(map(len, named)) <= LABEL_CHARS and len(set(named)) == len(named):
+                for r, label in zip(runs, named):
+                    r.relabel(label)
     return results
 
 

@@ -27,7 +27,9 @@ Each input's resolved scenario closes the page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ from .load import (
     exposed_share,
     load_many,
     scenario_differences,
+    scenario_values,
 )
 
 # Rows of the summary table, in order; metrics a run does not have are left out.
@@ -264,10 +267,10 @@ def replication_text(r: Results, index: int) -> str:
     return f"sweep replication {index} ({_setting_text(match.iloc[0], axes)}, seed {match.iloc[0]['seed']})"
 
 
-def _sweep_plots(r: Results) -> list[Plot]:
+def _sweep_plots(r: Results, number: int = 1) -> list[Plot]:
     plots: list[Plot] = []
     rows, axes = sweep_axes(r)
-    slug = _slug(r.label)
+    slug = _slug(r.label, f"sweep-{number}")
     numeric = [a for a in axes if factor_axis(rows[a]).numbers is not None]
     policy = next((a for a in axes if "policy" in a), None)
     # heatmaps over two axes (numbers first), one panel per level of every other axis: never averaged across
@@ -361,12 +364,12 @@ def _run_plots(runs: list[Results]) -> list[Plot]:
             lambda ax: fig.chip_time_bars(concat(runs, "chip_time"), ax, by="run"), (9.0, 4.5)))
     else:
         plots.append(Plot(
-            f"{_slug(runs[0].label)}-ledger", "Chip-time ledger per replication (green = goodput).",
+            f"{_slug(runs[0].label, 'run-1')}-ledger", "Chip-time ledger per replication (green = goodput).",
             lambda ax: fig.chip_time_bars(runs[0].chip_time, ax, by="replication")))
-    for r in runs[:MAX_TIMELINES]:
+    for k, r in enumerate(runs[:MAX_TIMELINES]):
         groups = max(r.timeline["group"].nunique(), 1)
         plots.append(Plot(
-            f"{_slug(r.label)}-timeline",
+            f"{_slug(r.label, f'run-{k + 1}')}-timeline",
             f"{r.label}: what each learner group did over simulated time (first replication); "
             "red triangles are failures (hollow: arrived while already stopped), shaded spans are outages or degradations.",
             lambda ax, r=r: fig.timeline(r.timeline, ax, r.events, _exposed(r, r.timeline)), (10.0, 1.8 + 0.45 * groups)))
@@ -410,17 +413,64 @@ def provenance_html(results: list[Results]) -> str:
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "-" for c in str(text)).strip("-") or "run"
+MAX_STEM = 60
+"""A PNG named after its input's label when the label makes a stem this short; else by number."""
 
 
-def render_png(plot: Plot, out_dir: Path) -> tuple[Path, str]:
-    """Draw one plot, save it as PNG; returns the file and its base64 text."""
+def _slug(text: str, fallback: str = "run") -> str:
+    """A file stem from a label (``elastic_dp-elastic``), or ``fallback`` when the label is too long
+    to read as a file name (runs of different scenarios are labelled by dozens of keys)."""
+    slug = "".join(c if c.isalnum() or c == "_" else "-" for c in str(text)).strip("-")
+    return slug if slug and len(slug) <= MAX_STEM else fallback
+
+
+def render_png(plot: Plot) -> bytes:
+    """Draw one plot; returns the PNG's bytes (written by :func:`write_report` once all are drawn)."""
     figure, ax = fig.new_axes(*plot.size)
     plot.draw(ax)
-    path = out_dir / f"{plot.name}.png"
-    figure.savefig(path, dpi=100)
-    return path, base64.b64encode(path.read_bytes()).decode("ascii")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def differences_html(runs: list[Results], keys: list[str]) -> str:
+    """The scenario keys in which the runs differ, one row each, with every run's value."""
+    columns = []
+    for r in runs:
+        values = ["?"] * len(keys)  # an unreadable scenario.yaml: its values cannot be named
+        with contextlib.suppress(Exception):
+            values = scenario_values(r.scenario_text, keys)
+        columns.append(values)
+    head = "<tr><th>scenario key</th>" + "".join(f"<th>{_esc(r.label)}</th>" for r in runs) + "</tr>"
+    body = "".join(
+        f"<tr><td><code>{_esc(key)}</code></td>" + "".join(f"<td>{_esc(values[i])}</td>" for values in columns) + "</tr>"
+        for i, key in enumerate(keys)
+    )
+    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def _write_files(out_dir: Path, files: dict[Path, bytes | str]) -> None:
+    """Create ``out_dir`` and write every file into it, or none: a folder that cannot take one (a name
+    too long, a full disk, no permission) keeps no half of the report (a folder made for it is
+    removed again), and the user reads one line, not a traceback."""
+    written: list[Path] = []
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    path = out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, data in files.items():
+            if isinstance(data, str):
+                path.write_text(data)
+            else:
+                path.write_bytes(data)
+            written.append(path)
+    except OSError as problem:
+        for done in written:
+            done.unlink(missing_ok=True)
+        for folder in made:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise ResultsError(f"{problem.filename or path}: cannot write the report ({problem.strerror or problem})") from None
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -440,17 +490,20 @@ def write_report(results_paths, out_dir) -> Path:
     if held is not None and held.startswith(("a run", "a sweep")):
         # figures written among a run's or a sweep's files would be read as part of its results
         raise ResultsError(f"-o {out_dir}: holds {held}; write the report into another folder (e.g. {out_dir / 'report'})")
-    out_dir.mkdir(parents=True, exist_ok=True)
     runs = [r for r in results if r.kind == "run"]
     sweeps = [r for r in results if r.kind == "sweep"]
-    plots = (_run_plots(runs) if runs else []) + [p for s in sweeps for p in _sweep_plots(s)] + _series_plots(results)
+    plots = ((_run_plots(runs) if runs else []) + [p for k, s in enumerate(sweeps) for p in _sweep_plots(s, k + 1)]
+             + _series_plots(results))
     seen: set[str] = set()
     figures_html = []
+    files: dict[Path, bytes | str] = {}
     for plot in plots:
         while plot.name in seen:  # two inputs with similar labels must not overwrite a PNG
             plot.name += "-2"
         seen.add(plot.name)
-        path, data = render_png(plot, out_dir)
+        path = out_dir / f"{plot.name}.png"
+        files[path] = render_png(plot)
+        data = base64.b64encode(files[path]).decode("ascii")
         figures_html.append(
             f'<figure><img alt="{_esc(plot.name)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{_esc(plot.caption)} ({_esc(path.name)})</figcaption></figure>"
@@ -463,7 +516,7 @@ def write_report(results_paths, out_dir) -> Path:
     differ = scenario_differences([r.scenario_text for r in runs])
     differences = (
         f"<p>The runs differ in: {', '.join(f'<code>{_esc(k)}</code>' for k in differ)}; everything else "
-        "in their resolved scenarios is the same.</p>" if len(runs) > 1 and differ else
+        f"in their resolved scenarios is the same.</p>{differences_html(runs, differ)}" if len(runs) > 1 and differ else
         "<p>The runs have the same resolved scenario.</p>" if len(runs) > 1 else ""
     )
     sections = [
@@ -495,5 +548,6 @@ def write_report(results_paths, out_dir) -> Path:
         f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
     path = out_dir / "report.html"
-    path.write_text(page)
+    files[path] = page
+    _write_files(out_dir, files)
     return path

@@ -447,6 +447,56 @@ def test_report_of_several_runs_side_by_side(tmp_path, results):
         assert f"<figcaption>{label}: what each learner group did" in page
 
 
+def test_report_of_runs_of_different_scenarios_names_them_by_folder(tmp_path, results):
+    """Two runs of different scenarios differ in a score of keys: a label (and a PNG name) spelling
+    them all is 500 characters, past the file-name limit. The runs are named by their folders, the
+    page spells the differences in a table, and no traceback is printed."""
+    from sim.loading import load_scenario, scenario_yaml
+
+    (tmp_path / "llama").mkdir()
+    shutil.copytree(results["quick"], tmp_path / "quick")
+    shutil.copytree(results["elastic"], tmp_path / "llama" / "run")
+    llama = load_scenario(ROOT / "scenarios" / "llama3-like-sync.yaml", ["duration=1d"])
+    (tmp_path / "llama" / "run" / "scenario.yaml").write_text(scenario_yaml(llama, tmp_path / "llama" / "run"))
+    inputs = [tmp_path / "quick", tmp_path / "llama" / "run"]
+    result = CliRunner().invoke(app, ["report", *map(str, inputs), "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and result.exception is None
+    assert [r.label for r in load_many(inputs)] == ["quick", "run"]
+    names = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert names == ["compare-global_downtime_s.png", "compare-goodput.png", "compare-ledger.png",
+                     "quick-timeline.png", "run-timeline.png"]
+    page = page_of(tmp_path / "report" / "report.html")
+    assert "<th>metric</th><th>quick</th><th>run</th>" in page
+    # the differences, one row per key with each run's value
+    assert "<tr><th>scenario key</th><th>quick</th><th>run</th></tr>" in page
+    assert "<tr><td><code>name</code></td><td>quickstart</td><td>llama3-like-sync</td></tr>" in page
+    ax = figures.chip_time_bars(concat(load_many(inputs), "chip_time"), axes(), by="run")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["quick", "run"]
+
+
+def test_long_labels_name_files_by_number(tmp_path, results):
+    """A label too long to read as a file name (a folder named after its whole setting) gives its
+    PNG a numbered name; a short one keeps its own."""
+    long = tmp_path / ("x" * 200)
+    shutil.copytree(results["quick"], long)
+    write_report([long, results["quick"]], tmp_path / "report")  # the same scenario: named by folder
+    names = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"run-1-timeline.png", "quick-timeline.png"} <= names and max(map(len, names)) <= 70
+
+
+def test_a_report_that_cannot_be_written_leaves_nothing_behind(tmp_path, results):
+    """A file that cannot be written (here report.html is taken by a folder) is one line, exit 2,
+    and none of the PNGs drawn before it stay behind as half a report."""
+    out = tmp_path / "report"
+    (out / "report.html").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["report", str(results["quick"]), str(results["elastic"]), "-o", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "cannot write the report" in line
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
+
+
 def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):
     """A sweep: heatmaps and lines over its factors, a row per point, crashed replications listed."""
     sweep = tmp_path / "sweep"

@@ -328,12 +328,31 @@ def _mark_failures(ax: Axes, hits: pd.DataFrame, groups: list, height: float, ho
         ax.axvline(t / HOURS, color=FAILURE_COLOUR, linewidth=0.8, alpha=0.7, linestyle=":" if hollow else "-")
 
 
+def drawn_phases(rows: pd.DataFrame) -> pd.Series:
+    """The phase each timeline row is drawn as: ``down`` where the group holds no active chip and
+    has chips down (an island outage reads ``blocked`` or ``detect`` in the recorder, but the ledger
+    books every chip-second of it as down), else the recorded phase.
+
+    A ``detect`` row records 0 active chips whatever the group holds (the ledger books the chips that
+    are not down as recovery), so it is down only when its down chips are all the group has (the most
+    ``active_chips + down_chips`` of any of its rows).
+    """
+    if rows.empty or not {"active_chips", "down_chips"} <= set(rows):
+        return rows["phase"] if "phase" in rows else pd.Series(dtype=str)
+    active, down = rows["active_chips"].fillna(0), rows["down_chips"].fillna(0)
+    size = (active + down).groupby(rows["group"]).transform("max")
+    is_down = (down > 0) & (active == 0) & ((rows["phase"] != "detect") | (down >= size))
+    return rows["phase"].where(~is_down, "down")
+
+
 def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exposed_share: float = 0.0) -> Axes:
     """Learner-group states over simulated time (one bar row per group, a colour per phase).
 
     Failures from ``events`` are red triangles on the row of the group they hit (a vertical line
     when the target is no group), hollow when the group was already stopped (absorbed); outage and
     degradation windows are shaded. Only the first replication of the first run in ``df`` is drawn.
+    A group with no active chip and chips down is drawn down (black), as the ledger books it
+    (:func:`drawn_phases`).
 
     ``exposed_share`` is the part of ``running`` chip-time that waits on communication rather than
     computing (:func:`analysis.load.exposed_share`): running bars are then split across their height,
@@ -347,6 +366,7 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
         rows = rows[rows["run"] == rows["run"].iloc[0]]
     if rows.empty:
         return _empty(ax, "no timeline recorded")
+    rows = rows.assign(phase=drawn_phases(rows))
     groups = list(dict.fromkeys(rows["group"]))
     height = 0.7
     phases = [p for p in PHASE_ORDER if p in set(rows["phase"])] + sorted(set(rows["phase"]) - set(PHASE_ORDER))

@@ -326,6 +326,60 @@ def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
     assert "fault window" in legend_texts(ax)
 
 
+def _drawn_colours(ax) -> list[tuple[float, float, float, str]]:
+    """(start h, end h, row y centre, colour) of every bar the timeline drew (exposed-comm hatches aside)."""
+    from matplotlib.colors import to_hex
+
+    bars = []
+    for c in ax.collections:
+        if isinstance(c, PolyCollection) and not c.get_hatch():
+            colour = to_hex(c.get_facecolor()[0])
+            for path in c.get_paths():
+                box = path.get_extents()
+                bars.append((box.x0, box.x1, (box.y0 + box.y1) / 2, colour))
+    return bars
+
+
+def test_a_group_with_every_chip_down_is_drawn_down_whatever_its_phase():
+    """An island outage on a Decoupled DiLoCo learner records ``detect`` then ``blocked`` rows with
+    no active chip and 4,096 down (quickstart, pod-0, 24-26 h): they are drawn black and named
+    ``down`` in the legend, as the ledger books them. A lockstep job still holding 12,288 chips keeps
+    its blocked and detect colours (those chips wait or recover; only a quarter is down)."""
+    h = 3600.0
+    rows = pd.DataFrame(
+        [("pod-0", "running", 0, 24 * h, 4096, 0), ("pod-0", "detect", 24 * h, 24.2 * h, 0, 4096),
+         ("pod-0", "blocked", 24.2 * h, 26 * h, 0, 4096), ("pod-0", "reload", 26 * h, 26.1 * h, 4096, 0),
+         ("pod-0", "detect", 30 * h, 30.2 * h, 0, 0), ("pod-0", "running", 30.2 * h, 48 * h, 4096, 0),
+         ("job", "running", 0, 24 * h, 16384, 0), ("job", "detect", 24 * h, 24.2 * h, 0, 4096),
+         ("job", "blocked", 24.2 * h, 26 * h, 12288, 4096), ("job", "running", 26 * h, 48 * h, 16384, 0)],
+        columns=["group", "phase", "start_s", "end_s", "active_chips", "down_chips"]).assign(run="r", replication=0)
+    ax = figures.timeline(rows, axes())
+    black = sorted((round(x0, 3), round(x1, 3), y) for x0, x1, y, colour in _drawn_colours(ax) if colour == "#252525")
+    assert black == [(24.0, 24.2, 0.0), (24.2, 26.0, 0.0)]  # pod-0 (row 0) only
+    colours = {(round(x0, 3), y): colour for x0, _, y, colour in _drawn_colours(ax)}
+    assert colours[(24.0, 1.0)] == "#d94801" and colours[(24.2, 1.0)] == "#bdbdbd"  # job: detect, blocked
+    assert colours[(30.0, 0.0)] == "#d94801"  # a chip failure's detect: nothing down
+    assert "down" in legend_texts(ax)
+
+
+def test_a_learner_in_an_outage_is_drawn_as_the_ledger_books_it(tmp_path):
+    """The quickstart's pod-0 outage (24-26 h) under Decoupled DiLoCo: the chip-seconds drawn black
+    are the ledger's down bucket exactly."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    scenario = load_scenario(QUICKSTART, ["duration=30h", "faults.0.mtbf=1e9h", "compare={}",
+                                          "training.policy=decoupled_diloco", "training.on_failure=restart"])
+    summary = run_replication(scenario, 0, tmp_path / "run").summary
+    assert summary["chip_time"]["down"] == pytest.approx(4096 * 2 * 3600)
+    run = load_results(tmp_path / "run")
+    assert {"blocked", "detect"} & set(run.timeline.loc[run.timeline["down_chips"] > 0, "phase"])  # as recorded
+    ax = figures.timeline(run.timeline, axes(), run.events)
+    drawn = sum((x1 - x0) * 3600 * 4096 for x0, x1, _, colour in _drawn_colours(ax) if colour == "#252525")
+    assert drawn == pytest.approx(summary["chip_time"]["down"])
+    assert "down" in legend_texts(ax)
+
+
 def test_chip_time_bars_stack_every_bucket_to_100(results):
     """Stacked ledger bars: one bar per run and non-empty bucket, stacking to 100 %."""
     runs = load_many([results["quick"], results["elastic"]])

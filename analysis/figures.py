@@ -487,7 +487,12 @@ def metric_bars(df: pd.DataFrame, ax: Axes, metric: str = "goodput", by: str = "
 # --------------------------------------------------------------------------------------------- series
 
 
-def _series_lines(data: pd.DataFrame, ax: Axes, xcol: str, xscale: float, yscale: float, steps: bool) -> int:
+MARKED_POINTS = 50
+"""A series line of at most this many points marks each one (a single evaluation is no line)."""
+
+
+def _series_lines(data: pd.DataFrame, ax: Axes, xcol: str, xscale: float, yscale: float, steps: bool,
+                  marked: bool = False) -> int:
     multi = "run" in data and data["run"].nunique() > 1
     lines = 0
     by = ["run", "key"] if "run" in data else ["key"]
@@ -497,21 +502,38 @@ def _series_lines(data: pd.DataFrame, ax: Axes, xcol: str, xscale: float, yscale
         if sub.empty:
             continue
         label = f"{names[0]}: {names[-1]}" if multi else str(names[-1])
-        ax.plot(sub[xcol] * xscale, sub["value"] * yscale, label=label, drawstyle="steps-post" if steps else "default")
+        marker = "o" if marked and len(sub) <= MARKED_POINTS else None
+        ax.plot(sub[xcol] * xscale, sub["value"] * yscale, label=label, drawstyle="steps-post" if steps else "default",
+                marker=marker, markersize=4)
         lines += 1
     return lines
 
 
-def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
-    """Surrogate eval loss (``series == "loss"``) against simulated hours (``x="time"``) or tokens."""
+UNMERGED_NOTE = "no round merged yet: the loss is the initial model's"
+
+
+def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time", unmerged=()) -> Axes:
+    """Surrogate eval loss (``series == "loss"``) against simulated hours (``x="time"``) or tokens.
+
+    Each evaluation is a marker as well (a short run evaluates once, and one point draws no line).
+    ``unmerged`` names the runs whose surrogate merged no round (``surrogate_merges == 0``): their
+    loss is the initial model's, which the figure says.
+    """
     tokens = x == "tokens"
     ax.set_xlabel("tokens (count)" if tokens else TIME_LABEL)
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title(f"Surrogate loss vs {'tokens' if tokens else 'wall-clock (simulated)'}")
     data = df[df["series"] == "loss"] if "series" in df else df.iloc[0:0]
     data, _ = _first_replication(data)
-    if data.empty or not _series_lines(data, ax, "tokens" if tokens else "time_s", 1.0 if tokens else 1 / HOURS, 1.0, False):
+    xcol, xscale = ("tokens", 1.0) if tokens else ("time_s", 1 / HOURS)
+    if data.empty or not _series_lines(data, ax, xcol, xscale, 1.0, False, marked=True):
         return _empty(ax, "no surrogate loss recorded")
+    drawn = list(dict.fromkeys(data["run"])) if "run" in data else []
+    stale = [r for r in drawn if r in set(unmerged)]
+    if stale:
+        whose = "" if len(stale) == len(drawn) else f"{', '.join(map(str, stale))}: "
+        ax.text(0.5, 0.97, whose + UNMERGED_NOTE, transform=ax.transAxes, ha="center", va="top", fontsize=9,
+                color="0.3", bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9})
     if tokens:
         _token_axis(ax.xaxis)
     _log_loss_axis(ax, data["value"])

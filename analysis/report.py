@@ -387,17 +387,29 @@ def _series_plots(results: list[Results]) -> list[Plot]:
         if r.kind == "sweep" and len(r.series)
     )
     if (series["series"] == "loss").any():
+        unmerged = [r.label for r in results if _merged_none(r)]
+        if unmerged:
+            shown += f" {fig.UNMERGED_NOTE[0].upper()}{fig.UNMERGED_NOTE[1:]} ({', '.join(unmerged)})."
         plots.append(Plot("loss-vs-time", f"Surrogate eval loss against simulated wall-clock hours.{shown}",
-                          lambda ax: fig.loss_curves(series, ax, "time")))
+                          lambda ax: fig.loss_curves(series, ax, "time", unmerged)))
         if series.loc[series["series"] == "loss", "tokens"].notna().any():
             plots.append(Plot("loss-vs-tokens", f"Surrogate eval loss against tokens trained.{shown}",
-                              lambda ax: fig.loss_curves(series, ax, "tokens")))
+                              lambda ax: fig.loss_curves(series, ax, "tokens", unmerged)))
     for k, link in enumerate(fig.link_links(series)):
         plots.append(Plot(
             f"link-utilisation-{k}", f"Utilisation of {link} over time (share of its capacity in use, first "
             f"replication of each run; the dashed line is capacity).{shown}",
             lambda ax, link=link: fig.link_utilisation(series, ax, link), (9.0, 2.8)))
     return plots
+
+
+def _merged_none(r: Results) -> bool:
+    """Whether the replication whose loss curve is drawn (the first) merged no surrogate round."""
+    if not len(r.series):
+        return False
+    first = int(r.series[r.key].min())
+    summary = next((s for s in r.raw if s.get(r.key) == first), None)
+    return summary is not None and summary.get("surrogate_merges") == 0
 
 
 def provenance_html(results: list[Results]) -> str:

@@ -8,6 +8,8 @@ recorder's schema, so the figures that read them are tested whatever the policie
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -420,6 +422,35 @@ def test_loss_curves_against_time_and_tokens():
     ax = figures.loss_curves(series, axes(), "tokens")
     assert ax.get_lines()[0].get_xdata()[-1] == pytest.approx(86400 * 1e7)
     assert ax.get_xlabel() == "tokens (count)"
+
+
+def test_a_single_loss_evaluation_is_a_visible_marker():
+    """A 2 h run evaluates the surrogate once: one point draws no line, so each evaluation is a
+    marker; a run whose surrogate merged no round says its loss is the initial model's."""
+    series = series_frame()
+    one = series[(series["series"] == "loss") & (series["time_s"] == series["time_s"].max())]
+    one = one[one["key"] == "sync_dp"]
+    for x in ("time", "tokens"):
+        ax = figures.loss_curves(one, axes(), x, unmerged=["r"])
+        (line,) = ax.get_lines()
+        assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "", " ")
+        assert line.get_markersize() > 0
+        assert figures.UNMERGED_NOTE in [t.get_text() for t in ax.texts]
+    ax = figures.loss_curves(series, axes(), "time")  # merged rounds (or not known): no note
+    assert figures.UNMERGED_NOTE not in [t.get_text() for t in ax.texts]
+
+
+def test_report_says_when_no_round_merged(tmp_path, results):
+    """The report reads surrogate_merges == 0 from the summary of the replication it draws."""
+    run = tmp_path / "run"
+    shutil.copytree(results["elastic"], run)
+    series = series_frame().drop(columns=["run", "replication"])
+    pq.write_table(pa_table(series[series["time_s"] == series["time_s"].max()]), run / "rep-0" / "series.parquet")
+    summary = json.loads((run / "rep-0" / "summary.json").read_text())
+    for merges, said in ((3, False), (0, True)):
+        (run / "rep-0" / "summary.json").write_text(json.dumps({**summary, "surrogate_merges": merges}))
+        page = page_of(write_report([run], tmp_path / f"report-{merges}"))
+        assert (html.escape("No round merged yet: the loss is the initial model's (run).") in page) is said
 
 
 def test_link_utilisation_in_percent():

@@ -9,6 +9,7 @@ recorder's schema, so the figures that read them are tested whatever the policie
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
 import shutil
@@ -397,9 +398,55 @@ def test_chip_time_bars_stack_every_bucket_to_100(results):
         tops[round(patch.get_x(), 6)] = max(tops.get(round(patch.get_x(), 6), 0), patch.get_y() + patch.get_height())
     assert np.allclose(list(tops.values()), 100.0)
     assert ax.get_ylabel() == "share of provisioned chip-time (%)"
-    # runs are labelled by what differs between their scenarios, not by folder name
-    assert [t.get_text() for t in ax.get_xticklabels()] == [
+    # runs are labelled by what differs between their scenarios, not by folder name (wrapped onto lines)
+    assert [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()] == [
         "replications=2, policy=sync_dp, on_failure=restart", "replications=1, policy=elastic_dp, on_failure=elastic"]
+
+
+def test_ledger_labels_of_many_bars_fit_inside_them():
+    """20 replications side by side: '82.9%' is wider than its bar, and white text past a bar's
+    edges read '2.9'. Every label drawn lies inside its green bar (turned up it when only that fits),
+    reads the whole share, and with 60 bars (no room either way) none is drawn; the title says a bar
+    is one replication, not a mean."""
+    for bars, expect_labels in ((20, True), (60, False)):
+        rows = [{"replication": r, "bucket": b, "fraction": f}
+                for r in range(bars) for b, f in (("useful", 0.829), ("recovery", 0.121), ("down", 0.05))]
+        figure, ax = figures.new_axes()
+        figures.chip_time_bars(pd.DataFrame(rows), ax, by="replication")
+        figure.savefig(io.BytesIO(), format="png", dpi=100)
+        renderer = figure.canvas.get_renderer()
+        green = [p for p in ax.patches if p.get_y() == 0]
+        assert len(green) == bars
+        labels = [t for t in ax.texts if t.get_text().endswith("%")]
+        assert bool(labels) is expect_labels and len(labels) in (0, bars)
+        for text, bar in zip(labels, green):
+            assert text.get_text() == "82.9%"
+            inner, outer = text.get_window_extent(renderer), bar.get_window_extent(renderer)
+            assert outer.x0 <= inner.x0 and inner.x1 <= outer.x1 and outer.y0 <= inner.y0 and inner.y1 <= outer.y1
+        assert ax.get_title() == "Chip-time ledger, one replication per bar"
+
+
+def test_ledger_title_says_what_a_bar_is(results):
+    """Bars per replication are not means; bars per run over two replications are."""
+    run = load_results(results["quick"])
+    ax = figures.chip_time_bars(run.chip_time, axes(), by="replication")
+    assert "mean" not in ax.get_title()
+    ax = figures.chip_time_bars(run.chip_time, axes(), by="run")
+    assert ax.get_title() == "Chip-time ledger, mean over 2 replications per bar"
+
+
+def test_summary_table_shows_time_to_train(results):
+    """A work-defined run (until) reports time_to_train_s: the summary table has its row, in hours,
+    and so does a sweep's table per point."""
+    from analysis.report import metrics_table, sweep_tables
+
+    run = load_results(results["quick"])
+    run.summaries["time_to_train_s"] = [72000.0, 79200.0]
+    table = metrics_table([run])
+    assert "<tr><td>time to train (h)</td><td>21 (20 to 22)</td></tr>" in table
+    sweep = load_results(results["sweep"])
+    sweep.summaries["time_to_train_s"] = 36000.0
+    assert "<th>time to train (h)</th>" in sweep_tables(sweep) and "<td>10</td>" in sweep_tables(sweep)
 
 
 def test_metric_bars_show_mean_and_replications(results):
@@ -568,6 +615,10 @@ def test_long_labels_name_files_by_number(tmp_path, results):
     write_report([long, results["quick"]], tmp_path / "report")  # the same scenario: named by folder
     names = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert {"run-1-timeline.png", "quick-timeline.png"} <= names and max(map(len, names)) <= 70
+    # nor does the label squeeze the bars to nothing: it wraps onto three lines and is cut
+    ax = figures.metric_bars(concat(load_many([long, results["quick"]]), "summaries"), axes())
+    first = ax.get_xticklabels()[0].get_text().split("\n")
+    assert len(first) == 3 and first[-1] == "…" and max(map(len, first)) <= 28
 
 
 def test_a_report_that_cannot_be_written_leaves_nothing_behind(tmp_path, results):

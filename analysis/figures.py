@@ -157,8 +157,25 @@ def _setting_legend(ax: Axes, title: str, entries: int) -> None:
 # --------------------------------------------------------------------------------------------- sweeps
 
 
-def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goodput", cmap: str | None = None) -> Axes:
-    """Mean of ``metric`` over seeds for each (x, y) pair of factor levels, annotated in each cell."""
+def heatmap_range(df: pd.DataFrame, x: str, y: str, metric: str, by: list[str] = ()) -> tuple[float, float] | None:
+    """The lowest and highest cell (mean over seeds, in display units) over every panel of ``by``:
+    the one colour scale of a metric's heatmaps, so a colour means one value in every panel."""
+    data = ok_rows(df).dropna(subset=[metric])
+    if data.empty:
+        return None
+    means = data.groupby([*by, y, x], sort=False, dropna=False)[metric].mean() * metric_quantity(metric).scale
+    finite = means[np.isfinite(means)]
+    return (float(finite.min()), float(finite.max())) if len(finite) else None
+
+
+def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goodput", cmap: str | None = None,
+                  where: str | None = None, limits: tuple[float, float] | None = None) -> Axes:
+    """Mean of ``metric`` over seeds for each (x, y) pair of factor levels, annotated in each cell.
+
+    One panel of several (a slice at a setting of the other factors) says which in its title
+    (``where``, e.g. ``training.checkpoint.write_time=30s``) and takes the colour scale shared by
+    the panels (``limits``, from :func:`heatmap_range`), so the same colour is the same value in each.
+    """
     data = ok_rows(df).dropna(subset=[metric])
     q = metric_quantity(metric)
     if data.empty:
@@ -171,12 +188,15 @@ def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goo
         counts[ys.index(yv), xs.index(xv)] = len(values)
     better_high = metric in _HIGHER_IS_BETTER
     finite = grid[np.isfinite(grid)]
-    if finite.size and finite.min() == finite.max():
-        return _uniform_heatmap(ax, grid, counts, xs, ys, x, y, metric)
+    shared = limits is not None and limits[0] < limits[1]
+    if finite.size and finite.min() == finite.max() and not shared:
+        return _uniform_heatmap(ax, grid, counts, xs, ys, x, y, metric, where)
+    low, high = limits if shared else (None, None)
     # a diverged loss beside settled ones: colours on a log scale, or every other cell is one colour
-    norm = LogNorm() if metric in LOSS_METRICS and spans_decades(grid) else None
+    span = [low, high] if shared else grid
+    norm = LogNorm(low, high) if metric in LOSS_METRICS and spans_decades(span) else None
     image = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap or ("viridis" if better_high else "viridis_r"),
-                      norm=norm)
+                      norm=norm, **({"vmin": low, "vmax": high} if shared and norm is None else {}))
     for (row, col), value in np.ndenumerate(grid):
         shade = image.cmap(image.norm(value)) if not math.isnan(value) else (1, 1, 1, 1)
         light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5
@@ -184,11 +204,11 @@ def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goo
     _heatmap_axes(ax, xs, ys, x, y)
     colorbar = ax.figure.colorbar(image, ax=ax)
     colorbar.set_label(q.label)
-    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell")
+    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell" + (f"\nat {where}" if where else ""))
     return ax
 
 
-def _uniform_heatmap(ax: Axes, grid, counts, xs, ys, x: str, y: str, metric: str) -> Axes:
+def _uniform_heatmap(ax: Axes, grid, counts, xs, ys, x: str, y: str, metric: str, where: str | None = None) -> Axes:
     """Every cell has the same mean: one neutral colour and the value in the title, not a colour bar
     around it (matplotlib spans a constant 0 as -0.1 to 0.1, a negative downtime nobody measured)."""
     q = metric_quantity(metric)
@@ -197,8 +217,8 @@ def _uniform_heatmap(ax: Axes, grid, counts, xs, ys, x: str, y: str, metric: str
     for (row, col), cell in np.ndenumerate(grid):
         ax.text(col, row, _cell_text(cell, metric), ha="center", va="center", fontsize=9, color="black")
     _heatmap_axes(ax, xs, ys, x, y)
-    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell\n"
-                 f"every cell {_cell_text(value, metric)}{q.suffix}")
+    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell" + (f" at {where}" if where else "")
+                 + f"\nevery cell {_cell_text(value, metric)}{q.suffix}")
     return ax
 
 

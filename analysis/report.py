@@ -283,14 +283,18 @@ def _sweep_plots(r: Results, number: int = 1) -> list[Plot]:
         for metric in SWEEP_METRICS:
             if not _recorded(rows, metric):
                 continue
+            # the panels of a metric share one colour scale: a colour is one value in every panel
+            limits = fig.heatmap_range(rows, x, y, metric, rest) if len(panels) > 1 else None
             for k, panel in enumerate(panels[:MAX_PANELS]):
                 sub = rows.loc[(rows[list(panel)] == pd.Series(panel)).all(axis=1)] if panel else rows
-                where = f" at {_setting_text(panel, rest)}" if panel else ""
+                setting = _setting_text(panel, rest) if panel else None
+                where = f" at {setting}" if panel else ""
                 plots.append(Plot(
                     f"{slug}-heatmap-{metric}" + (f"-{k}" if rest else ""),
                     f"{metric_quantity(metric).label} averaged over seeds for each {x} x {y} cell{where}; "
-                    "the number in a cell is that mean.",
-                    lambda ax, m=metric, sub=sub: fig.sweep_heatmap(sub, ax, x, y, m), (7.5, 5.0)))
+                    "the number in a cell is that mean" + ("; every panel has the same colour scale." if limits else "."),
+                    lambda ax, m=metric, sub=sub, w=setting, lim=limits: fig.sweep_heatmap(
+                        sub, ax, x, y, m, where=w, limits=lim), (7.5, 5.0)))
         if len(panels) > MAX_PANELS:
             plots[-1].caption += f" ({len(panels) - MAX_PANELS} more panel(s) per metric left out.)"
     if axes:

@@ -142,6 +142,29 @@ def test_heatmap_has_one_annotated_cell_per_factor_pair(results):
     assert "mean over 4 seed(s)" in ax.get_title()  # 2 seeds x 2 policies (zipped) per cell
 
 
+def test_heatmap_panels_name_their_slice_and_share_one_colour_scale(results):
+    """A sweep of three axes draws a heatmap panel per setting of the third: each title says which
+    setting (not only the HTML caption), and a metric's panels share one colour scale spanning the
+    cells of all of them, so a colour is one value in every panel."""
+    from analysis.report import _sweep_plots
+
+    sweep = load_results(results["sweep"])
+    drawn = {}
+    for plot in _sweep_plots(sweep):
+        if "-heatmap-" in plot.name:
+            drawn[plot.name] = plot.draw(axes())
+    for metric in ("goodput", "global_downtime_s"):
+        panels = [drawn[f"sweep-heatmap-{metric}-{k}"] for k in (0, 1)]
+        titles = [ax.get_title() for ax in panels]
+        assert titles[0] != titles[1]
+        assert "at training.policy + training.on_failure=sync_dp, restart" in titles[0]
+        assert "at training.policy + training.on_failure=elastic_dp, elastic" in titles[1]
+        scales = [ax.images[0].get_clim() for ax in panels]
+        assert scales[0] == scales[1]
+        cells = np.concatenate([ax.images[0].get_array().compressed() for ax in panels])
+        assert scales[0] == pytest.approx((cells.min(), cells.max()))
+
+
 def test_a_heatmap_of_equal_cells_says_so_instead_of_a_colour_bar(results):
     """Every cell 0 h of downtime: no colour bar spanning -0.1 to 0.1 h (a downtime nobody measured),
     the value in the title and in every cell."""

@@ -50,7 +50,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from sim.quantities import format_metric
 
@@ -289,6 +289,9 @@ def sweep_lines(
             ax.set_xscale("log")  # chip counts and MTBFs span decades
         elif all(float(p).is_integer() for p in positions.values()):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a quorum of 1.5 learners does not exist
+        if axis.written:  # a tick per level, labelled as the user wrote it (50000h), at its place on the axis
+            ax.set_xticks(list(positions.values()), [str(v) for v in positions])
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(axis.label)
     if metric in LOSS_METRICS:
         _log_loss_axis(ax, data[metric] * q.scale, q.label)

@@ -149,6 +149,23 @@ class Results:
     factors: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # version, command, seeds and date of the run or sweep
     factor_groups: list[list[str]] = field(default_factory=list)  # a sweep's factors: one key, or a zip group
+    level_names: dict[str, dict] = field(default_factory=dict)  # per factor key: resolved value -> as written
+
+    def written(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """``rows`` with each factor column holding its levels as the user wrote them in the sweep
+        (``50000h``, ``5m``) instead of resolved to SI numbers (``1.8e8``, ``300.0``), where the plan
+        names every value of the column; other columns, and the frame passed in, are left as they are."""
+        out = rows.copy()
+        for key, names in self.level_names.items():
+            if key not in out or not names:
+                continue
+            try:
+                texts = [names.get(v, _MISSING) for v in out[key]]
+            except TypeError:  # an unhashable value: no name to look up
+                continue
+            if all(t is not _MISSING for t in texts):
+                out[key] = pd.Series(texts, index=out.index, dtype=object)
+        return out
 
     def relabel(self, label: str) -> None:
         """Name this input ``label`` in every table (before any table is read)."""
@@ -315,6 +332,29 @@ def _load_run(folder: Path, label: str) -> Results:
     return Results(folder, label, "run", text, summaries, raw, provenance=top.get("provenance") or {})
 
 
+_MISSING = object()
+
+
+def sweep_level_names(plan: dict) -> dict[str, dict]:
+    """Per factor key, each resolved level (as a sweep row holds it) -> the level as written in the
+    sweep (``--grid`` or its ``sweep:`` section), from the points of ``sweep.json``. Keys whose
+    written levels are not texts (``2``, ``true``) or resolve to one number twice are left out."""
+    names: dict[str, dict] = {}
+    clashes: set[str] = set()
+    for point in plan.get("points") or []:
+        setting, columns = point.get("setting") or {}, point.get("columns") or {}
+        for key, text in setting.items():
+            if key not in columns or not isinstance(text, str):
+                continue
+            value = columns[key]
+            with contextlib.suppress(TypeError):
+                known = names.setdefault(key, {})
+                if known.get(value, text) != text:
+                    clashes.add(key)  # "1h" and "60m" both resolved to 3600: neither names the level
+                known[value] = text
+    return {k: v for k, v in names.items() if k not in clashes and any(str(t) != str(r) for r, t in v.items())}
+
+
 def _load_sweep(folder: Path, label: str) -> Results:
     rows = load_sweep_rows(folder)
     if rows.empty:
@@ -330,7 +370,8 @@ def _load_sweep(folder: Path, label: str) -> Results:
             break
     plan = _read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
     groups = [list(f.get("keys", [])) for f in plan.get("factors", [])]
-    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {}, groups)
+    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {}, groups,
+                      sweep_level_names(plan))
     # the per-replication summaries carry what a row cannot: hypothesis verdicts, learner names
     raw.extend({"index": number, **_read_json(rep / "summary.json")} for number, rep in results._folders())
     return results

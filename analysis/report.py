@@ -201,8 +201,9 @@ def halt_note(summary: dict) -> str:
 
 
 def sweep_tables(r: Results) -> str:
-    """Per sweep point: factor levels, finished/crashed replications and mean metrics; then errors."""
-    rows = r.summaries
+    """Per sweep point: factor levels (as written), finished/crashed replications and mean metrics;
+    then errors."""
+    rows = r.written(r.summaries)
     by = [f for f in r.factors if rows[f].nunique(dropna=False) > 1] or (["point"] if "point" in rows else [])
     ok = fig.ok_rows(rows)
     metrics = [m for m in ("goodput", "global_downtime_s", "time_to_train_s", "uptime", "tokens", "final_loss")
@@ -236,7 +237,7 @@ def sweep_axes(r: Results) -> tuple[pd.DataFrame, list[str]]:
     """The sweep's rows with one column per axis that varies: a grid factor's key, or a zip group's
     keys joined (``training.policy + training.on_failure``, values ``sync_dp, restart``), so zip
     partners stay together in every figure and are never averaged across each other."""
-    rows = r.summaries.copy()
+    rows = r.written(r.summaries)  # levels as the user wrote them: 50000h, not 2083.33 d
     axes = []
     for keys in r.factor_groups or [[f] for f in r.factors]:
         keys = [k for k in keys if k in rows]

@@ -220,7 +220,7 @@ def test_zip_factors_are_never_averaged_across_each_other(results):
     for line in ax.get_lines():
         count, policy = line.get_label().split(", ", 1)
         sub = rows[(rows[axes_[1]].astype(str) == count) & (rows[axes_[2]] == policy)]
-        expected = sub.groupby(axes_[0])["goodput"].mean().sort_index().to_numpy()
+        expected = sub.groupby(axes_[0])["goodput"].mean().loc[["30s", "120s"]].to_numpy()  # as the sweep wrote them
         assert np.allclose(line.get_ydata(), expected)
 
 
@@ -262,10 +262,43 @@ def test_factor_levels_read_in_their_units():
 
     assert texts("training.grace.fixed", [0.0, 2.0, 60.0]) == ["0s", "2s", "60s"]
     assert texts("training.grace.max", [0.0, 30.0, float("inf")]) == ["0s", "30s", "inf"]
-    assert texts("faults.0.mtbf", [3600.0 * 1000, 3600.0 * 24 * 365]) == ["41.6667d", "365d"]  # one unit: days
+    # one unit per column, the one in which its values read shortest
+    assert texts("faults.0.mtbf", [3600.0 * 1000, 3600.0 * 24 * 365]) == ["1000h", "8760h"]  # not 41.6667d
+    assert texts("training.checkpoint.write_time", [30.0, 120.0]) == ["30s", "120s"]  # not 0.5min
+    assert texts("faults.0.mtbf", [1.8e8, 3.6e8]) == ["50000h", "100000h"]  # not 2083.33d
+    assert texts("training.recovery.reload", [300.0, 900.0]) == ["5min", "15min"]  # not 0.0833333h
     assert texts("topology.default_link.bandwidth", [2e9, 5e9]) == ["2Gbit/s", "5Gbit/s"]
     assert texts("training.quorum", [1, 2]) == ["1", "2"]
     assert texts("training.policy", ["sync_dp", "elastic_dp"]) == ["sync_dp", "elastic_dp"]
+
+
+def test_sweep_figures_label_factor_levels_as_the_sweep_wrote_them(tmp_path):
+    """--grid training.recovery.reload=5m,15m: the rows hold 300.0 and 900.0, which read
+    0.0833333h in the tables and axes and 300s in a caption. Every table, tick, legend and caption
+    reads 5m and 15m (and 1m, not 60s), as the sweep's plan recorded them."""
+    from analysis.report import _sweep_plots, replication_text, sweep_tables
+
+    plan = plan_sweep(QUICKSTART, ["duration=2h", "compare={}"],
+                      grid={"training.recovery.reload": ["5m", "15m"], "training.checkpoint.write_time": ["30s", "1m"]},
+                      seeds=[1])
+    sweep = load_results(run_sweep(plan, tmp_path / "sweep", SerialExecutor()).folder)
+    assert sorted(sweep.summaries["training.recovery.reload"]) == [300.0, 300.0, 900.0, 900.0]  # resolved
+    table = sweep_tables(sweep)
+    for text in ("<td>5m</td>", "<td>15m</td>", "<td>30s</td>", "<td>1m</td>"):
+        assert text in table
+    assert "0.0833333" not in table and "<td>60s</td>" not in table
+    assert "training.recovery.reload=5m, training.checkpoint.write_time=30s" in replication_text(sweep, 0)
+    drawn = {plot.name: plot.draw(axes()) for plot in _sweep_plots(sweep) if "timeline" not in plot.name}
+    heatmap = drawn["sweep-heatmap-goodput"]
+    assert [t.get_text() for t in heatmap.get_xticklabels()] == ["5m", "15m"]
+    assert [t.get_text() for t in heatmap.get_yticklabels()] == ["30s", "1m"]
+    assert heatmap.get_xlabel() == "training.recovery.reload"  # the ticks carry the unit
+    lines = drawn["sweep-lines-goodput"]
+    assert [t.get_text() for t in lines.get_xticklabels()] == ["5m", "15m"]
+    assert np.allclose(lines.get_xticks(), [5, 15])  # at their places on a numeric axis
+    assert legend_texts(lines) == ["30s", "1m"]
+    ledger = drawn["sweep-ledger"]
+    assert [t.get_text() for t in ledger.get_xticklabels()] == ["5m; 30s", "5m; 1m", "15m; 30s", "15m; 1m"]
 
 
 def test_sweep_lines_ticks_an_integer_factor_at_integers(results):

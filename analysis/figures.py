@@ -352,6 +352,10 @@ def _mark_failures(ax: Axes, hits: pd.DataFrame, groups: list, height: float, ho
         ax.axvline(t / HOURS, color=FAILURE_COLOUR, linewidth=0.8, alpha=0.7, linestyle=":" if hollow else "-")
 
 
+MIN_EXPOSED = 0.0005
+"""An exposed-communication share of running time below this (0.0 % at one decimal) is not drawn."""
+
+
 def drawn_phases(rows: pd.DataFrame) -> pd.Series:
     """The phase each timeline row is drawn as: ``down`` where the group holds no active chip and
     has chips down (an island outage reads ``blocked`` or ``detect`` in the recorder, but the ledger
@@ -393,12 +397,16 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
     rows = rows.assign(phase=drawn_phases(rows))
     groups = list(dict.fromkeys(rows["group"]))
     height = 0.7
-    phases = [p for p in PHASE_ORDER if p in set(rows["phase"])] + sorted(set(rows["phase"]) - set(PHASE_ORDER))
+    # a legend entry per style drawn: a phase whose spans all last 0 s colours nothing
+    lasting = set(rows.loc[rows["end_s"] > rows["start_s"], "phase"])
+    phases = [p for p in PHASE_ORDER if p in lasting] + sorted(lasting - set(PHASE_ORDER))
     extra = iter(["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])
     colours = {p: PHASE_COLOURS.get(p) or next(extra, "#7f7f7f") for p in phases}
     labels = {"blocked": "blocked (network, barrier, quorum)"}
     share = min(max(float(exposed_share), 0.0), 1.0) if "running" in phases else 0.0
-    for (group, phase), sel in rows.groupby(["group", "phase"], sort=False):
+    if share < MIN_EXPOSED:
+        share = 0.0  # a hatch under a pixel high ("0.0 %" of running time) is not drawn, nor named
+    for (group, phase), sel in rows[rows["phase"].isin(lasting)].groupby(["group", "phase"], sort=False):
         spans = list(zip(sel["start_s"] / HOURS, (sel["end_s"] - sel["start_s"]) / HOURS))
         top = groups.index(group) - height / 2  # the y axis is inverted: top is the smaller y
         if phase == "running" and share > 0:
@@ -429,7 +437,7 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
                                        color=FAILURE_COLOUR, alpha=0.12, linewidth=0))
             else:
                 ax.axvspan(start / HOURS, end, color=FAILURE_COLOUR, alpha=0.08, linewidth=0)
-        if windows:
+        if any(start / HOURS < min(end / HOURS, end_h) for start, end, _ in windows):  # one drawn inside the run
             handles.append(Patch(facecolor=FAILURE_COLOUR, alpha=0.15, label="fault window"))
         hits, spared = ev[ev["kind"] == "failure"], ev[ev["kind"] == "absorbed"]
         failures, absorbed = len(hits) + len(spared), len(spared)  # every arrival, as the summary counts them

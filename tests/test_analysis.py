@@ -371,6 +371,23 @@ def test_lockstep_over_wan_is_not_green_end_to_end(tmp_path):
     assert any("exposed comm" in t for t in legend_texts(ax))
 
 
+def test_timeline_legend_names_only_styles_it_drew():
+    """A Decoupled DiLoCo timeline whose ledger leaves a rounding residue of exposed communication
+    (share 1e-9) drew no hatch anyone could see but named it 'running: exposed comm. (0.0 % ...)';
+    a phase whose spans last 0 s coloured nothing but had an entry. Neither is in the legend now,
+    nor drawn; a share that shows (2 %) still is."""
+    h = 3600.0
+    rows = pd.DataFrame(
+        [("pod-0", "running", 0, 10 * h, 4096, 0), ("pod-0", "blocked", 10 * h, 10 * h, 4096, 0),
+         ("pod-0", "running", 10 * h, 20 * h, 4096, 0), ("pod-1", "running", 0, 20 * h, 4096, 0)],
+        columns=["group", "phase", "start_s", "end_s", "active_chips", "down_chips"]).assign(run="r", replication=0)
+    ax = figures.timeline(rows, axes(), exposed_share=1e-9)
+    assert legend_texts(ax) == ["running"]
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_hatch()]
+    ax = figures.timeline(rows, axes(), exposed_share=0.02)
+    assert legend_texts(ax) == ["running: compute", "running: exposed comm.\n(2.0% of running chip-time)"]
+
+
 def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
     """An island outage is a shaded span on its group's row, from its start to its end event."""
     from sim.loading import load_scenario

@@ -39,6 +39,7 @@ canvas, so figures render the same in a test, a report or a headless CI; a noteb
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from sim.quantities import format_metric
 
@@ -156,8 +157,25 @@ def _setting_legend(ax: Axes, title: str, entries: int) -> None:
 # --------------------------------------------------------------------------------------------- sweeps
 
 
-def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goodput", cmap: str | None = None) -> Axes:
-    """Mean of ``metric`` over seeds for each (x, y) pair of factor levels, annotated in each cell."""
+def heatmap_range(df: pd.DataFrame, x: str, y: str, metric: str, by: list[str] = ()) -> tuple[float, float] | None:
+    """The lowest and highest cell (mean over seeds, in display units) over every panel of ``by``:
+    the one colour scale of a metric's heatmaps, so a colour means one value in every panel."""
+    data = ok_rows(df).dropna(subset=[metric])
+    if data.empty:
+        return None
+    means = data.groupby([*by, y, x], sort=False, dropna=False)[metric].mean() * metric_quantity(metric).scale
+    finite = means[np.isfinite(means)]
+    return (float(finite.min()), float(finite.max())) if len(finite) else None
+
+
+def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goodput", cmap: str | None = None,
+                  where: str | None = None, limits: tuple[float, float] | None = None) -> Axes:
+    """Mean of ``metric`` over seeds for each (x, y) pair of factor levels, annotated in each cell.
+
+    One panel of several (a slice at a setting of the other factors) says which in its title
+    (``where``, e.g. ``training.checkpoint.write_time=30s``) and takes the colour scale shared by
+    the panels (``limits``, from :func:`heatmap_range`), so the same colour is the same value in each.
+    """
     data = ok_rows(df).dropna(subset=[metric])
     q = metric_quantity(metric)
     if data.empty:
@@ -170,12 +188,15 @@ def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goo
         counts[ys.index(yv), xs.index(xv)] = len(values)
     better_high = metric in _HIGHER_IS_BETTER
     finite = grid[np.isfinite(grid)]
-    if finite.size and finite.min() == finite.max():
-        return _uniform_heatmap(ax, grid, counts, xs, ys, x, y, metric)
+    shared = limits is not None and limits[0] < limits[1]
+    if finite.size and finite.min() == finite.max() and not shared:
+        return _uniform_heatmap(ax, grid, counts, xs, ys, x, y, metric, where)
+    low, high = limits if shared else (None, None)
     # a diverged loss beside settled ones: colours on a log scale, or every other cell is one colour
-    norm = LogNorm() if metric in LOSS_METRICS and spans_decades(grid) else None
+    span = [low, high] if shared else grid
+    norm = LogNorm(low, high) if metric in LOSS_METRICS and spans_decades(span) else None
     image = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap or ("viridis" if better_high else "viridis_r"),
-                      norm=norm)
+                      norm=norm, **({"vmin": low, "vmax": high} if shared and norm is None else {}))
     for (row, col), value in np.ndenumerate(grid):
         shade = image.cmap(image.norm(value)) if not math.isnan(value) else (1, 1, 1, 1)
         light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5
@@ -183,11 +204,11 @@ def sweep_heatmap(df: pd.DataFrame, ax: Axes, x: str, y: str, metric: str = "goo
     _heatmap_axes(ax, xs, ys, x, y)
     colorbar = ax.figure.colorbar(image, ax=ax)
     colorbar.set_label(q.label)
-    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell")
+    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell" + (f"\nat {where}" if where else ""))
     return ax
 
 
-def _uniform_heatmap(ax: Axes, grid, counts, xs, ys, x: str, y: str, metric: str) -> Axes:
+def _uniform_heatmap(ax: Axes, grid, counts, xs, ys, x: str, y: str, metric: str, where: str | None = None) -> Axes:
     """Every cell has the same mean: one neutral colour and the value in the title, not a colour bar
     around it (matplotlib spans a constant 0 as -0.1 to 0.1, a negative downtime nobody measured)."""
     q = metric_quantity(metric)
@@ -196,8 +217,8 @@ def _uniform_heatmap(ax: Axes, grid, counts, xs, ys, x: str, y: str, metric: str
     for (row, col), cell in np.ndenumerate(grid):
         ax.text(col, row, _cell_text(cell, metric), ha="center", va="center", fontsize=9, color="black")
     _heatmap_axes(ax, xs, ys, x, y)
-    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell\n"
-                 f"every cell {_cell_text(value, metric)}{q.suffix}")
+    ax.set_title(f"{q.name}: mean over {_seeds_text(counts)} seed(s) per cell" + (f" at {where}" if where else "")
+                 + f"\nevery cell {_cell_text(value, metric)}{q.suffix}")
     return ax
 
 
@@ -268,6 +289,9 @@ def sweep_lines(
             ax.set_xscale("log")  # chip counts and MTBFs span decades
         elif all(float(p).is_integer() for p in positions.values()):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a quorum of 1.5 learners does not exist
+        if axis.written:  # a tick per level, labelled as the user wrote it (50000h), at its place on the axis
+            ax.set_xticks(list(positions.values()), [str(v) for v in positions])
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(axis.label)
     if metric in LOSS_METRICS:
         _log_loss_axis(ax, data[metric] * q.scale, q.label)
@@ -328,12 +352,35 @@ def _mark_failures(ax: Axes, hits: pd.DataFrame, groups: list, height: float, ho
         ax.axvline(t / HOURS, color=FAILURE_COLOUR, linewidth=0.8, alpha=0.7, linestyle=":" if hollow else "-")
 
 
+MIN_EXPOSED = 0.0005
+"""An exposed-communication share of running time below this (0.0 % at one decimal) is not drawn."""
+
+
+def drawn_phases(rows: pd.DataFrame) -> pd.Series:
+    """The phase each timeline row is drawn as: ``down`` where the group holds no active chip and
+    has chips down (an island outage reads ``blocked`` or ``detect`` in the recorder, but the ledger
+    books every chip-second of it as down), else the recorded phase.
+
+    A ``detect`` row records 0 active chips whatever the group holds (the ledger books the chips that
+    are not down as recovery), so it is down only when its down chips are all the group has (the most
+    ``active_chips + down_chips`` of any of its rows).
+    """
+    if rows.empty or not {"active_chips", "down_chips"} <= set(rows):
+        return rows["phase"] if "phase" in rows else pd.Series(dtype=str)
+    active, down = rows["active_chips"].fillna(0), rows["down_chips"].fillna(0)
+    size = (active + down).groupby(rows["group"]).transform("max")
+    is_down = (down > 0) & (active == 0) & ((rows["phase"] != "detect") | (down >= size))
+    return rows["phase"].where(~is_down, "down")
+
+
 def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exposed_share: float = 0.0) -> Axes:
     """Learner-group states over simulated time (one bar row per group, a colour per phase).
 
     Failures from ``events`` are red triangles on the row of the group they hit (a vertical line
     when the target is no group), hollow when the group was already stopped (absorbed); outage and
     degradation windows are shaded. Only the first replication of the first run in ``df`` is drawn.
+    A group with no active chip and chips down is drawn down (black), as the ledger books it
+    (:func:`drawn_phases`).
 
     ``exposed_share`` is the part of ``running`` chip-time that waits on communication rather than
     computing (:func:`analysis.load.exposed_share`): running bars are then split across their height,
@@ -347,14 +394,19 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
         rows = rows[rows["run"] == rows["run"].iloc[0]]
     if rows.empty:
         return _empty(ax, "no timeline recorded")
+    rows = rows.assign(phase=drawn_phases(rows))
     groups = list(dict.fromkeys(rows["group"]))
     height = 0.7
-    phases = [p for p in PHASE_ORDER if p in set(rows["phase"])] + sorted(set(rows["phase"]) - set(PHASE_ORDER))
+    # a legend entry per style drawn: a phase whose spans all last 0 s colours nothing
+    lasting = set(rows.loc[rows["end_s"] > rows["start_s"], "phase"])
+    phases = [p for p in PHASE_ORDER if p in lasting] + sorted(lasting - set(PHASE_ORDER))
     extra = iter(["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])
     colours = {p: PHASE_COLOURS.get(p) or next(extra, "#7f7f7f") for p in phases}
     labels = {"blocked": "blocked (network, barrier, quorum)"}
     share = min(max(float(exposed_share), 0.0), 1.0) if "running" in phases else 0.0
-    for (group, phase), sel in rows.groupby(["group", "phase"], sort=False):
+    if share < MIN_EXPOSED:
+        share = 0.0  # a hatch under a pixel high ("0.0 %" of running time) is not drawn, nor named
+    for (group, phase), sel in rows[rows["phase"].isin(lasting)].groupby(["group", "phase"], sort=False):
         spans = list(zip(sel["start_s"] / HOURS, (sel["end_s"] - sel["start_s"]) / HOURS))
         top = groups.index(group) - height / 2  # the y axis is inverted: top is the smaller y
         if phase == "running" and share > 0:
@@ -385,7 +437,7 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
                                        color=FAILURE_COLOUR, alpha=0.12, linewidth=0))
             else:
                 ax.axvspan(start / HOURS, end, color=FAILURE_COLOUR, alpha=0.08, linewidth=0)
-        if windows:
+        if any(start / HOURS < min(end / HOURS, end_h) for start, end, _ in windows):  # one drawn inside the run
             handles.append(Patch(facecolor=FAILURE_COLOUR, alpha=0.15, label="fault window"))
         hits, spared = ev[ev["kind"] == "failure"], ev[ev["kind"] == "absorbed"]
         failures, absorbed = len(hits) + len(spared), len(spared)  # every arrival, as the summary counts them
@@ -405,6 +457,22 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
     # beside the axes, not below: constrained layout makes room for it at any figure height
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
     return ax
+
+
+TICK_LINE = 28
+"""A bar's tick label wraps at this many characters, on at most :data:`TICK_LINES` lines."""
+TICK_LINES = 3
+
+
+def _bar_ticks(ax: Axes, positions, labels) -> None:
+    """Bar labels wrapped onto short lines (``replications=2, policy=sync_dp,`` / ``on_failure=restart``)
+    and cut with an ellipsis past three, so a long label never squeezes the axes to nothing or runs
+    off the figure; turned when wrapped labels would still overlap their neighbours."""
+    texts = [textwrap.fill(str(v), TICK_LINE, max_lines=TICK_LINES, placeholder=" …") for v in labels]
+    widest = max((len(line) for t in texts for line in t.split("\n")), default=0)
+    turned = widest > 12 and widest * len(texts) > 90
+    ax.set_xticks(positions, texts, rotation=30 if turned else 0, ha="right" if turned else "center",
+                  rotation_mode="anchor" if turned else "default")
 
 
 def chip_time_bars(df: pd.DataFrame, ax: Axes, by: str = "run") -> Axes:
@@ -428,17 +496,54 @@ def chip_time_bars(df: pd.DataFrame, ax: Axes, by: str = "run") -> Axes:
     for bucket in buckets:
         ax.bar(positions, shares[bucket].to_numpy(), 0.6, bottom=bottom, label=bucket, color=BUCKET_COLOURS.get(bucket, "#7f7f7f"))
         bottom += shares[bucket].to_numpy()
-    if "useful" in shares:
-        for pos, useful in zip(positions, shares["useful"]):
-            if useful < 4:
-                continue  # no room for the label
-            ax.text(pos, useful / 2, f"{useful:.1f}%", ha="center", va="center", color="white", fontsize=8)
-    long = max((len(str(v)) for v in labels), default=0) > 12
-    ax.set_xticks(positions, [str(v) for v in labels], rotation=30 if long else 0, ha="right" if long else "center")
+    _bar_ticks(ax, positions, labels)
     ax.set_ylim(0, 100)
-    ax.set_title("Chip-time ledger (mean over replications)")
+    per_bar = int(data.groupby([by, "bucket"], sort=False)["fraction"].size().max())
+    # a bar of one replication is that replication's ledger; only several per bar are averaged
+    ax.set_title("Chip-time ledger, " + (f"mean over {_replications_text(data, by)} per bar" if per_bar > 1
+                                          else "one replication per bar"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="bucket")
+    if "useful" in shares:
+        _useful_labels(ax, positions, shares["useful"].to_numpy(), 0.6)
     return ax
+
+
+def _replications_text(data: pd.DataFrame, by: str) -> str:
+    key = next((c for c in ("replication", "index", "seed") if c in data), None)
+    if key is None:
+        return "replications"
+    counts = data.groupby(by, sort=False)[key].nunique()
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low} replications" if low == high else f"{low}-{high} replications"
+
+
+def _useful_labels(ax: Axes, positions, useful, width: float) -> None:
+    """The goodput share written inside each green bar: across it where it fits, up it where only
+    that fits, left out where neither does (many bars side by side), never cut to '2.9' for 82.9 %."""
+    if not len(useful):
+        return
+    texts = []
+    for pos, share in zip(positions, useful):
+        if share > 0:
+            text = ax.text(pos, share / 2, f"{share:.1f}%", ha="center", va="center", color="white", fontsize=8)
+            text.set_in_layout(False)
+            texts.append((text, share))
+    if not texts:
+        return
+    figure = ax.figure
+    figure.draw_without_rendering()  # the layout settles bar sizes in pixels
+    renderer = figure.canvas.get_renderer()
+    to_px = ax.transData.transform
+    bar_w = abs(to_px((width, 0))[0] - to_px((0, 0))[0])
+    for text, share in texts:
+        bar_h = abs(to_px((0, share))[1] - to_px((0, 0))[1])
+        box = text.get_window_extent(renderer)
+        if box.width <= bar_w * 0.92 and box.height <= bar_h * 0.9:
+            continue
+        if box.height <= bar_w * 0.92 and box.width <= bar_h * 0.9:
+            text.set_rotation(90)  # narrow bars: the label runs up the bar
+            continue
+        text.remove()
 
 
 def metric_bars(df: pd.DataFrame, ax: Axes, metric: str = "goodput", by: str = "run") -> Axes:
@@ -457,8 +562,7 @@ def metric_bars(df: pd.DataFrame, ax: Axes, metric: str = "goodput", by: str = "
     for pos, label in zip(positions, labels):
         values = data.loc[data[by] == label, metric] * q.scale
         ax.plot([pos] * len(values), values, linestyle="none", marker=".", color="black", alpha=0.6)
-    long = max((len(str(v)) for v in labels), default=0) > 12
-    ax.set_xticks(positions, [str(v) for v in labels], rotation=30 if long else 0, ha="right" if long else "center")
+    _bar_ticks(ax, positions, labels)
     ax.set_title(f"{q.name} per {by} (bar: mean, whiskers: min-max, dots: replications)")
     ax.grid(axis="y", alpha=0.3)
     return ax
@@ -467,7 +571,12 @@ def metric_bars(df: pd.DataFrame, ax: Axes, metric: str = "goodput", by: str = "
 # --------------------------------------------------------------------------------------------- series
 
 
-def _series_lines(data: pd.DataFrame, ax: Axes, xcol: str, xscale: float, yscale: float, steps: bool) -> int:
+MARKED_POINTS = 50
+"""A series line of at most this many points marks each one (a single evaluation is no line)."""
+
+
+def _series_lines(data: pd.DataFrame, ax: Axes, xcol: str, xscale: float, yscale: float, steps: bool,
+                  marked: bool = False) -> int:
     multi = "run" in data and data["run"].nunique() > 1
     lines = 0
     by = ["run", "key"] if "run" in data else ["key"]
@@ -477,21 +586,38 @@ def _series_lines(data: pd.DataFrame, ax: Axes, xcol: str, xscale: float, yscale
         if sub.empty:
             continue
         label = f"{names[0]}: {names[-1]}" if multi else str(names[-1])
-        ax.plot(sub[xcol] * xscale, sub["value"] * yscale, label=label, drawstyle="steps-post" if steps else "default")
+        marker = "o" if marked and len(sub) <= MARKED_POINTS else None
+        ax.plot(sub[xcol] * xscale, sub["value"] * yscale, label=label, drawstyle="steps-post" if steps else "default",
+                marker=marker, markersize=4)
         lines += 1
     return lines
 
 
-def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time") -> Axes:
-    """Surrogate eval loss (``series == "loss"``) against simulated hours (``x="time"``) or tokens."""
+UNMERGED_NOTE = "no round merged yet: the loss is the initial model's"
+
+
+def loss_curves(df: pd.DataFrame, ax: Axes, x: str = "time", unmerged=()) -> Axes:
+    """Surrogate eval loss (``series == "loss"``) against simulated hours (``x="time"``) or tokens.
+
+    Each evaluation is a marker as well (a short run evaluates once, and one point draws no line).
+    ``unmerged`` names the runs whose surrogate merged no round (``surrogate_merges == 0``): their
+    loss is the initial model's, which the figure says.
+    """
     tokens = x == "tokens"
     ax.set_xlabel("tokens (count)" if tokens else TIME_LABEL)
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title(f"Surrogate loss vs {'tokens' if tokens else 'wall-clock (simulated)'}")
     data = df[df["series"] == "loss"] if "series" in df else df.iloc[0:0]
     data, _ = _first_replication(data)
-    if data.empty or not _series_lines(data, ax, "tokens" if tokens else "time_s", 1.0 if tokens else 1 / HOURS, 1.0, False):
+    xcol, xscale = ("tokens", 1.0) if tokens else ("time_s", 1 / HOURS)
+    if data.empty or not _series_lines(data, ax, xcol, xscale, 1.0, False, marked=True):
         return _empty(ax, "no surrogate loss recorded")
+    drawn = list(dict.fromkeys(data["run"])) if "run" in data else []
+    stale = [r for r in drawn if r in set(unmerged)]
+    if stale:
+        whose = "" if len(stale) == len(drawn) else f"{', '.join(map(str, stale))}: "
+        ax.text(0.5, 0.97, whose + UNMERGED_NOTE, transform=ax.transAxes, ha="center", va="top", fontsize=9,
+                color="0.3", bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9})
     if tokens:
         _token_axis(ax.xaxis)
     _log_loss_axis(ax, data["value"])

@@ -2,7 +2,9 @@
 
 Metric names, units and formats come from :mod:`sim.quantities` (one unit per metric, shared with the
 CLI). This module turns sweep factor values (``"10s"``, ``"50000h"``, ``"2Gbps"``, ``16384``) into
-numbers with a unit so that they sort and plot on a numeric axis.
+numbers with a unit so that they sort and plot on a numeric axis. Values as the user wrote them
+(strings, which :meth:`analysis.load.Results.written` puts back into a sweep's rows) are labelled as
+written; values resolved to SI numbers are labelled in a compact form (``300`` s reads ``5min``).
 
 Colours are fixed per learner phase and per chip-time bucket, so the same state has the same colour
 in the timeline, the ledger bars and across reports.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -56,10 +58,11 @@ class FactorAxis:
     name: str
     unit: str
     numbers: pd.Series | None
+    written: bool = False  # the values are the user's texts ("50000h"): ticks show them, not ``numbers``
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.unit})" if self.unit else self.name
+        return f"{self.name} ({self.unit})" if self.unit and not self.written else self.name
 
 
 def _parsed(values: pd.Series, parse) -> pd.Series | None:
@@ -114,11 +117,32 @@ def _flat_args(annotation) -> list:
     return args
 
 
+_DURATION_UNITS = (("d", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0))
+
+
+def _compact_unit(seconds: pd.Series) -> tuple[str, float] | None:
+    """The unit in which the longest of the values reads shortest (``300``, ``900`` s: 5min and
+    15min; 1.8e8 s: 50000h, not 2083.33d), on a tie the one with whole numbers (30s and 120s, not
+    0.5min), then the larger; never one that needs an exponent (3e+06min). None without a value."""
+    if not len(seconds):
+        return None
+    best = None
+    for order, (unit, size) in enumerate(_DURATION_UNITS):
+        texts = [f"{v / size:g}" for v in seconds]
+        if any("e" in t for t in texts):
+            continue
+        score = (max(map(len, texts)), any("." in t for t in texts), order)
+        if best is None or score < best[0]:
+            best = (score, unit, size)
+    return best[1:] if best else None
+
+
 def _duration_axis(name: str, seconds: pd.Series) -> FactorAxis:
     finite = seconds[seconds.map(math.isfinite)].abs()
     top = finite.max() if len(finite) else 0.0
-    # the largest value picks the unit: grace windows read in seconds, MTBFs in hours or days
-    unit, size = ("s", 1.0) if top < 600 else (("h", 3600.0) if top <= 30 * 86400 else ("d", 86400.0))
+    # one unit for the column, the one in which its values read shortest; else the largest value
+    # picks it: grace windows read in seconds, MTBFs in hours or days
+    unit, size = _compact_unit(finite) or (("s", 1.0) if top < 600 else (("h", 3600.0) if top <= 30 * 86400 else ("d", 86400.0)))
     return FactorAxis(name, unit, seconds / size)
 
 
@@ -143,21 +167,22 @@ def factor_axis(values: pd.Series, name: str | None = None) -> FactorAxis:
         return FactorAxis(name, "", None)
     seconds = _parsed(values, parse_duration)
     if seconds is not None:
-        return _duration_axis(name, seconds)
+        return replace(_duration_axis(name, seconds), written=True)
     for parse in (parse_bandwidth, parse_count, parse_bytes):
         parsed = _parsed(values, parse)
         if parsed is not None:
             unit, size = _SCALED[parse]
-            return FactorAxis(name, unit, parsed / size)
+            return FactorAxis(name, unit, parsed / size, written=True)
     return FactorAxis(name, "", None)
 
 
 def level_texts(values: pd.Series) -> pd.Series:
-    """Factor values as a scenario file writes them, in the column's one unit (``0s``, ``15s``,
+    """Factor values as a scenario file writes them: the user's own texts where the values are
+    those (``50000h``, ``5m``), else in the column's one compact unit (``0s``, ``15s``, ``5min``,
     ``2Gbit/s``, ``16384``): sweep rows hold them resolved to SI numbers, and ``0.0`` for a grace
     window names no unit."""
     axis = factor_axis(values)
-    if axis.numbers is None or not axis.unit:
+    if axis.numbers is None or not axis.unit or axis.written:
         return values.map(str)
     return pd.Series([f"{n:g}{axis.unit}" if math.isfinite(n) else str(v) for v, n in zip(values, axis.numbers)],
                      index=values.index, name=values.name)
@@ -173,7 +198,8 @@ def ordered_levels(values: pd.Series) -> list:
 
 
 def level_text(value, axis: FactorAxis, number: float | None = None) -> str:
-    """Tick text of one factor level: the converted number when there is a unit, else the value."""
-    if number is not None and axis.unit and math.isfinite(number):
+    """Tick text of one factor level: the value as the user wrote it, else the converted number when
+    there is a unit (the axis label names it), else the value."""
+    if number is not None and axis.unit and not axis.written and math.isfinite(number):
         return f"{number:g}"
     return str(value)

@@ -149,6 +149,23 @@ class Results:
     factors: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # version, command, seeds and date of the run or sweep
     factor_groups: list[list[str]] = field(default_factory=list)  # a sweep's factors: one key, or a zip group
+    level_names: dict[str, dict] = field(default_factory=dict)  # per factor key: resolved value -> as written
+
+    def written(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """``rows`` with each factor column holding its levels as the user wrote them in the sweep
+        (``50000h``, ``5m``) instead of resolved to SI numbers (``1.8e8``, ``300.0``), where the plan
+        names every value of the column; other columns, and the frame passed in, are left as they are."""
+        out = rows.copy()
+        for key, names in self.level_names.items():
+            if key not in out or not names:
+                continue
+            try:
+                texts = [names.get(v, _MISSING) for v in out[key]]
+            except TypeError:  # an unhashable value: no name to look up
+                continue
+            if all(t is not _MISSING for t in texts):
+                out[key] = pd.Series(texts, index=out.index, dtype=object)
+        return out
 
     def relabel(self, label: str) -> None:
         """Name this input ``label`` in every table (before any table is read)."""
@@ -315,6 +332,29 @@ def _load_run(folder: Path, label: str) -> Results:
     return Results(folder, label, "run", text, summaries, raw, provenance=top.get("provenance") or {})
 
 
+_MISSING = object()
+
+
+def sweep_level_names(plan: dict) -> dict[str, dict]:
+    """Per factor key, each resolved level (as a sweep row holds it) -> the level as written in the
+    sweep (``--grid`` or its ``sweep:`` section), from the points of ``sweep.json``. Keys whose
+    written levels are not texts (``2``, ``true``) or resolve to one number twice are left out."""
+    names: dict[str, dict] = {}
+    clashes: set[str] = set()
+    for point in plan.get("points") or []:
+        setting, columns = point.get("setting") or {}, point.get("columns") or {}
+        for key, text in setting.items():
+            if key not in columns or not isinstance(text, str):
+                continue
+            value = columns[key]
+            with contextlib.suppress(TypeError):
+                known = names.setdefault(key, {})
+                if known.get(value, text) != text:
+                    clashes.add(key)  # "1h" and "60m" both resolved to 3600: neither names the level
+                known[value] = text
+    return {k: v for k, v in names.items() if k not in clashes and any(str(t) != str(r) for r, t in v.items())}
+
+
 def _load_sweep(folder: Path, label: str) -> Results:
     rows = load_sweep_rows(folder)
     if rows.empty:
@@ -330,7 +370,8 @@ def _load_sweep(folder: Path, label: str) -> Results:
             break
     plan = _read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
     groups = [list(f.get("keys", [])) for f in plan.get("factors", [])]
-    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {}, groups)
+    results = Results(folder, label, "sweep", text, rows, raw, sweep_factors(rows, folder), plan.get("provenance") or {}, groups,
+                      sweep_level_names(plan))
     # the per-replication summaries carry what a row cannot: hypothesis verdicts, learner names
     raw.extend({"index": number, **_read_json(rep / "summary.json")} for number, rep in results._folders())
     return results
@@ -383,11 +424,22 @@ def scenario_differences(texts: list[str]) -> list[str]:
     return [k for k in keys if len({repr(leaves.get(k)) for leaves in parsed}) > 1 and k not in ("description",)]
 
 
-def _difference_label(text: str, keys: list[str]) -> str:
+LABEL_KEYS = 4
+"""Runs that differ in at most this many scenario keys are labelled by them (``policy=elastic_dp``)."""
+LABEL_CHARS = 80
+"""... and only while every such label stays this short; past either, a run is named by its folder."""
+
+
+def scenario_values(text: str, keys: list[str]) -> list:
+    """The resolved values of dotted ``keys`` in one scenario text (``"-"`` where a key is absent)."""
     from ruamel.yaml import YAML
 
     leaves = _leaves(YAML(typ="safe", pure=True).load(text) or {})
-    return ", ".join(f"{short_key(k)}={leaves.get(k, '-')}" for k in keys)
+    return [leaves.get(k, "-") for k in keys]
+
+
+def _difference_label(text: str, keys: list[str]) -> str:
+    return ", ".join(f"{short_key(k)}={value}" for k, value in zip(keys, scenario_values(text, keys)))
 
 
 def short_key(key: str) -> str:
@@ -400,8 +452,11 @@ def load_many(paths) -> list[Results]:
     """Load several inputs, each labelled by what differs between them.
 
     A compare run stands for its variants (labelled by their compared values). Other runs are
-    labelled by the scenario keys whose values differ (``policy=elastic_dp, on_failure=elastic``);
-    inputs that differ in none are labelled by folder name, made unique with their parents.
+    labelled by the scenario keys whose values differ (``policy=elastic_dp, on_failure=elastic``)
+    when there are at most :data:`LABEL_KEYS` of them and every label is at most
+    :data:`LABEL_CHARS` long; runs of different scenarios (dozens of keys) and inputs that differ in
+    none are labelled by folder name, made unique with their parents (the report spells the
+    differences out in a table).
     """
     if not paths:
         raise ResultsError("no results folder given")
@@ -417,10 +472,12 @@ def load_many(paths) -> list[Results]:
     results = [load_results(f, label) for f, label in zip(folders, labels)]
     runs = [r for r, (_, given) in zip(results, inputs) if r.kind == "run" and not given]
     keys = scenario_differences([r.scenario_text for r in runs])
-    if keys and len(runs) > 1:
-        for r in runs:
-            with contextlib.suppress(Exception):
-                r.relabel(_difference_label(r.scenario_text, keys))
+    if keys and len(runs) > 1 and len(keys) <= LABEL_KEYS:
+        with contextlib.suppress(Exception):  # an unreadable scenario.yaml keeps the folder names
+            named = [_difference_label(r.scenario_text, keys) for r in runs]
+            if max(map(len, named)) <= LABEL_CHARS and len(set(named)) == len(named):
+                for r, label in zip(runs, named):
+                    r.relabel(label)
     return results
 
 

@@ -27,7 +27,9 @@ Each input's resolved scenario closes the page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +49,12 @@ from .load import (
     exposed_share,
     load_many,
     scenario_differences,
+    scenario_values,
 )
 
 # Rows of the summary table, in order; metrics a run does not have are left out.
 TABLE_METRICS = [
-    "goodput", "uptime", "global_downtime_s", "failures_total", "interruptions", "absorbed", "steps",
+    "goodput", "uptime", "global_downtime_s", "time_to_train_s", "failures_total", "interruptions", "absorbed", "steps",
     "tokens", "final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes",
     "chip_time_fraction.useful", "chip_time_fraction.lost", "chip_time_fraction.recovery",
     "chip_time_fraction.checkpoint", "chip_time_fraction.waiting", "chip_time_fraction.down",
@@ -198,11 +201,13 @@ def halt_note(summary: dict) -> str:
 
 
 def sweep_tables(r: Results) -> str:
-    """Per sweep point: factor levels, finished/crashed replications and mean metrics; then errors."""
-    rows = r.summaries
+    """Per sweep point: factor levels (as written), finished/crashed replications and mean metrics;
+    then errors."""
+    rows = r.written(r.summaries)
     by = [f for f in r.factors if rows[f].nunique(dropna=False) > 1] or (["point"] if "point" in rows else [])
     ok = fig.ok_rows(rows)
-    metrics = [m for m in ("goodput", "global_downtime_s", "uptime", "tokens", "final_loss") if m in rows]
+    metrics = [m for m in ("goodput", "global_downtime_s", "time_to_train_s", "uptime", "tokens", "final_loss")
+               if m in rows and rows[m].notna().any()]
     head = "".join(f"<th>{_esc(c)}</th>" for c in by) + "<th>finished</th><th>crashed</th>"
     head += "".join(f"<th>{_esc(metric_quantity(m).label)}</th>" for m in metrics)
     body = []
@@ -232,7 +237,7 @@ def sweep_axes(r: Results) -> tuple[pd.DataFrame, list[str]]:
     """The sweep's rows with one column per axis that varies: a grid factor's key, or a zip group's
     keys joined (``training.policy + training.on_failure``, values ``sync_dp, restart``), so zip
     partners stay together in every figure and are never averaged across each other."""
-    rows = r.summaries.copy()
+    rows = r.written(r.summaries)  # levels as the user wrote them: 50000h, not 2083.33 d
     axes = []
     for keys in r.factor_groups or [[f] for f in r.factors]:
         keys = [k for k in keys if k in rows]
@@ -264,10 +269,10 @@ def replication_text(r: Results, index: int) -> str:
     return f"sweep replication {index} ({_setting_text(match.iloc[0], axes)}, seed {match.iloc[0]['seed']})"
 
 
-def _sweep_plots(r: Results) -> list[Plot]:
+def _sweep_plots(r: Results, number: int = 1) -> list[Plot]:
     plots: list[Plot] = []
     rows, axes = sweep_axes(r)
-    slug = _slug(r.label)
+    slug = _slug(r.label, f"sweep-{number}")
     numeric = [a for a in axes if factor_axis(rows[a]).numbers is not None]
     policy = next((a for a in axes if "policy" in a), None)
     # heatmaps over two axes (numbers first), one panel per level of every other axis: never averaged across
@@ -279,14 +284,18 @@ def _sweep_plots(r: Results) -> list[Plot]:
         for metric in SWEEP_METRICS:
             if not _recorded(rows, metric):
                 continue
+            # the panels of a metric share one colour scale: a colour is one value in every panel
+            limits = fig.heatmap_range(rows, x, y, metric, rest) if len(panels) > 1 else None
             for k, panel in enumerate(panels[:MAX_PANELS]):
                 sub = rows.loc[(rows[list(panel)] == pd.Series(panel)).all(axis=1)] if panel else rows
-                where = f" at {_setting_text(panel, rest)}" if panel else ""
+                setting = _setting_text(panel, rest) if panel else None
+                where = f" at {setting}" if panel else ""
                 plots.append(Plot(
                     f"{slug}-heatmap-{metric}" + (f"-{k}" if rest else ""),
                     f"{metric_quantity(metric).label} averaged over seeds for each {x} x {y} cell{where}; "
-                    "the number in a cell is that mean.",
-                    lambda ax, m=metric, sub=sub: fig.sweep_heatmap(sub, ax, x, y, m), (7.5, 5.0)))
+                    "the number in a cell is that mean" + ("; every panel has the same colour scale." if limits else "."),
+                    lambda ax, m=metric, sub=sub, w=setting, lim=limits: fig.sweep_heatmap(
+                        sub, ax, x, y, m, where=w, limits=lim), (7.5, 5.0)))
         if len(panels) > MAX_PANELS:
             plots[-1].caption += f" ({len(panels) - MAX_PANELS} more panel(s) per metric left out.)"
     if axes:
@@ -361,12 +370,12 @@ def _run_plots(runs: list[Results]) -> list[Plot]:
             lambda ax: fig.chip_time_bars(concat(runs, "chip_time"), ax, by="run"), (9.0, 4.5)))
     else:
         plots.append(Plot(
-            f"{_slug(runs[0].label)}-ledger", "Chip-time ledger per replication (green = goodput).",
+            f"{_slug(runs[0].label, 'run-1')}-ledger", "Chip-time ledger per replication (green = goodput).",
             lambda ax: fig.chip_time_bars(runs[0].chip_time, ax, by="replication")))
-    for r in runs[:MAX_TIMELINES]:
+    for k, r in enumerate(runs[:MAX_TIMELINES]):
         groups = max(r.timeline["group"].nunique(), 1)
         plots.append(Plot(
-            f"{_slug(r.label)}-timeline",
+            f"{_slug(r.label, f'run-{k + 1}')}-timeline",
             f"{r.label}: what each learner group did over simulated time (first replication); "
             "red triangles are failures (hollow: arrived while already stopped), shaded spans are outages or degradations.",
             lambda ax, r=r: fig.timeline(r.timeline, ax, r.events, _exposed(r, r.timeline)), (10.0, 1.8 + 0.45 * groups)))
@@ -384,17 +393,29 @@ def _series_plots(results: list[Results]) -> list[Plot]:
         if r.kind == "sweep" and len(r.series)
     )
     if (series["series"] == "loss").any():
+        unmerged = [r.label for r in results if _merged_none(r)]
+        if unmerged:
+            shown += f" {fig.UNMERGED_NOTE[0].upper()}{fig.UNMERGED_NOTE[1:]} ({', '.join(unmerged)})."
         plots.append(Plot("loss-vs-time", f"Surrogate eval loss against simulated wall-clock hours.{shown}",
-                          lambda ax: fig.loss_curves(series, ax, "time")))
+                          lambda ax: fig.loss_curves(series, ax, "time", unmerged)))
         if series.loc[series["series"] == "loss", "tokens"].notna().any():
             plots.append(Plot("loss-vs-tokens", f"Surrogate eval loss against tokens trained.{shown}",
-                              lambda ax: fig.loss_curves(series, ax, "tokens")))
+                              lambda ax: fig.loss_curves(series, ax, "tokens", unmerged)))
     for k, link in enumerate(fig.link_links(series)):
         plots.append(Plot(
             f"link-utilisation-{k}", f"Utilisation of {link} over time (share of its capacity in use, first "
             f"replication of each run; the dashed line is capacity).{shown}",
             lambda ax, link=link: fig.link_utilisation(series, ax, link), (9.0, 2.8)))
     return plots
+
+
+def _merged_none(r: Results) -> bool:
+    """Whether the replication whose loss curve is drawn (the first) merged no surrogate round."""
+    if not len(r.series):
+        return False
+    first = int(r.series[r.key].min())
+    summary = next((s for s in r.raw if s.get(r.key) == first), None)
+    return summary is not None and summary.get("surrogate_merges") == 0
 
 
 def provenance_html(results: list[Results]) -> str:
@@ -410,17 +431,64 @@ def provenance_html(results: list[Results]) -> str:
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "-" for c in str(text)).strip("-") or "run"
+MAX_STEM = 60
+"""A PNG named after its input's label when the label makes a stem this short; else by number."""
 
 
-def render_png(plot: Plot, out_dir: Path) -> tuple[Path, str]:
-    """Draw one plot, save it as PNG; returns the file and its base64 text."""
+def _slug(text: str, fallback: str = "run") -> str:
+    """A file stem from a label (``elastic_dp-elastic``), or ``fallback`` when the label is too long
+    to read as a file name (runs of different scenarios are labelled by dozens of keys)."""
+    slug = "".join(c if c.isalnum() or c == "_" else "-" for c in str(text)).strip("-")
+    return slug if slug and len(slug) <= MAX_STEM else fallback
+
+
+def render_png(plot: Plot) -> bytes:
+    """Draw one plot; returns the PNG's bytes (written by :func:`write_report` once all are drawn)."""
     figure, ax = fig.new_axes(*plot.size)
     plot.draw(ax)
-    path = out_dir / f"{plot.name}.png"
-    figure.savefig(path, dpi=100)
-    return path, base64.b64encode(path.read_bytes()).decode("ascii")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def differences_html(runs: list[Results], keys: list[str]) -> str:
+    """The scenario keys in which the runs differ, one row each, with every run's value."""
+    columns = []
+    for r in runs:
+        values = ["?"] * len(keys)  # an unreadable scenario.yaml: its values cannot be named
+        with contextlib.suppress(Exception):
+            values = scenario_values(r.scenario_text, keys)
+        columns.append(values)
+    head = "<tr><th>scenario key</th>" + "".join(f"<th>{_esc(r.label)}</th>" for r in runs) + "</tr>"
+    body = "".join(
+        f"<tr><td><code>{_esc(key)}</code></td>" + "".join(f"<td>{_esc(values[i])}</td>" for values in columns) + "</tr>"
+        for i, key in enumerate(keys)
+    )
+    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def _write_files(out_dir: Path, files: dict[Path, bytes | str]) -> None:
+    """Create ``out_dir`` and write every file into it, or none: a folder that cannot take one (a name
+    too long, a full disk, no permission) keeps no half of the report (a folder made for it is
+    removed again), and the user reads one line, not a traceback."""
+    written: list[Path] = []
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    path = out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, data in files.items():
+            if isinstance(data, str):
+                path.write_text(data)
+            else:
+                path.write_bytes(data)
+            written.append(path)
+    except OSError as problem:
+        for done in written:
+            done.unlink(missing_ok=True)
+        for folder in made:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise ResultsError(f"{problem.filename or path}: cannot write the report ({problem.strerror or problem})") from None
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -440,17 +508,20 @@ def write_report(results_paths, out_dir) -> Path:
     if held is not None and held.startswith(("a run", "a sweep")):
         # figures written among a run's or a sweep's files would be read as part of its results
         raise ResultsError(f"-o {out_dir}: holds {held}; write the report into another folder (e.g. {out_dir / 'report'})")
-    out_dir.mkdir(parents=True, exist_ok=True)
     runs = [r for r in results if r.kind == "run"]
     sweeps = [r for r in results if r.kind == "sweep"]
-    plots = (_run_plots(runs) if runs else []) + [p for s in sweeps for p in _sweep_plots(s)] + _series_plots(results)
+    plots = ((_run_plots(runs) if runs else []) + [p for k, s in enumerate(sweeps) for p in _sweep_plots(s, k + 1)]
+             + _series_plots(results))
     seen: set[str] = set()
     figures_html = []
+    files: dict[Path, bytes | str] = {}
     for plot in plots:
         while plot.name in seen:  # two inputs with similar labels must not overwrite a PNG
             plot.name += "-2"
         seen.add(plot.name)
-        path, data = render_png(plot, out_dir)
+        path = out_dir / f"{plot.name}.png"
+        files[path] = render_png(plot)
+        data = base64.b64encode(files[path]).decode("ascii")
         figures_html.append(
             f'<figure><img alt="{_esc(plot.name)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{_esc(plot.caption)} ({_esc(path.name)})</figcaption></figure>"
@@ -463,7 +534,7 @@ def write_report(results_paths, out_dir) -> Path:
     differ = scenario_differences([r.scenario_text for r in runs])
     differences = (
         f"<p>The runs differ in: {', '.join(f'<code>{_esc(k)}</code>' for k in differ)}; everything else "
-        "in their resolved scenarios is the same.</p>" if len(runs) > 1 and differ else
+        f"in their resolved scenarios is the same.</p>{differences_html(runs, differ)}" if len(runs) > 1 and differ else
         "<p>The runs have the same resolved scenario.</p>" if len(runs) > 1 else ""
     )
     sections = [
@@ -495,5 +566,6 @@ def write_report(results_paths, out_dir) -> Path:
         f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
     path = out_dir / "report.html"
-    path.write_text(page)
+    files[path] = page
+    _write_files(out_dir, files)
     return path

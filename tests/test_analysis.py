@@ -8,6 +8,9 @@ recorder's schema, so the figures that read them are tested whatever the policie
 
 from __future__ import annotations
 
+import html
+import io
+import json
 import re
 import shutil
 import subprocess
@@ -139,6 +142,29 @@ def test_heatmap_has_one_annotated_cell_per_factor_pair(results):
     assert "mean over 4 seed(s)" in ax.get_title()  # 2 seeds x 2 policies (zipped) per cell
 
 
+def test_heatmap_panels_name_their_slice_and_share_one_colour_scale(results):
+    """A sweep of three axes draws a heatmap panel per setting of the third: each title says which
+    setting (not only the HTML caption), and a metric's panels share one colour scale spanning the
+    cells of all of them, so a colour is one value in every panel."""
+    from analysis.report import _sweep_plots
+
+    sweep = load_results(results["sweep"])
+    drawn = {}
+    for plot in _sweep_plots(sweep):
+        if "-heatmap-" in plot.name:
+            drawn[plot.name] = plot.draw(axes())
+    for metric in ("goodput", "global_downtime_s"):
+        panels = [drawn[f"sweep-heatmap-{metric}-{k}"] for k in (0, 1)]
+        titles = [ax.get_title() for ax in panels]
+        assert titles[0] != titles[1]
+        assert "at training.policy + training.on_failure=sync_dp, restart" in titles[0]
+        assert "at training.policy + training.on_failure=elastic_dp, elastic" in titles[1]
+        scales = [ax.images[0].get_clim() for ax in panels]
+        assert scales[0] == scales[1]
+        cells = np.concatenate([ax.images[0].get_array().compressed() for ax in panels])
+        assert scales[0] == pytest.approx((cells.min(), cells.max()))
+
+
 def test_a_heatmap_of_equal_cells_says_so_instead_of_a_colour_bar(results):
     """Every cell 0 h of downtime: no colour bar spanning -0.1 to 0.1 h (a downtime nobody measured),
     the value in the title and in every cell."""
@@ -194,7 +220,7 @@ def test_zip_factors_are_never_averaged_across_each_other(results):
     for line in ax.get_lines():
         count, policy = line.get_label().split(", ", 1)
         sub = rows[(rows[axes_[1]].astype(str) == count) & (rows[axes_[2]] == policy)]
-        expected = sub.groupby(axes_[0])["goodput"].mean().sort_index().to_numpy()
+        expected = sub.groupby(axes_[0])["goodput"].mean().loc[["30s", "120s"]].to_numpy()  # as the sweep wrote them
         assert np.allclose(line.get_ydata(), expected)
 
 
@@ -236,10 +262,43 @@ def test_factor_levels_read_in_their_units():
 
     assert texts("training.grace.fixed", [0.0, 2.0, 60.0]) == ["0s", "2s", "60s"]
     assert texts("training.grace.max", [0.0, 30.0, float("inf")]) == ["0s", "30s", "inf"]
-    assert texts("faults.0.mtbf", [3600.0 * 1000, 3600.0 * 24 * 365]) == ["41.6667d", "365d"]  # one unit: days
+    # one unit per column, the one in which its values read shortest
+    assert texts("faults.0.mtbf", [3600.0 * 1000, 3600.0 * 24 * 365]) == ["1000h", "8760h"]  # not 41.6667d
+    assert texts("training.checkpoint.write_time", [30.0, 120.0]) == ["30s", "120s"]  # not 0.5min
+    assert texts("faults.0.mtbf", [1.8e8, 3.6e8]) == ["50000h", "100000h"]  # not 2083.33d
+    assert texts("training.recovery.reload", [300.0, 900.0]) == ["5min", "15min"]  # not 0.0833333h
     assert texts("topology.default_link.bandwidth", [2e9, 5e9]) == ["2Gbit/s", "5Gbit/s"]
     assert texts("training.quorum", [1, 2]) == ["1", "2"]
     assert texts("training.policy", ["sync_dp", "elastic_dp"]) == ["sync_dp", "elastic_dp"]
+
+
+def test_sweep_figures_label_factor_levels_as_the_sweep_wrote_them(tmp_path):
+    """--grid training.recovery.reload=5m,15m: the rows hold 300.0 and 900.0, which read
+    0.0833333h in the tables and axes and 300s in a caption. Every table, tick, legend and caption
+    reads 5m and 15m (and 1m, not 60s), as the sweep's plan recorded them."""
+    from analysis.report import _sweep_plots, replication_text, sweep_tables
+
+    plan = plan_sweep(QUICKSTART, ["duration=2h", "compare={}"],
+                      grid={"training.recovery.reload": ["5m", "15m"], "training.checkpoint.write_time": ["30s", "1m"]},
+                      seeds=[1])
+    sweep = load_results(run_sweep(plan, tmp_path / "sweep", SerialExecutor()).folder)
+    assert sorted(sweep.summaries["training.recovery.reload"]) == [300.0, 300.0, 900.0, 900.0]  # resolved
+    table = sweep_tables(sweep)
+    for text in ("<td>5m</td>", "<td>15m</td>", "<td>30s</td>", "<td>1m</td>"):
+        assert text in table
+    assert "0.0833333" not in table and "<td>60s</td>" not in table
+    assert "training.recovery.reload=5m, training.checkpoint.write_time=30s" in replication_text(sweep, 0)
+    drawn = {plot.name: plot.draw(axes()) for plot in _sweep_plots(sweep) if "timeline" not in plot.name}
+    heatmap = drawn["sweep-heatmap-goodput"]
+    assert [t.get_text() for t in heatmap.get_xticklabels()] == ["5m", "15m"]
+    assert [t.get_text() for t in heatmap.get_yticklabels()] == ["30s", "1m"]
+    assert heatmap.get_xlabel() == "training.recovery.reload"  # the ticks carry the unit
+    lines = drawn["sweep-lines-goodput"]
+    assert [t.get_text() for t in lines.get_xticklabels()] == ["5m", "15m"]
+    assert np.allclose(lines.get_xticks(), [5, 15])  # at their places on a numeric axis
+    assert legend_texts(lines) == ["30s", "1m"]
+    ledger = drawn["sweep-ledger"]
+    assert [t.get_text() for t in ledger.get_xticklabels()] == ["5m; 30s", "5m; 1m", "15m; 30s", "15m; 1m"]
 
 
 def test_sweep_lines_ticks_an_integer_factor_at_integers(results):
@@ -312,6 +371,23 @@ def test_lockstep_over_wan_is_not_green_end_to_end(tmp_path):
     assert any("exposed comm" in t for t in legend_texts(ax))
 
 
+def test_timeline_legend_names_only_styles_it_drew():
+    """A Decoupled DiLoCo timeline whose ledger leaves a rounding residue of exposed communication
+    (share 1e-9) drew no hatch anyone could see but named it 'running: exposed comm. (0.0 % ...)';
+    a phase whose spans last 0 s coloured nothing but had an entry. Neither is in the legend now,
+    nor drawn; a share that shows (2 %) still is."""
+    h = 3600.0
+    rows = pd.DataFrame(
+        [("pod-0", "running", 0, 10 * h, 4096, 0), ("pod-0", "blocked", 10 * h, 10 * h, 4096, 0),
+         ("pod-0", "running", 10 * h, 20 * h, 4096, 0), ("pod-1", "running", 0, 20 * h, 4096, 0)],
+        columns=["group", "phase", "start_s", "end_s", "active_chips", "down_chips"]).assign(run="r", replication=0)
+    ax = figures.timeline(rows, axes(), exposed_share=1e-9)
+    assert legend_texts(ax) == ["running"]
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_hatch()]
+    ax = figures.timeline(rows, axes(), exposed_share=0.02)
+    assert legend_texts(ax) == ["running: compute", "running: exposed comm.\n(2.0% of running chip-time)"]
+
+
 def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
     """An island outage is a shaded span on its group's row, from its start to its end event."""
     from sim.loading import load_scenario
@@ -324,6 +400,60 @@ def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):
     (window,) = [p for p in ax.patches if p.get_alpha() == pytest.approx(0.12)]
     assert window.get_x() == pytest.approx(24.0) and window.get_width() == pytest.approx(2.0)
     assert "fault window" in legend_texts(ax)
+
+
+def _drawn_colours(ax) -> list[tuple[float, float, float, str]]:
+    """(start h, end h, row y centre, colour) of every bar the timeline drew (exposed-comm hatches aside)."""
+    from matplotlib.colors import to_hex
+
+    bars = []
+    for c in ax.collections:
+        if isinstance(c, PolyCollection) and not c.get_hatch():
+            colour = to_hex(c.get_facecolor()[0])
+            for path in c.get_paths():
+                box = path.get_extents()
+                bars.append((box.x0, box.x1, (box.y0 + box.y1) / 2, colour))
+    return bars
+
+
+def test_a_group_with_every_chip_down_is_drawn_down_whatever_its_phase():
+    """An island outage on a Decoupled DiLoCo learner records ``detect`` then ``blocked`` rows with
+    no active chip and 4,096 down (quickstart, pod-0, 24-26 h): they are drawn black and named
+    ``down`` in the legend, as the ledger books them. A lockstep job still holding 12,288 chips keeps
+    its blocked and detect colours (those chips wait or recover; only a quarter is down)."""
+    h = 3600.0
+    rows = pd.DataFrame(
+        [("pod-0", "running", 0, 24 * h, 4096, 0), ("pod-0", "detect", 24 * h, 24.2 * h, 0, 4096),
+         ("pod-0", "blocked", 24.2 * h, 26 * h, 0, 4096), ("pod-0", "reload", 26 * h, 26.1 * h, 4096, 0),
+         ("pod-0", "detect", 30 * h, 30.2 * h, 0, 0), ("pod-0", "running", 30.2 * h, 48 * h, 4096, 0),
+         ("job", "running", 0, 24 * h, 16384, 0), ("job", "detect", 24 * h, 24.2 * h, 0, 4096),
+         ("job", "blocked", 24.2 * h, 26 * h, 12288, 4096), ("job", "running", 26 * h, 48 * h, 16384, 0)],
+        columns=["group", "phase", "start_s", "end_s", "active_chips", "down_chips"]).assign(run="r", replication=0)
+    ax = figures.timeline(rows, axes())
+    black = sorted((round(x0, 3), round(x1, 3), y) for x0, x1, y, colour in _drawn_colours(ax) if colour == "#252525")
+    assert black == [(24.0, 24.2, 0.0), (24.2, 26.0, 0.0)]  # pod-0 (row 0) only
+    colours = {(round(x0, 3), y): colour for x0, _, y, colour in _drawn_colours(ax)}
+    assert colours[(24.0, 1.0)] == "#d94801" and colours[(24.2, 1.0)] == "#bdbdbd"  # job: detect, blocked
+    assert colours[(30.0, 0.0)] == "#d94801"  # a chip failure's detect: nothing down
+    assert "down" in legend_texts(ax)
+
+
+def test_a_learner_in_an_outage_is_drawn_as_the_ledger_books_it(tmp_path):
+    """The quickstart's pod-0 outage (24-26 h) under Decoupled DiLoCo: the chip-seconds drawn black
+    are the ledger's down bucket exactly."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    scenario = load_scenario(QUICKSTART, ["duration=30h", "faults.0.mtbf=1e9h", "compare={}",
+                                          "training.policy=decoupled_diloco", "training.on_failure=restart"])
+    summary = run_replication(scenario, 0, tmp_path / "run").summary
+    assert summary["chip_time"]["down"] == pytest.approx(4096 * 2 * 3600)
+    run = load_results(tmp_path / "run")
+    assert {"blocked", "detect"} & set(run.timeline.loc[run.timeline["down_chips"] > 0, "phase"])  # as recorded
+    ax = figures.timeline(run.timeline, axes(), run.events)
+    drawn = sum((x1 - x0) * 3600 * 4096 for x0, x1, _, colour in _drawn_colours(ax) if colour == "#252525")
+    assert drawn == pytest.approx(summary["chip_time"]["down"])
+    assert "down" in legend_texts(ax)
 
 
 def test_chip_time_bars_stack_every_bucket_to_100(results):
@@ -341,9 +471,55 @@ def test_chip_time_bars_stack_every_bucket_to_100(results):
         tops[round(patch.get_x(), 6)] = max(tops.get(round(patch.get_x(), 6), 0), patch.get_y() + patch.get_height())
     assert np.allclose(list(tops.values()), 100.0)
     assert ax.get_ylabel() == "share of provisioned chip-time (%)"
-    # runs are labelled by what differs between their scenarios, not by folder name
-    assert [t.get_text() for t in ax.get_xticklabels()] == [
+    # runs are labelled by what differs between their scenarios, not by folder name (wrapped onto lines)
+    assert [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()] == [
         "replications=2, policy=sync_dp, on_failure=restart", "replications=1, policy=elastic_dp, on_failure=elastic"]
+
+
+def test_ledger_labels_of_many_bars_fit_inside_them():
+    """20 replications side by side: '82.9%' is wider than its bar, and white text past a bar's
+    edges read '2.9'. Every label drawn lies inside its green bar (turned up it when only that fits),
+    reads the whole share, and with 60 bars (no room either way) none is drawn; the title says a bar
+    is one replication, not a mean."""
+    for bars, expect_labels in ((20, True), (60, False)):
+        rows = [{"replication": r, "bucket": b, "fraction": f}
+                for r in range(bars) for b, f in (("useful", 0.829), ("recovery", 0.121), ("down", 0.05))]
+        figure, ax = figures.new_axes()
+        figures.chip_time_bars(pd.DataFrame(rows), ax, by="replication")
+        figure.savefig(io.BytesIO(), format="png", dpi=100)
+        renderer = figure.canvas.get_renderer()
+        green = [p for p in ax.patches if p.get_y() == 0]
+        assert len(green) == bars
+        labels = [t for t in ax.texts if t.get_text().endswith("%")]
+        assert bool(labels) is expect_labels and len(labels) in (0, bars)
+        for text, bar in zip(labels, green):
+            assert text.get_text() == "82.9%"
+            inner, outer = text.get_window_extent(renderer), bar.get_window_extent(renderer)
+            assert outer.x0 <= inner.x0 and inner.x1 <= outer.x1 and outer.y0 <= inner.y0 and inner.y1 <= outer.y1
+        assert ax.get_title() == "Chip-time ledger, one replication per bar"
+
+
+def test_ledger_title_says_what_a_bar_is(results):
+    """Bars per replication are not means; bars per run over two replications are."""
+    run = load_results(results["quick"])
+    ax = figures.chip_time_bars(run.chip_time, axes(), by="replication")
+    assert "mean" not in ax.get_title()
+    ax = figures.chip_time_bars(run.chip_time, axes(), by="run")
+    assert ax.get_title() == "Chip-time ledger, mean over 2 replications per bar"
+
+
+def test_summary_table_shows_time_to_train(results):
+    """A work-defined run (until) reports time_to_train_s: the summary table has its row, in hours,
+    and so does a sweep's table per point."""
+    from analysis.report import metrics_table, sweep_tables
+
+    run = load_results(results["quick"])
+    run.summaries["time_to_train_s"] = [72000.0, 79200.0]
+    table = metrics_table([run])
+    assert "<tr><td>time to train (h)</td><td>21 (20 to 22)</td></tr>" in table
+    sweep = load_results(results["sweep"])
+    sweep.summaries["time_to_train_s"] = 36000.0
+    assert "<th>time to train (h)</th>" in sweep_tables(sweep) and "<td>10</td>" in sweep_tables(sweep)
 
 
 def test_metric_bars_show_mean_and_replications(results):
@@ -366,6 +542,35 @@ def test_loss_curves_against_time_and_tokens():
     ax = figures.loss_curves(series, axes(), "tokens")
     assert ax.get_lines()[0].get_xdata()[-1] == pytest.approx(86400 * 1e7)
     assert ax.get_xlabel() == "tokens (count)"
+
+
+def test_a_single_loss_evaluation_is_a_visible_marker():
+    """A 2 h run evaluates the surrogate once: one point draws no line, so each evaluation is a
+    marker; a run whose surrogate merged no round says its loss is the initial model's."""
+    series = series_frame()
+    one = series[(series["series"] == "loss") & (series["time_s"] == series["time_s"].max())]
+    one = one[one["key"] == "sync_dp"]
+    for x in ("time", "tokens"):
+        ax = figures.loss_curves(one, axes(), x, unmerged=["r"])
+        (line,) = ax.get_lines()
+        assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "", " ")
+        assert line.get_markersize() > 0
+        assert figures.UNMERGED_NOTE in [t.get_text() for t in ax.texts]
+    ax = figures.loss_curves(series, axes(), "time")  # merged rounds (or not known): no note
+    assert figures.UNMERGED_NOTE not in [t.get_text() for t in ax.texts]
+
+
+def test_report_says_when_no_round_merged(tmp_path, results):
+    """The report reads surrogate_merges == 0 from the summary of the replication it draws."""
+    run = tmp_path / "run"
+    shutil.copytree(results["elastic"], run)
+    series = series_frame().drop(columns=["run", "replication"])
+    pq.write_table(pa_table(series[series["time_s"] == series["time_s"].max()]), run / "rep-0" / "series.parquet")
+    summary = json.loads((run / "rep-0" / "summary.json").read_text())
+    for merges, said in ((3, False), (0, True)):
+        (run / "rep-0" / "summary.json").write_text(json.dumps({**summary, "surrogate_merges": merges}))
+        page = page_of(write_report([run], tmp_path / f"report-{merges}"))
+        assert (html.escape("No round merged yet: the loss is the initial model's (run).") in page) is said
 
 
 def test_link_utilisation_in_percent():
@@ -445,6 +650,60 @@ def test_report_of_several_runs_side_by_side(tmp_path, results):
     assert len([n for n in names if n.endswith("-timeline.png")]) == 3
     for label in labels:
         assert f"<figcaption>{label}: what each learner group did" in page
+
+
+def test_report_of_runs_of_different_scenarios_names_them_by_folder(tmp_path, results):
+    """Two runs of different scenarios differ in a score of keys: a label (and a PNG name) spelling
+    them all is 500 characters, past the file-name limit. The runs are named by their folders, the
+    page spells the differences in a table, and no traceback is printed."""
+    from sim.loading import load_scenario, scenario_yaml
+
+    (tmp_path / "llama").mkdir()
+    shutil.copytree(results["quick"], tmp_path / "quick")
+    shutil.copytree(results["elastic"], tmp_path / "llama" / "run")
+    llama = load_scenario(ROOT / "scenarios" / "llama3-like-sync.yaml", ["duration=1d"])
+    (tmp_path / "llama" / "run" / "scenario.yaml").write_text(scenario_yaml(llama, tmp_path / "llama" / "run"))
+    inputs = [tmp_path / "quick", tmp_path / "llama" / "run"]
+    result = CliRunner().invoke(app, ["report", *map(str, inputs), "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and result.exception is None
+    assert [r.label for r in load_many(inputs)] == ["quick", "run"]
+    names = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert names == ["compare-global_downtime_s.png", "compare-goodput.png", "compare-ledger.png",
+                     "quick-timeline.png", "run-timeline.png"]
+    page = page_of(tmp_path / "report" / "report.html")
+    assert "<th>metric</th><th>quick</th><th>run</th>" in page
+    # the differences, one row per key with each run's value
+    assert "<tr><th>scenario key</th><th>quick</th><th>run</th></tr>" in page
+    assert "<tr><td><code>name</code></td><td>quickstart</td><td>llama3-like-sync</td></tr>" in page
+    ax = figures.chip_time_bars(concat(load_many(inputs), "chip_time"), axes(), by="run")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["quick", "run"]
+
+
+def test_long_labels_name_files_by_number(tmp_path, results):
+    """A label too long to read as a file name (a folder named after its whole setting) gives its
+    PNG a numbered name; a short one keeps its own."""
+    long = tmp_path / ("x" * 200)
+    shutil.copytree(results["quick"], long)
+    write_report([long, results["quick"]], tmp_path / "report")  # the same scenario: named by folder
+    names = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"run-1-timeline.png", "quick-timeline.png"} <= names and max(map(len, names)) <= 70
+    # nor does the label squeeze the bars to nothing: it wraps onto three lines and is cut
+    ax = figures.metric_bars(concat(load_many([long, results["quick"]]), "summaries"), axes())
+    first = ax.get_xticklabels()[0].get_text().split("\n")
+    assert len(first) == 3 and first[-1] == "…" and max(map(len, first)) <= 28
+
+
+def test_a_report_that_cannot_be_written_leaves_nothing_behind(tmp_path, results):
+    """A file that cannot be written (here report.html is taken by a folder) is one line, exit 2,
+    and none of the PNGs drawn before it stay behind as half a report."""
+    out = tmp_path / "report"
+    (out / "report.html").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["report", str(results["quick"]), str(results["elastic"]), "-o", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "cannot write the report" in line
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
 
 
 def test_report_of_a_sweep_with_a_crashed_replication(tmp_path, results):

@@ -423,7 +423,7 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
             facecolor=PHASE_COLOURS["blocked"], edgecolor="#636363", hatch="////",
             label=f"running: exposed comm.\n({share:.1%} of running chip-time)"))
     end_h = rows["end_s"].max() / HOURS
-    failures = absorbed = 0
+    failures = absorbed = learner_hits = 0
     if events is not None and len(events):
         ev = events
         for column in ("run", "replication", "index"):
@@ -440,7 +440,10 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
         if any(start / HOURS < min(end / HOURS, end_h) for start, end, _ in windows):  # one drawn inside the run
             handles.append(Patch(facecolor=FAILURE_COLOUR, alpha=0.15, label="fault window"))
         hits, spared = ev[ev["kind"] == "failure"], ev[ev["kind"] == "absorbed"]
-        failures, absorbed = len(hits) + len(spared), len(spared)  # every arrival, as the summary counts them
+        # every arrival, as the summary counts them: a fault that hits several learners at once (a region
+        # outage) is one failure with a row, and a triangle, per learner hit
+        both = pd.concat([hits, spared])
+        failures, absorbed, learner_hits = len(both.drop_duplicates(["time_s", "fault"])), len(spared), len(both)
         _mark_failures(ax, hits, groups, height, hollow=False)
         _mark_failures(ax, spared, groups, height, hollow=True)
         if len(hits):
@@ -452,7 +455,11 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
     ax.set_ylim(len(groups) - 0.4, -0.75)  # first group at the top, room above it for markers
     ax.set_xlim(0, end_h)
     run = f"{rows['run'].iloc[0]}, " if "run" in rows else ""
-    count = f"{failures} failure{'s' if failures != 1 else ''}" + (f", {absorbed} absorbed" if absorbed else "")
+    count = f"{failures} failure{'s' if failures != 1 else ''}"
+    if learner_hits != failures:
+        count += f" ({learner_hits} learner hits" + (f", {absorbed} absorbed)" if absorbed else ")")
+    elif absorbed:
+        count += f", {absorbed} absorbed"
     ax.set_title(f"Learner states ({run}{which}; {count})" if which else f"Learner states ({count})")
     # beside the axes, not below: constrained layout makes room for it at any figure height
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)

@@ -901,3 +901,23 @@ def test_a_std_band_of_a_fraction_stays_inside_zero_and_one():
     ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
     assert ys.max() == pytest.approx(1.0) and ys.min() == pytest.approx(0.95 - np.std([0.9, 1.0], ddof=1))
     assert list(ax.lines[0].get_ydata()) == pytest.approx([0.95, 0.98])
+
+
+def test_timeline_counts_a_fault_on_several_learners_once(tmp_path):
+    """A region outage takes both learners of its region at once: the title counts it as one failure, as
+    the run table does, and names the learner hits (one triangle each) apart."""
+    from sim.loading import load_scenario
+    from sim.runner import run_replication
+
+    scenario = load_scenario(ROOT / "scenarios" / "region-outage.yaml",
+                             ["duration=2h", "faults.1.at=30m", "faults.1.duration=1h"])
+    summary = run_replication(scenario, 0, tmp_path / "run").summary
+    assert summary["failures"]["region_outage"] == 1
+    run = load_results(tmp_path / "run")
+    ax = figures.timeline(run.timeline, axes(), run.events)
+    hits = summary["interruptions"] + summary["absorbed"]
+    assert hits > summary["failures_total"]  # the case this test is about
+    assert ax.get_title().endswith(f"{summary['failures_total']} failures ({hits} learner hits"
+                                   + (f", {summary['absorbed']} absorbed))" if summary["absorbed"] else "))"))
+    triangles = sum(len(line.get_xdata()) for line in ax.get_lines() if line.get_marker() == "v")
+    assert triangles == hits

@@ -126,9 +126,12 @@ def _compact_unit(seconds: pd.Series) -> tuple[str, float] | None:
     0.5min), then the larger; never one that needs an exponent (3e+06min). None without a value."""
     if not len(seconds):
         return None
+    values = [v for v in seconds if v != 0]  # 0 reads "0" in any unit: it must not pick one (0d)
+    if not values:
+        return "s", 1.0
     best = None
     for order, (unit, size) in enumerate(_DURATION_UNITS):
-        texts = [f"{v / size:g}" for v in seconds]
+        texts = [f"{v / size:g}" for v in values]
         if any("e" in t for t in texts):
             continue
         score = (max(map(len, texts)), any("." in t for t in texts), order)

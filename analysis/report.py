@@ -11,7 +11,8 @@ What the page shows:
   verdicts per replication (and any halt), the learner-state timeline, the chip-time ledger per
   replication, and the surrogate loss and WAN link utilisation when the run recorded them;
 * **several runs** (or one compare run, which stands for its variants): the same tables with the runs
-  side by side, labelled by what differs between their scenarios (which the page names), goodput and
+  side by side, labelled by what differs between their scenarios (which the page names; past 4 keys or
+  80 characters by their folders, with a table of the differing keys), goodput and
   downtime per run, the ledger per run, one timeline per run, loss curves overlaid;
 * **a sweep**: a table per sweep point, crashed replications with their errors, goodput,
   global-downtime and (with the surrogate) final-loss heatmaps over two axes (one panel per setting of
@@ -256,8 +257,15 @@ def _joined(rows: pd.DataFrame, keys: list[str], sep: str) -> pd.Series:
     return pd.DataFrame({k: level_texts(rows[k]) for k in keys}).agg(sep.join, axis=1)
 
 
-def _setting_text(row: dict | pd.Series, axes: list[str]) -> str:
-    return ", ".join(f"{a}={level_texts(pd.Series([row[a]], name=a)).iloc[0]}" for a in axes)
+def _setting_text(row: dict | pd.Series, axes: list[str], rows: pd.DataFrame) -> str:
+    """``a=v, b=w`` for one sweep point, each level read as its whole column reads (one unit for all)."""
+    parts = []
+    for a in axes:
+        column = rows[a]
+        texts = dict(zip(column, level_texts(column), strict=True))
+        text = texts.get(row[a])
+        parts.append(f"{a}={text if text is not None else level_texts(pd.Series([row[a]], name=a)).iloc[0]}")
+    return ", ".join(parts)
 
 
 def replication_text(r: Results, index: int) -> str:
@@ -266,7 +274,7 @@ def replication_text(r: Results, index: int) -> str:
     match = rows.loc[rows[r.key] == index]
     if match.empty or not axes:
         return f"sweep replication {index}"
-    return f"sweep replication {index} ({_setting_text(match.iloc[0], axes)}, seed {match.iloc[0]['seed']})"
+    return f"sweep replication {index} ({_setting_text(match.iloc[0], axes, rows)}, seed {match.iloc[0]['seed']})"
 
 
 def _sweep_plots(r: Results, number: int = 1) -> list[Plot]:
@@ -285,10 +293,12 @@ def _sweep_plots(r: Results, number: int = 1) -> list[Plot]:
             if not _recorded(rows, metric):
                 continue
             # the panels of a metric share one colour scale: a colour is one value in every panel
-            limits = fig.heatmap_range(rows, x, y, metric, rest) if len(panels) > 1 else None
+            # one colour scale over the panels drawn (those left out past MAX_PANELS do not stretch it)
+            shown = rows.merge(pd.DataFrame(panels[:MAX_PANELS]), on=rest) if len(panels) > 1 else rows
+            limits = fig.heatmap_range(shown, x, y, metric, rest) if len(panels) > 1 else None
             for k, panel in enumerate(panels[:MAX_PANELS]):
                 sub = rows.loc[(rows[list(panel)] == pd.Series(panel)).all(axis=1)] if panel else rows
-                setting = _setting_text(panel, rest) if panel else None
+                setting = _setting_text(panel, rest, rows) if panel else None
                 where = f" at {setting}" if panel else ""
                 plots.append(Plot(
                     f"{slug}-heatmap-{metric}" + (f"-{k}" if rest else ""),
@@ -534,7 +544,10 @@ def write_report(results_paths, out_dir) -> Path:
     differ = scenario_differences([r.scenario_text for r in runs])
     differences = (
         f"<p>The runs differ in: {', '.join(f'<code>{_esc(k)}</code>' for k in differ)}; everything else "
-        f"in their resolved scenarios is the same.</p>{differences_html(runs, differ)}" if len(runs) > 1 and differ else
+        f"in their resolved scenarios is the same.</p>{differences_html(runs, differ)}"
+        if len(runs) > 1 and differ and len(differ) <= 4 else
+        f"<p>The runs differ in the {len(differ)} keys below; everything else in their resolved scenarios is "
+        f"the same.</p>{differences_html(runs, differ)}" if len(runs) > 1 and differ else
         "<p>The runs have the same resolved scenario.</p>" if len(runs) > 1 else ""
     )
     sections = [

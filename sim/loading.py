@@ -196,7 +196,7 @@ def _locate(data: Any, loc: tuple) -> tuple[str, int | str | None]:
     the override that set it (``"--set"``, ``"compare"``, ``"sweep factor"``), or None."""
     node, path, line = data, "", None
     for part in loc:
-        set_by = getattr(node, _SET_BY, {}).get(part) if isinstance(line, int) or line is None else None
+        set_by = getattr(node, _SET_BY, {}).get(part)  # (an inner override names itself over an outer one)
         if isinstance(node, list) and isinstance(part, int) and part < len(node):
             if isinstance(node, CommentedSeq) and part in (node.lc.data or {}):
                 line = node.lc.item(part)[0] + 1

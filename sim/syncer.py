@@ -20,8 +20,9 @@ received Θ_p. At fragment p's slot the synchronizer runs one *round* (Algorithm
 
 This module holds the decision only, as a **pure function**: :func:`decide` takes the time, a
 :class:`SyncView` snapshot and a :class:`SyncConfig`, and returns a :class:`Decision` with a ``reason``
-for every branch. There is no SimPy here; a thin driver gathers the view, applies the decision and
-wakes up again (on the next report, or at ``wait_until_s``). The shape follows torchft's
+for every branch. Its control flow is :func:`rule`, on counts alone: a driver asks it at every
+evaluation, gathers the view and calls :func:`decide` for a round that merges, applies the decision
+and wakes up again (on the next report, or at ``wait_until_s``). There is no SimPy here. The shape follows torchft's
 ``quorum_compute(now, state, opt) -> (members, reason)`` (``STYLE.md`` §1.D, rule 2): time is an
 argument, rules run in order, members are sorted by id, so the decision is table-testable and
 deterministic whatever order the driver lists learners in.
@@ -299,7 +300,8 @@ def rule(now_s: float, alive: int, reported: int, round_opened_s: float, quorum_
     alive reporters, and the grace window in seconds. Returns the rule and, for a WAIT, the time to
     ask again (None: on the next report or membership change).
 
-    This is the whole of decide's control flow; decide adds the members, weights and reason. A driver
+    This is decide's control flow (decide also refuses a view it cannot judge: a time before the view,
+    K above the learners in it) and decide adds the members, weights and reason. A driver
     that only needs to know whether to merge (most evaluations wait) calls this without building a view.
     """
     k = config.quorum

@@ -177,7 +177,7 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1e3:.3g}ms"
     if seconds < 120:
         return f"{seconds:.3g}s"
-    if seconds >= 1000 * 86400:  # past ~3 years days stop being readable: 4.2e+10y, not 1313325398746604d9h
+    if seconds >= 1000 * 86400:  # past ~3 years days stop being readable: 3.6e+12y, not 1313325398746604d9h
         return f"{seconds / _DURATION_UNITS['y']:.3g}y"
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

@@ -270,6 +270,20 @@ def test_factor_levels_read_in_their_units():
     assert texts("topology.default_link.bandwidth", [2e9, 5e9]) == ["2Gbit/s", "5Gbit/s"]
     assert texts("training.quorum", [1, 2]) == ["1", "2"]
     assert texts("training.policy", ["sync_dp", "elastic_dp"]) == ["sync_dp", "elastic_dp"]
+    assert texts("training.grace.fixed", [0.0]) == ["0s"]  # a zero alone picks no unit (not 0d)
+
+
+def test_a_sweep_points_setting_reads_its_levels_as_its_column_does():
+    """A panel title or caption names one point's levels in its column's unit: 120 of [0, 30, 120] s is
+    120s, as the table prints it, not 2min."""
+    from analysis.report import _setting_text
+
+    rows = pd.DataFrame({"training.grace.fixed": [0.0, 30.0, 120.0], "training.quorum": [1, 2, 1]})
+    axes = ["training.grace.fixed", "training.quorum"]
+    assert _setting_text({"training.grace.fixed": 120.0, "training.quorum": 2}, axes, rows) == \
+        "training.grace.fixed=120s, training.quorum=2"
+    assert _setting_text({"training.grace.fixed": 0.0, "training.quorum": 1}, axes, rows).startswith(
+        "training.grace.fixed=0s")
 
 
 def test_sweep_figures_label_factor_levels_as_the_sweep_wrote_them(tmp_path):

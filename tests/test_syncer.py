@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sim.syncer import (
@@ -150,29 +150,47 @@ def test_uniform_merge_ignores_counters():
     assert d.weights == pytest.approx((1 / 3,) * 3)
 
 
+def reference_action(now_s, alive, reported, opened_s, met_s, grace_s, config):
+    """The four rules of decide() written out once more, by hand, as a second computation: (merge?,
+    wake time)."""
+    if reported < config.quorum:
+        timeout_at_s = opened_s + config.round_timeout_s
+        if reported > 0 and now_s >= timeout_at_s:
+            return True, None
+        return False, timeout_at_s if reported > 0 and timeout_at_s < math.inf else None
+    if reported == alive:
+        return True, None
+    deadline_s = (now_s if met_s is None else met_s) + grace_s
+    return (False, deadline_s) if now_s < deadline_s else (True, None)
+
+
 @given(
     flags=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=6),
     k=st.integers(1, 6),
     mode=st.sampled_from([A, F, N]),
-    now_s=st.floats(0.0, 50.0),
     opened_s=st.floats(0.0, 50.0),
-    met_s=st.one_of(st.none(), st.floats(0.0, 50.0)),
+    since_open_s=st.floats(0.0, 50.0),
+    met_fraction=st.one_of(st.none(), st.floats(0.0, 1.0)),
     emas=st.tuples(st.floats(0.0, 10.0), st.floats(0.0, 10.0), st.floats(0.0, 10.0)),
     timeout_s=st.sampled_from([math.inf, 5.0, 20.0]),
 )
-def test_rule_from_counts_is_decides_control_flow(flags, k, mode, now_s, opened_s, met_s, emas, timeout_s):
-    """rule() on counts alone gives the action and wake time decide() gives on the full view (the
-    round engine asks it at every evaluation and builds the view only for a round that merges)."""
-    if k > len(flags) or opened_s > now_s or (met_s is not None and not opened_s <= met_s <= now_s):
-        return
+def test_rule_from_counts_gives_decides_action_and_wake_time(flags, k, mode, opened_s, since_open_s, met_fraction,
+                                                              emas, timeout_s):
+    """decide() on a full view, and rule() on counts alone (the round engine asks it at every evaluation
+    and builds a view only for a round that merges), both give the action and wake time of the rules
+    written out by hand."""
+    assume(k <= len(flags))
+    now_s = opened_s + since_open_s
+    met_s = None if met_fraction is None else min(opened_s + met_fraction * since_open_s, now_s)
     config = SyncConfig(k, mode, grace_fixed_s=3.0, grace_max_s=8.0, round_timeout_s=timeout_s)
     learners = [rep(i, alive=a, reported=r) for i, (a, r) in enumerate(flags)]
     v = SyncView(now_s, 0, opened_s, met_s, tuple(learners), *emas)
+    alive, reported = sum(a for a, _ in flags), sum(a and r for a, r in flags)
+    expected = reference_action(now_s, alive, reported, opened_s, met_s, grace_window_s(v, config), config)
     d = decide(now_s, v, config)
-    which, wait_until_s = rule(now_s, sum(a for a, _ in flags), sum(a and r for a, r in flags), opened_s, met_s,
-                               grace_window_s(v, config), config)
-    assert which.merges == (d.action is Action.MERGE)
-    assert wait_until_s == d.wait_until_s
+    which, wait_until_s = rule(now_s, alive, reported, opened_s, met_s, grace_window_s(v, config), config)
+    assert (d.action is Action.MERGE, d.wait_until_s) == expected
+    assert (which.merges, wait_until_s) == expected
     assert which.value in d.reason
 
 

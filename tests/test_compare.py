@@ -45,9 +45,9 @@ def test_variants_see_the_same_failures(tmp_path):
 
 
 @pytest.mark.parametrize(("compare", "expected"), [
-    # set on the command line: no line of the file holds these values, so none is cited
-    ("{training.policy: [sync_dp, bogus]}", "compare.training.policy[1]: Input should be"),
-    ("{seed: [1, 2]}", "compare: seed cannot vary between variants"),
+    # set on the command line: no line of the file holds these values, so the error says where they came from
+    ("{training.policy: [sync_dp, bogus]}", "compare.training.policy[1] (from --set): Input should be"),
+    ("{seed: [1, 2]}", "compare (from --set): seed cannot vary between variants"),
     ("{training.policy: [sync_dp], training.on_failure: [restart, elastic]}", "all of one length"),
 ])
 def test_bad_compare_is_a_one_line_error_before_anything_is_written(tmp_path, compare, expected):

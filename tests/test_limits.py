@@ -124,7 +124,7 @@ def test_a_surrogate_batch_too_large_is_refused_before_it_runs():
     result = CliRunner().invoke(app, ["validate", file, "--set", "surrogate.batch=1000000000"])
     assert result.exit_code == 2
     text = " ".join(result.output.split())
-    assert "surrogate.batch (line 56): estimated memory 792 GB for the surrogate's minibatches" in text
+    assert "surrogate.batch (from --set): estimated memory 792 GB for the surrogate's minibatches" in text
     work = estimate(load_scenario(file, ["surrogate.batch=100000"])).largest()  # fits in memory, not in time
     assert work.loc == ("surrogate", "batch") and "100,000 samples x 808 parameters" in work.what
     assert CliRunner().invoke(app, ["validate", file, "--set", "surrogate.batch=16"]).exit_code == 0

@@ -38,6 +38,7 @@ from ..syncer import (
     Decision,
     Ema,
     LearnerReport,
+    Rule,
     SyncConfig,
     SyncView,
     TrustedSyncView,
@@ -61,6 +62,7 @@ class Round:
     closed_s: float = math.nan
     reason: str = ""
     pending: set[int] = field(default_factory=set)  # members whose pull (or result) is in flight
+    timed_out: bool = False  # closed by the round timeout (short of quorum)
     timer: int = 0  # generation of its wake-up
     timer_s: float = math.nan  # when its live wake-up fires
 
@@ -262,6 +264,7 @@ class SynchronizerRounds(RoundEngine):
                                    grace, self.config)
         if which.merges:
             view = self.view(rnd, now)
+            rnd.timed_out = which is Rule.ROUND_TIMEOUT
             self._close(rnd, decide(now, view, self.config), view)
         elif wait_until_s is not None and wait_until_s != rnd.timer_s:
             # (a wake-up already set for that instant stands: the reports inside a grace window ask
@@ -282,7 +285,7 @@ class SynchronizerRounds(RoundEngine):
         self._clear_slot(rnd.fragment)
         rnd.members = {m: rnd.reports[m] for m in decision.members}
         rnd.weights = dict(zip(decision.members, decision.weights))
-        if "round timeout" in decision.reason:
+        if rnd.timed_out:
             self.timed_out += 1
         if rnd.quorum_met_s is not None:
             self.grace_s_sum += grace_window_s(view, self.config)
@@ -339,8 +342,7 @@ class SynchronizerRounds(RoundEngine):
                 del rnd.members[ls.index]
                 rnd.pending.discard(ls.index)
                 self.release(rep)
-                timed_out = "round timeout" in rnd.reason
-                if not rnd.members or (len(rnd.members) < self.config.quorum and not timed_out):
+                if not rnd.members or (len(rnd.members) < self.config.quorum and not rnd.timed_out):
                     self._abandon(rnd)
                 elif not rnd.pending:
                     self._merge(rnd)

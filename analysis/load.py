@@ -389,6 +389,9 @@ def load_results(path: str | Path, label: str | None = None) -> Results:
         return _load_sweep(folder, label)
     if (folder / "summary.json").exists() or _replication_folders(folder):
         return _load_run(folder, label)
+    if (folder / "compare.json").exists():
+        variants = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "summary.json").exists())
+        raise ResultsError(f"{folder}: a compare run; load one of its variant folders ({', '.join(variants)})")
     raise ResultsError(f"{folder}: not a results folder (expected summary.json and rep-*/ or a sweep's rows/)")
 
 

@@ -935,3 +935,16 @@ def test_timeline_counts_a_fault_on_several_learners_once(tmp_path):
                                    + (f", {summary['absorbed']} absorbed))" if summary["absorbed"] else "))"))
     triangles = sum(len(line.get_xdata()) for line in ax.get_lines() if line.get_marker() == "v")
     assert triangles == hits
+
+
+def test_loading_a_compare_folder_names_its_variant_folders(tmp_path):
+    """load_results on the folder of a compare run (the default run writes one) says which variant
+    folders it holds, instead of calling it no results folder."""
+    from analysis.load import ResultsError
+
+    (tmp_path / "compare.json").write_text("{}")
+    for name in ("sync_dp-restart", "elastic_dp-elastic"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{}")
+    with pytest.raises(ResultsError, match=r"a compare run; load one of its variant folders \(elastic_dp-elastic, sync_dp-restart\)"):
+        load_results(tmp_path)

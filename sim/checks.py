@@ -17,6 +17,8 @@ whole, the way a reviewer would:
 
 from __future__ import annotations
 
+import difflib
+
 from .cost import estimate
 from .scenario import ChipFailure, LinkDegradation, LinkPartition, Policy, Scenario, SyncerOutage
 from .summary import metric_value
@@ -28,6 +30,12 @@ PROBE_WORK = 1e3  # at most this much estimated work (sim.cost): validate must a
 
 def bound_errors(scenario: Scenario, file: str, scenario_dir=None) -> list[str]:
     """One line per hypothesis or halt bound whose metric the run does not report."""
+    return [f"{file}: {section}[{k}].metric: {message}" for section, k, message in bound_problems(scenario, scenario_dir)]
+
+
+def bound_problems(scenario: Scenario, scenario_dir=None) -> list[tuple[str, int, str]]:
+    """(section, index, what is wrong) for each hypothesis or halt bound whose metric the run does not
+    report; an unknown name close to a known one says which (``goodptu``: did you mean ``goodput``)."""
     from .runner import run_replication
 
     bounds = [("hypotheses", k, b) for k, b in enumerate(scenario.hypotheses)]
@@ -47,15 +55,30 @@ def bound_errors(scenario: Scenario, file: str, scenario_dir=None) -> list[str]:
     if work > PROBE_WORK:
         probe = probe.model_copy(update={"duration": probe.duration * PROBE_WORK / work})
     summary = run_replication(probe, 0, None, scenario_dir).summary
-    errors = []
+    problems = []
     for section, k, bound in bounds:
         if bound.metric.startswith(("failures.", "failures_by_fault.")):
             continue  # a fault kind that did not happen in the probe is a count of 0, not a typo
         try:
             metric_value(summary, bound.metric)
         except KeyError as err:
-            errors.append(f"{file}: {section}[{k}].metric: {err.args[0]}")
-    return errors
+            message = err.args[0]
+            close = difflib.get_close_matches(bound.metric, _metric_paths(summary), n=1)
+            if close:
+                message = message.replace(f"unknown metric {bound.metric!r}", f"unknown metric {bound.metric!r}, did you mean {close[0]!r}?", 1)
+            problems.append((section, k, message))
+    return problems
+
+
+def _metric_paths(summary: dict, prefix: str = "") -> list[str]:
+    """Every dotted path to a number in the summary (``goodput``, ``chip_time_fraction.lost``)."""
+    paths = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            paths += _metric_paths(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            paths.append(f"{prefix}{key}")
+    return paths
 
 
 def training_links(scenario: Scenario) -> set[str] | None:

@@ -377,8 +377,9 @@ def validate(
 ) -> None:
     """Check scenario files (each compared variant too): one line per problem, exit 2 if any is bad;
     warn about faults that cannot fire or cannot touch the training."""
-    from .checks import bound_errors, warnings
+    from .checks import bound_problems, warnings
     from .compare import load_variants
+    from .loading import located, read_yaml
 
     bad = False
     for file in files:
@@ -390,9 +391,21 @@ def validate(
             bad = True
             continue
         problems, notes = [], lint
-        for v in variants:
+        data = read_yaml(file)
+        found = [(v, bound_problems(v.scenario, file.parent)) for v in variants]
+        said = set()
+        for v, missing in found:
             name = f"{file} [{v.label}]" if v.label else str(file)
-            problems += [p for p in bound_errors(v.scenario, name, file.parent) if p not in problems]
+            for section, k, message in missing:
+                # a bound no variant reports is one line about the file (worded as the first variant
+                # has it), not one per variant
+                shared = all(any(p[:2] == (section, k) for p in other) for _, other in found)
+                if shared and (section, k) in said:
+                    continue
+                said.add((section, k))
+                line = f"{located(data, (section, k, 'metric'), str(file) if shared else name)}: {message}"
+                if line not in problems:
+                    problems.append(line)
             notes += [n for n in warnings(v.scenario, name) if n not in notes]
         for problem in problems:
             err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)

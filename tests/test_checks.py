@@ -23,7 +23,29 @@ def test_unknown_hypothesis_metric_is_rejected(tmp_path):
     result, path = validate(tmp_path, hypotheses=[{"metric": "goodput", "min": 0.5}, {"metric": "goodptu", "min": 0.5}])
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: {path}: hypotheses[1].metric: unknown metric 'goodptu' (top-level metrics: ")
+    assert line.startswith(f"error: {path}: hypotheses[1].metric (line ")
+    assert "unknown metric 'goodptu', did you mean 'goodput'? (top-level metrics: " in line
+
+
+def test_a_bad_metric_of_every_compared_variant_is_one_line(tmp_path):
+    """A typo in a hypothesis of a compare run is wrong in every variant: one line about the file, with
+    its line, not one line per variant; a metric only some variants report names those that lack it."""
+    from conftest import ROOT
+
+    text = (ROOT / "scenarios" / "quickstart.yaml").read_text()
+    line_no = next(n for n, row in enumerate(text.splitlines(), 1) if "metric: goodput" in row)
+    for metric, lines in (("goodptu", 1), ("mean_learners_per_merge", 2)):
+        path = tmp_path / f"{metric}.yaml"
+        path.write_text(text.replace("metric: goodput", f"metric: {metric}"))
+        result = CliRunner().invoke(app, ["validate", str(path)])
+        assert result.exit_code == 2
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == lines, errors
+        assert all(f"hypotheses[0].metric (line {line_no}): unknown metric '{metric}'" in e for e in errors)
+        if lines == 1:
+            assert errors[0].startswith(f"error: {path}: hypotheses[0]")
+        else:
+            assert {e.split(" [")[1].split("]")[0] for e in errors} == {"sync_dp, restart", "elastic_dp, elastic"}
 
 
 def test_unknown_halt_metric_is_rejected(tmp_path):
@@ -31,7 +53,7 @@ def test_unknown_halt_metric_is_rejected(tmp_path):
     result, path = validate(tmp_path, halt=[{"metric": "chip_time_fraction.nope", "max": 0.5}],
                             hypotheses=[{"metric": "failures.region_outage", "max": 0}])
     assert result.exit_code == 2
-    assert f"{path}: halt[0].metric: unknown metric 'chip_time_fraction.nope'" in result.stderr
+    assert f"{path}: halt[0].metric (line 1): unknown metric 'chip_time_fraction.nope'" in result.stderr  # (JSON: one line)
     assert "hypotheses[0]" not in result.stderr
 
 

@@ -460,7 +460,8 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
         count += f" ({learner_hits} learner hits" + (f", {absorbed} absorbed)" if absorbed else ")")
     elif absorbed:
         count += f", {absorbed} absorbed"
-    ax.set_title(f"Learner states ({run}{which}; {count})" if which else f"Learner states ({count})")
+    title = f"Learner states ({run}{which}; {count})" if which else f"Learner states ({count})"
+    ax.set_title("\n".join(textwrap.wrap(title, 90)))  # a long run label wraps instead of running off the figure
     # beside the axes, not below: constrained layout makes room for it at any figure height
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
     return ax

@@ -948,3 +948,14 @@ def test_loading_a_compare_folder_names_its_variant_folders(tmp_path):
         (tmp_path / name / "summary.json").write_text("{}")
     with pytest.raises(ResultsError, match=r"a compare run; load one of its variant folders \(elastic_dp-elastic, sync_dp-restart\)"):
         load_results(tmp_path)
+
+
+def test_a_long_timeline_title_wraps():
+    """A run labelled by many differing keys gets a title on several lines, none wider than 90
+    characters, instead of one line cut off at both edges of the figure."""
+    label = ", ".join(f"training.key{i}=value{i}" for i in range(8))
+    rows = pd.DataFrame({"group": ["g"], "phase": ["running"], "start_s": [0.0], "end_s": [3600.0],
+                         "active_chips": [8], "down_chips": [0], "run": [label], "replication": [0]})
+    ax = figures.timeline(rows, axes())
+    lines = ax.get_title().splitlines()
+    assert len(lines) > 1 and max(map(len, lines)) <= 90

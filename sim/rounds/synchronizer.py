@@ -14,8 +14,8 @@ One open round per fragment. A round opens
 Every report, membership change and timer asks the decision about the round (quorum among alive
 reporters, grace window from the EMAs, fast path, round timeout): :func:`sim.syncer.rule`, decide's
 control flow on the round's counts, says whether it merges; a merging round gets :func:`decide` on
-its real view (members, weights, reason). On MERGE the
-members' fragments are pulled over their channels to the synchronizer's region; the merge happens
+its real view (members, weights, reason). On MERGE the members' fragments are pulled over their
+channels to the synchronizer's region; the merge happens
 when the last pull has arrived (a member that fails first is dropped; with fewer than K left and no
 timeout the round is abandoned and every report given back), then the result is sent back to each
 member. Reports to an unreachable synchronizer (outage, partition) fail at once: the learner trains

@@ -15,10 +15,9 @@ Every report, membership change and timer asks the decision about the round (quo
 reporters, grace window from the EMAs, fast path, round timeout): :func:`sim.syncer.rule`, decide's
 control flow on the round's counts, says whether it merges; a merging round gets :func:`decide` on
 its real view (members, weights, reason). On MERGE the members' fragments are pulled over their
-channels to the synchronizer's region; the merge happens
-when the last pull has arrived (a member that fails first is dropped; with fewer than K left and no
-timeout the round is abandoned and every report given back), then the result is sent back to each
-member. Reports to an unreachable synchronizer (outage, partition) fail at once: the learner trains
+channels to the synchronizer's region; the merge happens when the last pull has arrived (a member
+that fails first is dropped; with fewer than K left and no timeout the round is abandoned and every
+report given back), then the result is sent back to each member. Reports to an unreachable synchronizer (outage, partition) fail at once: the learner trains
 on and carries its counters. A synchronizer outage abandons every round not yet merged and stops the
 results in flight (that work stays merged); a partition does the same to the learners it cuts off.
 

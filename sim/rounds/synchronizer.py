@@ -17,9 +17,10 @@ control flow on the round's counts, says whether it merges; a merging round gets
 its real view (members, weights, reason). On MERGE the members' fragments are pulled over their
 channels to the synchronizer's region; the merge happens when the last pull has arrived (a member
 that fails first is dropped; with fewer than K left and no timeout the round is abandoned and every
-report given back), then the result is sent back to each member. Reports to an unreachable synchronizer (outage, partition) fail at once: the learner trains
-on and carries its counters. A synchronizer outage abandons every round not yet merged and stops the
-results in flight (that work stays merged); a partition does the same to the learners it cuts off.
+report given back), then the result is sent back to each member. Reports to an unreachable
+synchronizer (outage, partition) fail at once: the learner trains on and carries its counters. A
+synchronizer outage abandons every round not yet merged and stops the results in flight (that work
+stays merged); a partition does the same to the learners it cuts off.
 
 Stalls are measured from the rounds: ``quorum_unmet_s`` is the time some alive learner is blocked on
 a round short of quorum; ``deadlock_s`` the time at least K learners are alive and every one of them

@@ -20,17 +20,13 @@ from __future__ import annotations
 import difflib
 
 from .cost import estimate
+from .executors import summary_row
 from .scenario import ChipFailure, LinkDegradation, LinkPartition, Policy, Scenario, SyncerOutage
 from .summary import metric_value
 from .topology import build_topology, link_name
 
 PROBE_S = 60.0  # simulated seconds of the run that discovers the metric names
 PROBE_WORK = 1e3  # at most this much estimated work (sim.cost): validate must answer at once at any scale
-
-
-def bound_errors(scenario: Scenario, file: str, scenario_dir=None) -> list[str]:
-    """One line per hypothesis or halt bound whose metric the run does not report."""
-    return [f"{file}: {section}[{k}].metric: {message}" for section, k, message in bound_problems(scenario, scenario_dir)]
 
 
 def bound_problems(scenario: Scenario, scenario_dir=None) -> list[tuple[str, int, str]]:
@@ -63,22 +59,12 @@ def bound_problems(scenario: Scenario, scenario_dir=None) -> list[tuple[str, int
             metric_value(summary, bound.metric)
         except KeyError as err:
             message = err.args[0]
-            close = difflib.get_close_matches(bound.metric, _metric_paths(summary), n=1)
+            numbers = [k for k, v in summary_row(summary).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            close = difflib.get_close_matches(bound.metric, numbers, n=1)
             if close:
                 message = message.replace(f"unknown metric {bound.metric!r}", f"unknown metric {bound.metric!r}, did you mean {close[0]!r}?", 1)
             problems.append((section, k, message))
     return problems
-
-
-def _metric_paths(summary: dict, prefix: str = "") -> list[str]:
-    """Every dotted path to a number in the summary (``goodput``, ``chip_time_fraction.lost``)."""
-    paths = []
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            paths += _metric_paths(value, f"{prefix}{key}.")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            paths.append(f"{prefix}{key}")
-    return paths
 
 
 def training_links(scenario: Scenario) -> set[str] | None:

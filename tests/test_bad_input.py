@@ -516,7 +516,7 @@ def test_validate_with_allow_large_answers_at_once_at_any_scale():
     ages for every chip) still checks the hypothesis metrics, on a short probe with memoryless lifetimes."""
     import time
 
-    from sim.checks import bound_errors
+    from sim.checks import bound_problems
     from sim.loading import load_scenario
 
     scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml", [
@@ -524,7 +524,7 @@ def test_validate_with_allow_large_answers_at_once_at_any_scale():
         "training.on_failure=elastic", "hypotheses=[{metric: goodptu, min: 0.5}]",
         "faults.0.lifetime=weibull", "faults.0.shape=1.5"], allow_large=True)  # 96 TB of Weibull ages
     start = time.perf_counter()
-    (error,) = bound_errors(scenario, "quickstart.yaml")
+    ((_, _, error),) = bound_problems(scenario)
     assert time.perf_counter() - start < 2.0
     assert "unknown metric 'goodptu'" in error
 

@@ -28,6 +28,10 @@ from sim.sweep import load_sweep
 
 SMALL = Path(__file__).parent / "data" / "small.yaml"
 ORPHAN_GRACE_S = 2.0
+# long enough that a signalled sweep is still running: its 16 replications take about 0.35 s each, so
+# some 3 s pass between the first rows and the last (at 60 days all 16 were written within 0.45 s, and
+# a busy machine could let the sweep finish before the test's signal arrived)
+SIGNALLED_SWEEP_DURATION = "400d"
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -114,7 +118,7 @@ def sweep_processes(pid: int) -> list[psutil.Process]:
 def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signum, executor):
     """Signal the sweep's main process only: its workers (and forkserver and resource tracker, or Dask
     nannies) are gone within 2 s; every row left reads; --resume runs exactly the missing replications."""
-    scenario = write_scenario(tmp_path / "in", duration="60d")
+    scenario = write_scenario(tmp_path / "in", duration=SIGNALLED_SWEEP_DURATION)
     folder = tmp_path / "out"
     args = ["sweep", str(scenario), "--seeds", "1-8", "--workers", "2", "-q", "-o", str(folder)]
     sweep = start(*args, "--executor", executor)
@@ -149,7 +153,7 @@ def test_killed_sweep_leaves_no_process_and_resumes_exactly_once(tmp_path, signu
 
 def test_a_dask_sweep_stops_without_tracebacks(tmp_path):
     """SIGTERM to a sweep on its own local Dask cluster: exit 130, and stderr is the one line saying what was kept."""
-    scenario = write_scenario(tmp_path / "in", duration="60d")
+    scenario = write_scenario(tmp_path / "in", duration=SIGNALLED_SWEEP_DURATION)
     folder = tmp_path / "out"
     sweep = start("sweep", str(scenario), "--seeds", "1-8", "--workers", "2", "--executor", "dask", "-q", "-o", str(folder))
     try:
@@ -182,7 +186,7 @@ def test_two_sweeps_on_one_folder_exactly_one_runs(tmp_path):
 
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
     """While a sweep holds its folder, a run or a sweep -o that folder is refused, naming the owner's pid."""
-    scenario = write_scenario(tmp_path / "in", duration="60d")
+    scenario = write_scenario(tmp_path / "in", duration=SIGNALLED_SWEEP_DURATION)
     folder = tmp_path / "out"
     # enough seeds that the sweep still holds the folder when the second writer comes (a 60-day
     # replication of this scenario takes well under a second)

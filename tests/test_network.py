@@ -234,6 +234,21 @@ def test_cancel_frees_the_share():
     assert net.stats("a~b").bytes_delivered == approx(1.25 * GB)
 
 
+def test_cancel_in_the_latency_phase_silences_the_arrival():
+    """A transfer cancelled after its last byte left (in its latency phase) has sent every byte, and
+    nothing waiting on it hears it arrive; one cancelled after it arrived reports its bytes too."""
+    env, net = make(2 * GBPS, 0.5)
+    a, b = net.transfer("a~b", GB), net.transfer("a~b", GB)  # both leave at 8 s, arrive at 8.5 s
+    heard, sent = [], []
+    b.callbacks.append(lambda e: heard.append(e.value.end))
+    a.callbacks.append(lambda e: heard.append(("a", e.value.end)))
+    at(env, 8.2, lambda: sent.append(net.cancel(b)))
+    at(env, 9.0, lambda: sent.append(net.cancel(a)))
+    env.run()
+    assert heard == [("a", approx(8.5))] and sent == [GB, GB]
+    assert net.stats("a~b").transfers_completed == 2 and net.stats("a~b").bytes_delivered == approx(2 * GB)
+
+
 def test_links_are_independent():
     """Traffic on one link does not slow another."""
     env, net = make(2 * GBPS, 0.0, name="x")

@@ -154,6 +154,7 @@ class Group:
         self._run_started_s = env.now
         self._step_wall_s = math.inf
         self._never = env.event()
+        self._planning = False  # inside _replan_at_once: a wake from a listener waits for its end
         self.listeners: list[Callable[[Group, Phase, Phase], None]] = []
         # told after every (re)plan: (group, old phase, new phase); a RUNNING -> RUNNING call is a
         # re-timing (the step time changed), which phase listeners do not see
@@ -287,11 +288,30 @@ class Group:
         """Something changed that may re-time or unblock the group."""
         self.settle()
         self._compute_s = None
-        if self.env.active_process is self.process:
-            # told from inside its own process (a listener): re-plan right after this step
+        if self.env.active_process is self.process or self._planning:
+            # told from inside its own process (a listener) or its own planning: re-plan right after this step
             self.env.timeout(0).callbacks.append(lambda _e: self.wake(reason))
+        elif self.process.is_alive and self.process.target is self._never and self._stretch is None \
+                and self._resume_s is None:
+            self._replan_at_once(Wake(reason))
         elif self.process.is_alive:
             self.process.interrupt(Wake(reason))
+
+    def _replan_at_once(self, cause: Wake) -> None:
+        """A wake of a group waiting on nothing (running or blocked with no end in sight), handled now, as
+        the interrupt would handle it, without one. The process keeps waiting when the new phase has no
+        end either (blocking on a round's result and running on again: the usual case in the outer
+        rounds), and is told what to wait for otherwise. Saves an interrupt and a resume per wake."""
+        self._planning = True
+        try:
+            self._interrupted(cause)
+            wait = self._plan_next()
+        finally:
+            self._planning = False
+        if wait is None:
+            wait = self._stretch.wait()
+        if wait is not self._never:
+            self.process.interrupt(Planned(wait))
 
     def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: Tier | None) -> None:
         self.down_units[island.index] |= units  # (units not down already: fail_chip leaves those out)

@@ -155,6 +155,7 @@ class Group:
         self._step_wall_s = math.inf
         self._never = env.event()
         self._planning = False  # inside _replan_at_once: a wake from a listener waits for its end
+        self._interrupts_pending = 0  # sent to the process and not yet received
         self.listeners: list[Callable[[Group, Phase, Phase], None]] = []
         # told after every (re)plan: (group, old phase, new phase); a RUNNING -> RUNNING call is a
         # re-timing (the step time changed), which phase listeners do not see
@@ -291,17 +292,22 @@ class Group:
         if self.env.active_process is self.process or self._planning:
             # told from inside its own process (a listener) or its own planning: re-plan right after this step
             self.env.timeout(0).callbacks.append(lambda _e: self.wake(reason))
-        elif self.process.is_alive and self.process.target is self._never and self._stretch is None \
-                and self._resume_s is None:
+        elif self.process.is_alive and self.process.target is self._never and not self._interrupts_pending \
+                and self._stretch is None and self._resume_s is None:
             self._replan_at_once(Wake(reason))
         elif self.process.is_alive:
-            self.process.interrupt(Wake(reason))
+            self._interrupt(Wake(reason))
+
+    def _interrupt(self, cause: Failure | Wake | Planned) -> None:
+        self._interrupts_pending += 1
+        self.process.interrupt(cause)
 
     def _replan_at_once(self, cause: Wake) -> None:
         """A wake of a group waiting on nothing (running or blocked with no end in sight), handled now, as
         the interrupt would handle it, without one. The process keeps waiting when the new phase has no
         end either (blocking on a round's result and running on again: the usual case in the outer
-        rounds), and is told what to wait for otherwise. Saves an interrupt and a resume per wake."""
+        rounds), and is told what to wait for otherwise. Saves an interrupt and a resume per wake. Not while
+        an interrupt is on its way (a failure, say): the wake then waits its turn behind it, as before."""
         self._planning = True
         try:
             self._interrupted(cause)
@@ -311,7 +317,7 @@ class Group:
         if wait is None:
             wait = self._stretch.wait()
         if wait is not self._never:
-            self.process.interrupt(Planned(wait))
+            self._interrupt(Planned(wait))
 
     def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: Tier | None) -> None:
         self.down_units[island.index] |= units  # (units not down already: fail_chip leaves those out)
@@ -362,7 +368,7 @@ class Group:
         if at_once and self.process.is_alive and self.env.active_process is not self.process:
             self._restart_at_once(Failure(island.name, kind, fault, swapped, swap_s))
         elif self.process.is_alive:
-            self.process.interrupt(Failure(island.name, kind, fault, swapped, swap_s))
+            self._interrupt(Failure(island.name, kind, fault, swapped, swap_s))
         return True
 
     def _restart_at_once(self, cause: Failure) -> None:
@@ -377,7 +383,7 @@ class Group:
         self._interrupted(cause)
         wait = self._plan_next()
         if wait is not None:
-            self.process.interrupt(Planned(wait))
+            self._interrupt(Planned(wait))
 
     # ----------------------------------------------------------------------------------- the process
 
@@ -390,6 +396,7 @@ class Group:
             try:
                 yield wait
             except simpy.Interrupt as irq:
+                self._interrupts_pending -= 1
                 if isinstance(irq.cause, Planned):
                     planned = irq.cause.wait
                     continue

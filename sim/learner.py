@@ -290,33 +290,32 @@ class Group:
         self.settle()
         self._compute_s = None
         if self.env.active_process is self.process or self._planning:
-            # told from inside its own process (a listener) or its own planning: re-plan right after this step
+            # told from inside its own process (a listener) or its own re-plan: re-plan right after this step
             self.env.timeout(0).callbacks.append(lambda _e: self.wake(reason))
-        elif self.process.is_alive and self.process.target is self._never and not self._interrupts_pending \
-                and self._stretch is None and self._resume_s is None:
-            self._replan_at_once(Wake(reason))
         elif self.process.is_alive:
-            self._interrupt(Wake(reason))
+            # re-planned in an urgent event of its own, where an interrupt would be handled (so in the same
+            # order), without throwing into the process: it is told what to wait for only when that changes
+            replan = simpy.Event(self.env)
+            replan._ok, replan._value = True, Wake(reason)
+            replan.callbacks.append(self._replan)
+            self.env.schedule(replan, simpy.events.URGENT)
 
-    def _interrupt(self, cause: Failure | Wake | Planned) -> None:
+    def _interrupt(self, cause: Failure | Planned) -> None:
         self._interrupts_pending += 1
         self.process.interrupt(cause)
 
-    def _replan_at_once(self, cause: Wake) -> None:
-        """A wake of a group waiting on nothing (running or blocked with no end in sight), handled now, as
-        the interrupt would handle it, without one. The process keeps waiting when the new phase has no
-        end either (blocking on a round's result and running on again: the usual case in the outer
-        rounds), and is told what to wait for otherwise. Saves an interrupt and a resume per wake. Not while
-        an interrupt is on its way (a failure, say): the wake then waits its turn behind it, as before."""
+    def _replan(self, event: simpy.Event) -> None:
+        """A wake, handled as the process would handle its interrupt."""
+        if not self.process.is_alive:
+            return
         self._planning = True
         try:
-            self._interrupted(cause)
-            wait = self._plan_next()
+            self._leave_stretch()
+            self._interrupted(event.value)
+            wait = self._next_wait()
         finally:
             self._planning = False
-        if wait is None:
-            wait = self._stretch.wait()
-        if wait is not self._never:
+        if self._interrupts_pending or wait is not self.process.target:
             self._interrupt(Planned(wait))
 
     def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: Tier | None) -> None:

@@ -14,8 +14,7 @@ Timing of one transfer::
 Latency is added **once, after the last byte has left** (the propagation delay of the last bit), using
 the latency in force at that instant. While a transfer is in its latency phase it no longer takes
 capacity. A zero-byte transfer takes just the latency. The transfer's SimPy event succeeds at ``end``
-with a :class:`TransferRecord` (it is scheduled at ``sent``, ``latency`` ahead, as a timeout is: the
-latency costs no event of its own).
+with a :class:`TransferRecord`; whatever waits on it runs at once, in the event that ends the latency.
 
 Changing a link's capacity (degradation, partition, repair) re-times every transfer in flight: the
 bits each flow moved up to the change are booked at the old rates, then rates are recomputed.
@@ -98,6 +97,7 @@ class _Flow:
     """A transfer still sending bits."""
 
     __slots__ = (
+        "cancelled",
         "cap_bps",
         "event",
         "link",
@@ -117,6 +117,7 @@ class _Flow:
         self.rate_bps = 0.0
         self.start = start
         self.tag = tag
+        self.cancelled = False
 
 
 class _Link:
@@ -248,14 +249,12 @@ class Network:
 
         Returns the bytes it had sent (all of them if it was already in its latency phase, or done).
         """
+        if transfer_event.triggered:
+            return transfer_event.value.nbytes if transfer_event.ok else 0.0
         flow = self._flow_of_event.pop(transfer_event, None)
         if flow is None:
-            if transfer_event.processed:
-                return transfer_event.value.nbytes
             raise ValueError("not a transfer of this network")
-        if transfer_event.triggered:  # in its latency phase: every byte has left; nobody hears it arrive
-            transfer_event.callbacks.clear()
-            return flow.nbytes
+        flow.cancelled = True
         lk = flow.link
         if flow in lk.flows:
             self._advance(lk)
@@ -366,18 +365,30 @@ class Network:
         self._reschedule(lk)
 
     def _deliver(self, flow: _Flow) -> None:
-        """The last byte has left: count it; the transfer's event fires after the link's latency.
-
-        The event itself is scheduled that far ahead (as a timeout is), so the latency costs no event of
-        its own; a cancel in the latency phase empties its callbacks instead (see :meth:`cancel`)."""
-        lk, now = flow.link, self.env.now
+        """The last byte has left: count it, then succeed the event after the link's latency."""
+        lk = flow.link
         lk.completed += 1
-        event = flow.event
-        event._ok = True
-        event._value = TransferRecord(lk.name, flow.nbytes, flow.start, now, now + lk.latency_s, flow.tag)
-        event.callbacks.insert(0, self._arrived)
-        self.env.schedule(event, simpy.events.NORMAL, lk.latency_s)
+        if lk.latency_s > 0:
+            self.env.timeout(lk.latency_s, (flow, self.env.now)).callbacks.append(self._arrived)
+        else:  # inside a wake-up or a start: what waits on it runs in an event of its own, not in the middle
+            self._flow_of_event.pop(flow.event, None)
+            flow.event.succeed(self._record(flow, self.env.now))
 
     def _arrived(self, event: simpy.Event) -> None:
-        """The transfer's last byte has arrived: it no longer needs finding by its event."""
-        self._flow_of_event.pop(event, None)
+        """The latency after a flow's last byte has passed (the event's value: flow, time it was sent).
+
+        The transfer's event succeeds, and what waits on it runs now, inside this event, rather than in
+        an event of its own one step later (which is what ``event.succeed()`` would schedule): an
+        arrival costs no event. A cancelled transfer never fires."""
+        flow, sent = event.value
+        if flow.cancelled:
+            return
+        self._flow_of_event.pop(flow.event, None)
+        done = flow.event
+        done._ok, done._value = True, self._record(flow, sent)
+        callbacks, done.callbacks = done.callbacks, None
+        for callback in callbacks:
+            callback(done)
+
+    def _record(self, flow: _Flow, sent: float) -> TransferRecord:
+        return TransferRecord(flow.link.name, flow.nbytes, flow.start, sent, self.env.now, flow.tag)

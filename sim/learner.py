@@ -154,8 +154,6 @@ class Group:
         self._run_started_s = env.now
         self._step_wall_s = math.inf
         self._never = env.event()
-        self._planning = False  # inside _replan_at_once: a wake from a listener waits for its end
-        self._interrupts_pending = 0  # sent to the process and not yet received
         self.listeners: list[Callable[[Group, Phase, Phase], None]] = []
         # told after every (re)plan: (group, old phase, new phase); a RUNNING -> RUNNING call is a
         # re-timing (the step time changed), which phase listeners do not see
@@ -289,34 +287,11 @@ class Group:
         """Something changed that may re-time or unblock the group."""
         self.settle()
         self._compute_s = None
-        if self.env.active_process is self.process or self._planning:
-            # told from inside its own process (a listener) or its own re-plan: re-plan right after this step
+        if self.env.active_process is self.process:
+            # told from inside its own process (a listener): re-plan right after this step
             self.env.timeout(0).callbacks.append(lambda _e: self.wake(reason))
         elif self.process.is_alive:
-            # re-planned in an urgent event of its own, where an interrupt would be handled (so in the same
-            # order), without throwing into the process: it is told what to wait for only when that changes
-            replan = simpy.Event(self.env)
-            replan._ok, replan._value = True, Wake(reason)
-            replan.callbacks.append(self._replan)
-            self.env.schedule(replan, simpy.events.URGENT)
-
-    def _interrupt(self, cause: Failure | Planned) -> None:
-        self._interrupts_pending += 1
-        self.process.interrupt(cause)
-
-    def _replan(self, event: simpy.Event) -> None:
-        """A wake, handled as the process would handle its interrupt."""
-        if not self.process.is_alive:
-            return
-        self._planning = True
-        try:
-            self._leave_stretch()
-            self._interrupted(event.value)
-            wait = self._next_wait()
-        finally:
-            self._planning = False
-        if self._interrupts_pending or wait is not self.process.target:
-            self._interrupt(Planned(wait))
+            self.process.interrupt(Wake(reason))
 
     def _mark_down(self, island: Island, units: set[int], repair_s: float, spare: Tier | None) -> None:
         self.down_units[island.index] |= units  # (units not down already: fail_chip leaves those out)
@@ -367,7 +342,7 @@ class Group:
         if at_once and self.process.is_alive and self.env.active_process is not self.process:
             self._restart_at_once(Failure(island.name, kind, fault, swapped, swap_s))
         elif self.process.is_alive:
-            self._interrupt(Failure(island.name, kind, fault, swapped, swap_s))
+            self.process.interrupt(Failure(island.name, kind, fault, swapped, swap_s))
         return True
 
     def _restart_at_once(self, cause: Failure) -> None:
@@ -382,7 +357,7 @@ class Group:
         self._interrupted(cause)
         wait = self._plan_next()
         if wait is not None:
-            self._interrupt(Planned(wait))
+            self.process.interrupt(Planned(wait))
 
     # ----------------------------------------------------------------------------------- the process
 
@@ -395,7 +370,6 @@ class Group:
             try:
                 yield wait
             except simpy.Interrupt as irq:
-                self._interrupts_pending -= 1
                 if isinstance(irq.cause, Planned):
                     planned = irq.cause.wait
                     continue

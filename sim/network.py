@@ -14,7 +14,7 @@ Timing of one transfer::
 Latency is added **once, after the last byte has left** (the propagation delay of the last bit), using
 the latency in force at that instant. While a transfer is in its latency phase it no longer takes
 capacity. A zero-byte transfer takes just the latency. The transfer's SimPy event succeeds at ``end``
-with a :class:`TransferRecord`; whatever waits on it runs at once, in the event that ends the latency.
+with a :class:`TransferRecord`.
 
 Changing a link's capacity (degradation, partition, repair) re-times every transfer in flight: the
 bits each flow moved up to the change are booked at the old rates, then rates are recomputed.
@@ -370,25 +370,15 @@ class Network:
         lk.completed += 1
         if lk.latency_s > 0:
             self.env.timeout(lk.latency_s, (flow, self.env.now)).callbacks.append(self._arrived)
-        else:  # inside a wake-up or a start: what waits on it runs in an event of its own, not in the middle
-            self._flow_of_event.pop(flow.event, None)
-            flow.event.succeed(self._record(flow, self.env.now))
+        else:
+            self._succeed(flow, self.env.now)
 
     def _arrived(self, event: simpy.Event) -> None:
-        """The latency after a flow's last byte has passed (the event's value: flow, time it was sent).
+        """The latency after a flow's last byte has passed (the event's value: flow, time it was sent)."""
+        self._succeed(*event.value)
 
-        The transfer's event succeeds, and what waits on it runs now, inside this event, rather than in
-        an event of its own one step later (which is what ``event.succeed()`` would schedule): an
-        arrival costs no event. A cancelled transfer never fires."""
-        flow, sent = event.value
+    def _succeed(self, flow: _Flow, sent: float) -> None:
         if flow.cancelled:
             return
         self._flow_of_event.pop(flow.event, None)
-        done = flow.event
-        done._ok, done._value = True, self._record(flow, sent)
-        callbacks, done.callbacks = done.callbacks, None
-        for callback in callbacks:
-            callback(done)
-
-    def _record(self, flow: _Flow, sent: float) -> TransferRecord:
-        return TransferRecord(flow.link.name, flow.nbytes, flow.start, sent, self.env.now, flow.tag)
+        flow.event.succeed(TransferRecord(flow.link.name, flow.nbytes, flow.start, sent, self.env.now, flow.tag))

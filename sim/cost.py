@@ -276,10 +276,19 @@ def estimate(scenario: Scenario) -> Cost:
         fragments = 1 if training.policy is Policy.DILOCO else training.fragments
         steps = _step_times(scenario)
         rounds = math.fsum(duration / step * fragments / training.inner_steps for step in steps)
-        # the step time (given, or from params, tokens, chips and mfu) is what usually makes rounds many
-        loc = ("workload", "step_time") if scenario.workload.step_time != "auto" else ("workload",)
+        # the step time is what usually makes rounds many: the one given, or (auto) the one of the island
+        # with the most compute, whose chips are then the field to name
+        if scenario.workload.step_time != "auto":
+            loc, auto = ("workload", "step_time"), ""
+        else:
+            r, i, spec = min(((r, i, spec) for r, region in enumerate(scenario.topology.regions)
+                              for i, spec in enumerate(region.islands)),
+                             key=lambda c: -c[2].chips * catalog(scenario.chips)[c[2].chip].peak_flops)
+            loc = ("topology", "regions", r, "islands", i, "chips")
+            auto = (f"; the step time is auto, from workload params and tokens_per_step over the "
+                    f"{spec.chips:,} {spec.chip} chips of {spec.name}")
         terms.append(Term(f"outer rounds (duration / step time {min(steps):.3g} s x fragments {fragments} / "
-                          f"inner_steps {training.inner_steps}, over {len(steps)} learners)", loc, rounds))
+                          f"inner_steps {training.inner_steps}, over {len(steps)} learners{auto})", loc, rounds))
         groups = len(island_list(scenario))
     surrogate = scenario.surrogate
     if surrogate.model != "off":

@@ -100,6 +100,19 @@ def test_estimated_surrogate_memory_bounds_the_arrays_it_allocates(sizes):
     assert held <= surrogate_bytes(scenario, learners) - surrogate_scratch_bytes(scenario, learners) <= 2.5 * held
 
 
+def test_rounds_too_many_name_the_field_that_makes_them_many():
+    """An auto step time shrinks with chips: 10^12 chips on one island make rounds every 89 ns, and the
+    refusal names that island's chips (set from the command line), not the workload; a step time given
+    in the scenario is named itself."""
+    file = str(SCENARIOS / "million-chips-decoupled.yaml")
+    result = CliRunner().invoke(app, ["validate", file, "--set", "topology.regions.1.islands.0.chips=1000000000000"])
+    assert result.exit_code == 2
+    assert "topology.regions[1].islands[0].chips (from --set): estimated work" in result.output
+    assert "auto, from workload params and tokens_per_step over the 1,000,000,000,000 v5p chips of central" in result.output
+    result = CliRunner().invoke(app, ["validate", file, "--set", "workload.step_time=1us"])
+    assert result.exit_code == 2 and "workload.step_time (from --set): estimated work" in result.output
+
+
 def test_a_surrogate_too_large_for_memory_is_refused_before_it_runs():
     """10^10 parameters per learner would die of a MemoryError mid-run: refused up front, exit 2, with
     the YAML path and the estimate; --allow-large lets the estimate through."""

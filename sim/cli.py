@@ -36,6 +36,7 @@ from .outputs import write_text_atomic
 from .provenance import header, provenance
 from .quantities import format_metric, readable_number, verdict_text
 from .scenario import Scenario
+from .summary import AT_END_NOTE_SHARE
 
 out = Console()
 err = Console(stderr=True)
@@ -194,8 +195,6 @@ def _overrides(set_: list[str], seed: int | None, replications: int | None) -> l
     return extra
 
 
-# `run` says so when more than this share of goodput is work the run's end found pending
-AT_END_NOTE_SHARE = 0.1
 # a learner merged in fewer than this share of the rounds of a typical learner, while up most of the run,
 # gets a note: its reports keep missing the rounds (the grace window can phase-lock with its step time)
 LEFT_OUT_SHARE = 0.1

@@ -31,6 +31,9 @@ import math
 
 from .metrics import Bucket, combine
 
+AT_END_NOTE_SHARE = 0.1
+"""More than this share of goodput resting on the run-end convention gets a note (run, sweep)."""
+
 
 def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, final: bool) -> dict:
     now = ctx.env.now

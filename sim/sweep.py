@@ -90,6 +90,7 @@ from .outputs import FolderLock, check_writable, describe_contents
 from .provenance import header, provenance
 from .quantities import format_metric, metric_quantity
 from .scenario import Scenario, SweepSpec
+from .summary import AT_END_NOTE_SHARE
 
 WALL_COLUMNS = ("wall_time_s", "events_per_s", "sim_speedup", "row_wall_s", "surrogate_wall_s")
 """Row columns that measure the machine, not the simulation (left out when comparing sweeps)."""
@@ -479,6 +480,32 @@ def best_table(frame: pd.DataFrame, plan: SweepPlan):
     return table
 
 
+def run_end_notes(frame: pd.DataFrame, plan: SweepPlan) -> list[str]:
+    """Notes on points whose mean goodput rests for more than :data:`AT_END_NOTE_SHARE` on the run-end
+    convention (work still unmerged or uncheckpointed when the runs ended, counted useful), as ``run``
+    prints for one run: the best goodput of the table may be mostly that."""
+    if "useful_at_end_fraction" not in frame.columns or "goodput" not in frame.columns:
+        return []
+    goodput = point_stats(frame, "goodput")["mean"].dropna()
+    if goodput.empty:
+        return []
+    share = (point_stats(frame, "useful_at_end_fraction")["mean"] / goodput).where(goodput > 0).dropna()
+    flagged = share[share > AT_END_NOTE_SHARE]
+    if flagged.empty:
+        return []
+
+    def setting(point: int) -> str:
+        return ", ".join(f"{key}={value}" for key, value in plan.settings[point].items()) or "the base scenario"
+
+    best, worst = goodput.idxmax(), flagged.idxmax()
+    notes = [f"note: at {len(flagged)} of {len(goodput)} points more than {AT_END_NOTE_SHARE:.0%} of goodput is work "
+             f"still unmerged or uncheckpointed when the runs ended, counted useful by the run-end convention "
+             f"(most: {flagged[worst]:.0%} at {setting(worst)}); a longer run shows whether it is kept"]
+    if best in flagged.index:
+        notes.append(f"note: the best goodput ({goodput[best]:.4f}, {setting(best)}) is {flagged[best]:.0%} such work")
+    return notes
+
+
 def command(
     file: Path, grid: Sequence[str], zipped: Sequence[str], seeds: str | None, overrides: Sequence[str],
     output: Path | None, executor: str, workers: int | None, address: str | None, resume: bool, quiet: bool,
@@ -534,6 +561,8 @@ def command(
         raise
     frame = load_sweep(outcome.folder)
     out.print(best_table(frame, plan))
+    for note in run_end_notes(frame, plan):
+        out.print(note, markup=False, highlight=False, soft_wrap=True)
     for row in frame[frame["status"] != "ok"].head(5).itertuples():
         err.print(f"replication {row.index} (point {row.point}, seed {row.seed}) failed: {row.error}", markup=False, highlight=False, soft_wrap=True)
     gated = gate_failures(frame)

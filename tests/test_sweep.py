@@ -362,6 +362,28 @@ def test_best_table_keeps_every_key_and_value_whole_in_80_columns():
     assert mean[1:] == ["1.0000", "0", "0.3"]
 
 
+def test_a_best_goodput_resting_on_the_run_end_convention_gets_a_note():
+    """As ``run`` notes it for one run: points whose mean goodput is more than 10 % work still pending
+    when the runs ended are counted and the worst named; the best goodput's point, if it is one of
+    them, is named with its share. Points under the share get no note."""
+    from sim.sweep import run_end_notes
+
+    plan = plan_sweep(ROOT / "scenarios" / "four-regions-12b.yaml",
+                      grid={"training.quorum": ["1", "4"]}, seeds=[1, 2])
+    frame = pd.DataFrame({
+        "point": [0, 0, 1, 1], "status": ["ok"] * 4,
+        "goodput": [0.96, 0.97, 0.82, 0.82],
+        "useful_at_end_fraction": [0.85, 0.86, 0.02, 0.02],  # point 0: 89 % of its goodput; point 1: 2 %
+    })
+    notes = run_end_notes(frame, plan)
+    assert len(notes) == 2
+    assert "at 1 of 2 points more than 10% of goodput" in notes[0] and "(most: 89% at training.quorum=1)" in notes[0]
+    assert notes[1] == "note: the best goodput (0.9650, training.quorum=1) is 89% such work"
+    frame["useful_at_end_fraction"] = 0.05
+    assert run_end_notes(frame, plan) == []
+    assert run_end_notes(frame.drop(columns="useful_at_end_fraction"), plan) == []
+
+
 @pytest.mark.parametrize("text", ["5-1", "1-3,9-2"])
 def test_an_empty_seed_range_says_so(text):
     """``--seeds 5-1`` holds no seed: the error names the range, not an empty list of seeds."""

@@ -373,6 +373,33 @@ def drawn_phases(rows: pd.DataFrame) -> pd.Series:
     return rows["phase"].where(~is_down, "down")
 
 
+UNSEEN_SPAN = 1 / 2000
+"""A span shorter than this share of the time axis is under half a pixel wide at the figures' sizes."""
+DENSE_SPANS = 200
+"""More such spans than this blend into their neighbours' colour instead of showing as thin lines."""
+
+
+def unseen_shares(rows: pd.DataFrame, end_s: float) -> dict[str, str]:
+    """Per group, the phases other than running that take at least 1 % of the run but mostly in many
+    spans too short to draw (:data:`UNSEEN_SPAN`, :data:`DENSE_SPANS`): e.g. a learner blocked 15 % of
+    six hours in 0.6 s waits, which would read as running. A few short spans (checkpoint writes, one
+    reload per failure) still show as thin lines and are not named. The text is the phase and its
+    share of the time axis."""
+    out = {}
+    if end_s <= 0:
+        return out
+    lengths = rows["end_s"] - rows["start_s"]
+    for group, sel in lengths.groupby(rows["group"], sort=False):
+        notes = []
+        for phase, spans in sel.groupby(rows.loc[sel.index, "phase"], sort=False):
+            total, short = spans.sum(), spans[spans < UNSEEN_SPAN * end_s]
+            if phase != "running" and total >= 0.01 * end_s and len(short) > DENSE_SPANS and short.sum() > total / 2:
+                notes.append(f"{phase} {total / end_s:.0%}")
+        if notes:
+            out[group] = ", ".join(notes)
+    return out
+
+
 def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exposed_share: float = 0.0) -> Axes:
     """Learner-group states over simulated time (one bar row per group, a colour per phase).
 
@@ -380,7 +407,8 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
     when the target is no group), hollow when the group was already stopped (absorbed); outage and
     degradation windows are shaded. Only the first replication of the first run in ``df`` is drawn.
     A group with no active chip and chips down is drawn down (black), as the ledger books it
-    (:func:`drawn_phases`).
+    (:func:`drawn_phases`). A phase spent mostly in spans too short to draw (:func:`unseen_shares`)
+    is named with its share of the time under the group's name.
 
     ``exposed_share`` is the part of ``running`` chip-time that waits on communication rather than
     computing (:func:`analysis.load.exposed_share`): running bars are then split across their height,
@@ -451,7 +479,8 @@ def timeline(df: pd.DataFrame, ax: Axes, events: pd.DataFrame | None = None, exp
         if absorbed:
             handles.append(Line2D([], [], linestyle="none", marker="v", color="none", markeredgecolor=FAILURE_COLOUR,
                                   label="failure while stopped\n(absorbed)"))
-    ax.set_yticks(range(len(groups)), groups)
+    unseen = unseen_shares(rows, rows["end_s"].max())
+    ax.set_yticks(range(len(groups)), [f"{g}\n{unseen[g]} (short spans)" if g in unseen else g for g in groups])
     ax.set_ylim(len(groups) - 0.4, -0.75)  # first group at the top, room above it for markers
     ax.set_xlim(0, end_h)
     run = f"{rows['run'].iloc[0]}, " if "run" in rows else ""

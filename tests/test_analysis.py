@@ -248,7 +248,7 @@ def test_timeline_draws_each_phase_and_marks_failures(results):
     assert np.allclose(markers.get_xdata(), failures["time_s"] / 3600)
     assert set(legend_texts(ax)) == set(rep0["phase"]) | {"failure"}
     assert ax.get_xlabel() == "simulated time (h)"
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["job"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["job"]  # (its few checkpoint writes show as lines)
     assert f"{len(failures)} failures" in ax.get_title()
 
 
@@ -400,6 +400,26 @@ def test_timeline_legend_names_only_styles_it_drew():
     assert not [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_hatch()]
     ax = figures.timeline(rows, axes(), exposed_share=0.02)
     assert legend_texts(ax) == ["running: compute", "running: exposed comm.\n(2.0% of running chip-time)"]
+
+
+def test_timeline_names_a_phase_spent_in_spans_too_short_to_draw():
+    """A learner blocked 1 s of every 7 for six hours (14 %, 3,085 waits) draws as solid green: its row's
+    name says "blocked 14% (short spans)". A long visible outage, a phase under 1 % of the run, a few
+    short spans (they show as lines) and a row that only runs are not annotated."""
+    h = 3600.0
+    rows = []
+    for k in range(int(6 * h / 7)):
+        rows += [("east", "running", 7.0 * k, 7.0 * k + 6.0), ("east", "blocked", 7.0 * k + 6.0, 7.0 * k + 7.0)]
+    rows += [("west", "running", 0, 2 * h), ("west", "downscale", 2 * h, 3 * h), ("west", "running", 3 * h, 6 * h),
+             ("south", "running", 0, 6 * h - 100), ("south", "blocked", 6 * h - 100, 6 * h - 99),
+             ("south", "running", 6 * h - 99, 6 * h)]
+    for k in range(100):  # 100 writes of 9 s: 4 % of the run in spans under the threshold, but few
+        rows += [("north", "running", 216.0 * k, 216.0 * k + 207.0), ("north", "checkpoint", 216.0 * k + 207.0, 216.0 * (k + 1))]
+    rows += [("north", "running", 21600.0, 6 * h)]
+    frame = pd.DataFrame(rows, columns=["group", "phase", "start_s", "end_s"]).assign(
+        active_chips=4096, down_chips=0, run="r", replication=0)
+    ax = figures.timeline(frame, axes())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["east\nblocked 14% (short spans)", "west", "south", "north"]
 
 
 def test_timeline_shades_outage_windows_on_the_group_hit(tmp_path):

@@ -2,7 +2,8 @@
 
 Each check finds a setting that validation accepts but that cannot do what it seems to say: a fault
 scheduled after the run ends, a checkpoint write longer than the run, a link from a region to
-itself or given twice, a bound whose min is above its max, a ``fixed`` selector asking for more
+itself or given twice, a bound whose min is above its max, a link under 1 Mbit/s or a run under a minute (a number written
+without its unit), a ``fixed`` selector asking for more
 targets than exist (or half a target), spares or a quorum that the chosen policy ignores, a fixed
 grace above its cap, a schedule that ends before it starts, trace rows past the end. They are
 printed (``warning: ...``, one line each, naming the file and YAML path) by ``chaossim run`` and
@@ -39,12 +40,32 @@ def likely_mistakes(scenario: Scenario) -> list[tuple[tuple, str]]:
     return found
 
 
+SLOW_LINK_BPS = 1e6
+"""A link slower than 1 Mbit/s is most likely a bandwidth written without its unit (``5`` for ``5Gbps``)."""
+SHORT_RUN_S = 60.0
+"""A run shorter than a minute is most likely a duration written without its unit (``6`` for ``6h``)."""
+
+
+def _slow(where: tuple, bandwidth_bps: float) -> list[tuple[tuple, str]]:
+    if bandwidth_bps >= SLOW_LINK_BPS:
+        return []
+    return [(where, f"a link of {bandwidth_bps:g} bit/s: a bare number is bits per second; write the unit "
+                    f"(e.g. {bandwidth_bps:g}Gbps) if that is not what you meant")]
+
+
 def _links(scenario: Scenario) -> list[tuple[tuple, str]]:
-    found, seen = [], {}
+    topology = scenario.topology
+    found = [*_slow(("topology", "default_link", "bandwidth"), topology.default_link.bandwidth),
+             *_slow(("topology", "intra_region", "bandwidth"), topology.intra_region.bandwidth)]
+    if scenario.duration < SHORT_RUN_S:
+        found.append((("duration",), f"the run lasts {scenario.duration:g} s: a bare number is seconds; write the "
+                                     f"unit (e.g. {scenario.duration:g}h) if that is not what you meant"))
+    seen = {}
     for k, link in enumerate(scenario.topology.links):
         a, b = link.between
         if a == b:
             found.append((("topology", "links", k, "between"), f"a link between {a!r} and itself (traffic inside a region uses intra_region)"))
+        found += _slow(("topology", "links", k, "bandwidth"), link.bandwidth)
         pair = tuple(sorted(link.between))
         if pair in seen:
             found.append((("topology", "links", k), f"the link {pair[0]}~{pair[1]} is given twice (also links[{seen[pair]}]); the last one wins"))

@@ -204,6 +204,23 @@ def test_likely_mistakes_are_warned_by_validate_and_run(tmp_path: Path):
         assert len(warnings) >= len(EXPECTED)
 
 
+def test_numbers_written_without_their_unit_are_warned():
+    """A bare number is the base unit: ``duration: 6`` is six seconds, ``bandwidth: 5`` five bits per
+    second. Both run, but a run under a minute and a link under 1 Mbit/s are warned as the likely
+    slip they are; a minute and 1 Mbit/s are not."""
+    file = str(SCENARIOS / "four-regions-12b.yaml")
+    bare = ["--set", "duration=6", "--set", "topology.default_link.bandwidth=5", "--set",
+            "topology.links.0.bandwidth=900000"]
+    result = CliRunner().invoke(app, ["validate", file, *bare])
+    assert result.exit_code == 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert any(f"warning: {file}: duration (from --set): the run lasts 6 s: a bare number is seconds" in w for w in warnings)
+    assert any("topology.default_link.bandwidth (from --set): a link of 5 bit/s" in w for w in warnings)
+    assert any("topology.links[0].bandwidth (from --set): a link of 900000 bit/s" in w for w in warnings)
+    result = CliRunner().invoke(app, ["validate", file, "--set", "duration=1m", "--set", "topology.default_link.bandwidth=1Mbps"])
+    assert "a bare number" not in result.stderr
+
+
 @pytest.mark.parametrize("path", sorted(SCENARIOS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_scenarios_have_no_warnings(path):
     """The shipped scenarios are the examples users copy: none of them holds a likely mistake."""

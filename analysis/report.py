@@ -55,7 +55,8 @@ from .load import (
 
 # Rows of the summary table, in order; metrics a run does not have are left out.
 TABLE_METRICS = [
-    "goodput", "uptime", "global_downtime_s", "time_to_train_s", "failures_total", "interruptions", "absorbed", "steps",
+    # beside goodput, the part of it that is work the run's end found pending (the run-end convention)
+    "goodput", "useful_at_end_fraction", "uptime", "global_downtime_s", "time_to_train_s", "failures_total", "interruptions", "absorbed", "steps",
     "tokens", "final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes",
     "chip_time_fraction.useful", "chip_time_fraction.lost", "chip_time_fraction.recovery",
     "chip_time_fraction.checkpoint", "chip_time_fraction.waiting", "chip_time_fraction.down",
@@ -207,7 +208,8 @@ def sweep_tables(r: Results) -> str:
     rows = r.written(r.summaries)
     by = [f for f in r.factors if rows[f].nunique(dropna=False) > 1] or (["point"] if "point" in rows else [])
     ok = fig.ok_rows(rows)
-    metrics = [m for m in ("goodput", "global_downtime_s", "time_to_train_s", "uptime", "tokens", "final_loss")
+    metrics = [m for m in ("goodput", "useful_at_end_fraction", "global_downtime_s", "time_to_train_s", "uptime", "tokens",
+                           "final_loss", "mean_learners_per_merge")
                if m in rows and rows[m].notna().any()]
     head = "".join(f"<th>{_esc(c)}</th>" for c in by) + "<th>finished</th><th>crashed</th>"
     head += "".join(f"<th>{_esc(metric_quantity(m).label)}</th>" for m in metrics)

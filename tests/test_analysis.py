@@ -923,6 +923,11 @@ def test_summary_table_counts_each_learners_merges(tmp_path):
     counts = [int(value.replace(",", "")) for _, value in rows[at + 1:at + 5]]
     assert counts == [int(merges[f"merges_by_learner.{n}"]) for n in names]
     assert sorted(counts)[:3] == [0, 0, 0] and max(counts) == int(merges["outer_rounds"]) > 0
+    # beside goodput, how much of it is work no round merged (the run-end convention): here most of it
+    at = labels.index("goodput (fraction of chip-time)") + 1
+    assert labels[at] == "useful only by the run-end convention (fraction of chip-time)"
+    at_end = float(rows[at][1])
+    assert at_end == pytest.approx(merges["useful_at_end_fraction"], abs=1e-4) and at_end > 0.5 * merges["goodput"]
 
 
 def test_a_std_band_of_a_fraction_stays_inside_zero_and_one():

@@ -57,7 +57,7 @@ from .load import (
 TABLE_METRICS = [
     # beside goodput, the part of it that is work the run's end found pending (the run-end convention)
     "goodput", "useful_at_end_fraction", "uptime", "global_downtime_s", "time_to_train_s", "failures_total", "interruptions", "absorbed", "steps",
-    "tokens", "final_loss", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes",
+    "tokens", "final_loss", "surrogate_merges", "surrogate_rounds_skipped", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes",
     "chip_time_fraction.useful", "chip_time_fraction.lost", "chip_time_fraction.recovery",
     "chip_time_fraction.checkpoint", "chip_time_fraction.waiting", "chip_time_fraction.down",
     "chip_time_fraction.spare", "duration_s", "wall_time_s", "events",
@@ -209,7 +209,7 @@ def sweep_tables(r: Results) -> str:
     by = [f for f in r.factors if rows[f].nunique(dropna=False) > 1] or (["point"] if "point" in rows else [])
     ok = fig.ok_rows(rows)
     metrics = [m for m in ("goodput", "useful_at_end_fraction", "global_downtime_s", "time_to_train_s", "uptime", "tokens",
-                           "final_loss", "mean_learners_per_merge")
+                           "final_loss", "surrogate_merges", "mean_learners_per_merge")
                if m in rows and rows[m].notna().any()]
     head = "".join(f"<th>{_esc(c)}</th>" for c in by) + "<th>finished</th><th>crashed</th>"
     head += "".join(f"<th>{_esc(metric_quantity(m).label)}</th>" for m in metrics)

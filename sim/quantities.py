@@ -16,6 +16,8 @@ from dataclasses import dataclass
 _NAMED = {
     "goodput": ("goodput", "fraction of chip-time", 1.0),
     "useful_at_end_fraction": ("useful only by the run-end convention", "fraction of chip-time", 1.0),
+    "surrogate_merges": ("rounds the surrogate merged (the loss rests on them)", "count", 1.0),
+    "surrogate_rounds_skipped": ("rounds the surrogate skipped whole (its resolution)", "count", 1.0),
     "uptime": ("uptime", "fraction of wall time", 1.0),
     "tokens": ("tokens", "count", 1.0),
     "steps": ("steps", "count", 1.0),

@@ -556,6 +556,23 @@ def test_summary_table_shows_time_to_train(results):
     assert "<th>time to train (h)</th>" in sweep_tables(sweep) and "<td>10</td>" in sweep_tables(sweep)
 
 
+def test_summary_table_says_how_many_rounds_the_loss_rests_on(results):
+    """A loss from the surrogate rests on the rounds it merged, not on every round played (its resolution
+    skips rounds whole): the summary table gives both counts beside the loss, and a sweep's table the
+    merges per point."""
+    from analysis.report import metrics_table, sweep_tables
+
+    run = load_results(results["quick"])
+    run.summaries["surrogate_merges"] = [312, 300]
+    run.summaries["surrogate_rounds_skipped"] = [24312, 24000]
+    table = metrics_table([run])
+    assert "<tr><td>rounds the surrogate merged (the loss rests on them) (count)</td><td>306 (300 to 312)</td></tr>" in table
+    assert "<td>rounds the surrogate skipped whole (its resolution) (count)</td><td>24,156 (24,000 to 24,312)</td>" in table
+    sweep = load_results(results["sweep"])
+    sweep.summaries["surrogate_merges"] = 40
+    assert "<th>rounds the surrogate merged (the loss rests on them) (count)</th>" in sweep_tables(sweep)
+
+
 def test_metric_bars_show_mean_and_replications(results):
     """One bar per run at the mean; downtime is shown in hours."""
     summaries = concat(load_many([results["quick"], results["elastic"]]), "summaries")

@@ -25,6 +25,7 @@ from .scenario import (
     TraceReplay,
     Training,
 )
+from .units import format_duration
 
 
 def likely_mistakes(scenario: Scenario) -> list[tuple[tuple, str]]:
@@ -49,8 +50,8 @@ SHORT_RUN_S = 60.0
 def _slow(where: tuple, bandwidth_bps: float) -> list[tuple[tuple, str]]:
     if bandwidth_bps >= SLOW_LINK_BPS:
         return []
-    return [(where, f"a link of {bandwidth_bps:g} bit/s: a bare number is bits per second; write the unit "
-                    f"(e.g. {bandwidth_bps:g}Gbps) if that is not what you meant")]
+    return [(where, (f"a link of {bandwidth_bps:g} bit/s: a bare number is bits per second; write the unit "
+                     f"(e.g. {bandwidth_bps:g}Gbps) if that is not what you meant"))]
 
 
 def _links(scenario: Scenario) -> list[tuple[tuple, str]]:
@@ -58,8 +59,8 @@ def _links(scenario: Scenario) -> list[tuple[tuple, str]]:
     found = [*_slow(("topology", "default_link", "bandwidth"), topology.default_link.bandwidth),
              *_slow(("topology", "intra_region", "bandwidth"), topology.intra_region.bandwidth)]
     if scenario.duration < SHORT_RUN_S:
-        found.append((("duration",), f"the run lasts {scenario.duration:g} s: a bare number is seconds; write the "
-                                     f"unit (e.g. {scenario.duration:g}h) if that is not what you meant"))
+        found.append((("duration",), (f"the run lasts {scenario.duration:g} s: a bare number is seconds; write the "
+                                      f"unit (e.g. {scenario.duration:g}h) if that is not what you meant")))
     seen = {}
     for k, link in enumerate(scenario.topology.links):
         a, b = link.between
@@ -117,7 +118,7 @@ def _faults(scenario: Scenario) -> list[tuple[tuple, str]]:
         if sched is not None and sched.until < sched.start:
             found.append((("faults", k, "schedule"), "the schedule ends (until) before it starts (start)"))
         if fault.mtbf is None and injections_within(fault, duration) == 0:
-            found.append((("faults", k), f"fault {fault.name!r} has no injection within the run ({scenario.duration:g} s): it never fires"))
+            found.append((("faults", k), f"fault {fault.name!r} has no injection within the run ({format_duration(scenario.duration)}): it never fires"))
         target = fault.target
         if target.mode is SelectMode.FIXED and target.value is not None:
             pool = _pool(fault, scenario)

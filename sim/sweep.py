@@ -498,9 +498,9 @@ def run_end_notes(frame: pd.DataFrame, plan: SweepPlan) -> list[str]:
         return ", ".join(f"{key}={value}" for key, value in plan.settings[point].items()) or "the base scenario"
 
     best, worst = goodput.idxmax(), flagged.idxmax()
-    notes = [f"note: at {len(flagged)} of {len(goodput)} points more than {AT_END_NOTE_SHARE:.0%} of goodput is work "
-             f"still unmerged or uncheckpointed when the runs ended, counted useful by the run-end convention "
-             f"(most: {flagged[worst]:.0%} at {setting(worst)}); a longer run shows whether it is kept"]
+    notes = [(f"note: at {len(flagged)} of {len(goodput)} points more than {AT_END_NOTE_SHARE:.0%} of goodput is work "
+              f"still unmerged or uncheckpointed when the runs ended, counted useful by the run-end convention "
+              f"(most: {flagged[worst]:.0%} at {setting(worst)}); a longer run shows whether it is kept")]
     if best in flagged.index:
         notes.append(f"note: the best goodput ({goodput[best]:.4f}, {setting(best)}) is {flagged[best]:.0%} such work")
     return notes

@@ -55,9 +55,11 @@ from .load import (
 
 # Rows of the summary table, in order; metrics a run does not have are left out.
 TABLE_METRICS = [
-    # beside goodput, the part of it that is work the run's end found pending (the run-end convention)
-    "goodput", "useful_at_end_fraction", "uptime", "global_downtime_s", "time_to_train_s", "failures_total", "interruptions", "absorbed", "steps",
-    "tokens", "final_loss", "surrogate_merges", "surrogate_rounds_skipped", "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes",
+    # beside goodput, the part of it that is work the run's end found pending (the run-end convention);
+    # beside the loss, the rounds it rests on
+    "goodput", "useful_at_end_fraction", "uptime", "global_downtime_s", "time_to_train_s", "failures_total",
+    "interruptions", "absorbed", "steps", "tokens", "final_loss", "surrogate_merges", "surrogate_rounds_skipped",
+    "quorum_unmet_s", "mean_learners_per_merge", "wan_bytes",
     "chip_time_fraction.useful", "chip_time_fraction.lost", "chip_time_fraction.recovery",
     "chip_time_fraction.checkpoint", "chip_time_fraction.waiting", "chip_time_fraction.down",
     "chip_time_fraction.spare", "duration_s", "wall_time_s", "events",

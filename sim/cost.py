@@ -281,9 +281,10 @@ def estimate(scenario: Scenario) -> Cost:
         if scenario.workload.step_time != "auto":
             loc, auto = ("workload", "step_time"), ""
         else:
-            r, i, spec = min(((r, i, spec) for r, region in enumerate(scenario.topology.regions)
+            peak = catalog(scenario.chips)
+            r, i, spec = max(((r, i, spec) for r, region in enumerate(scenario.topology.regions)
                               for i, spec in enumerate(region.islands)),
-                             key=lambda c: -c[2].chips * catalog(scenario.chips)[c[2].chip].peak_flops)
+                             key=lambda c: c[2].chips * peak[c[2].chip].peak_flops)
             loc = ("topology", "regions", r, "islands", i, "chips")
             auto = (f"; the step time is auto, from workload params and tokens_per_step over the "
                     f"{spec.chips:,} {spec.chip} chips of {spec.name}")

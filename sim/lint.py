@@ -2,9 +2,9 @@
 
 Each check finds a setting that validation accepts but that cannot do what it seems to say: a fault
 scheduled after the run ends, a checkpoint write longer than the run, a link from a region to
-itself or given twice, a bound whose min is above its max, a link under 1 Mbit/s or a run under a minute (a number written
-without its unit), a ``fixed`` selector asking for more
-targets than exist (or half a target), spares or a quorum that the chosen policy ignores, a fixed
+itself or given twice, a link under 1 Mbit/s or a run under a minute (a number written without its
+unit), a bound whose min is above its max, a ``fixed`` selector asking for more targets than exist
+(or half a target), spares or a quorum that the chosen policy ignores, a fixed
 grace above its cap, a schedule that ends before it starts, trace rows past the end. They are
 printed (``warning: ...``, one line each, naming the file and YAML path) by ``chaossim run`` and
 ``chaossim validate``, and never change the exit code.
@@ -58,9 +58,6 @@ def _links(scenario: Scenario) -> list[tuple[tuple, str]]:
     topology = scenario.topology
     found = [*_slow(("topology", "default_link", "bandwidth"), topology.default_link.bandwidth),
              *_slow(("topology", "intra_region", "bandwidth"), topology.intra_region.bandwidth)]
-    if scenario.duration < SHORT_RUN_S:
-        found.append((("duration",), (f"the run lasts {scenario.duration:g} s: a bare number is seconds; write the "
-                                      f"unit (e.g. {scenario.duration:g}h) if that is not what you meant")))
     seen = {}
     for k, link in enumerate(scenario.topology.links):
         a, b = link.between
@@ -77,6 +74,9 @@ def _links(scenario: Scenario) -> list[tuple[tuple, str]]:
 def _training(scenario: Scenario) -> list[tuple[tuple, str]]:
     training, duration = scenario.training, scenario.duration
     found = []
+    if duration < SHORT_RUN_S:
+        found.append((("duration",), (f"the run lasts {duration:g} s: a bare number is seconds; write the "
+                                      f"unit (e.g. {duration:g}h) if that is not what you meant")))
     if training.checkpoint.write_time > duration:
         found.append((("training", "checkpoint", "write_time"), "a checkpoint write takes longer than the whole run"))
     if training.recovery.reload > duration:

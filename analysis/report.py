@@ -121,6 +121,9 @@ def metrics_table(results: list[Results]) -> str:
         + "</tr>",
         "<tr><td>replications</td>" + "".join(f"<td>{len(f)}</td>" for f in frames.values()) + "</tr>",
     ]
+    if any("protocol" in f and f["protocol"].notna().any() for f in frames.values()):
+        body.insert(1, "<tr><td>outer rounds</td>" + "".join(
+            f"<td>{_esc(protocols_text(f))}</td>" for f in frames.values()) + "</tr>")
     if any("halted" in f and f["halted"].notna().any() for f in frames.values()):
         cells = "".join(
             f"<td class='fail'>{int(f['halted'].notna().sum())} of {len(f)}</td>" if "halted" in f and f["halted"].notna().any()
@@ -204,9 +207,16 @@ def halt_note(summary: dict) -> str:
     return f"halted at {when} of simulated time by the halt bound {verdict_text(halted)}"
 
 
+def protocols_text(rows: pd.DataFrame) -> str:
+    """The outer-round settings (``protocol``) of these rows, each distinct one once ("lockstep" if none)."""
+    if "protocol" not in rows:
+        return "lockstep"
+    return "; ".join(str(p) for p in pd.unique(rows["protocol"].fillna("lockstep")))
+
+
 def sweep_tables(r: Results) -> str:
     """Per sweep point: factor levels (as written), finished/crashed replications and mean metrics;
-    then errors."""
+    then errors. Above them the outer-round settings the points rest on (the swept keys vary them)."""
     rows = r.written(r.summaries)
     by = [f for f in r.factors if rows[f].nunique(dropna=False) > 1] or (["point"] if "point" in rows else [])
     ok = fig.ok_rows(rows)
@@ -225,6 +235,8 @@ def sweep_tables(r: Results) -> str:
             cells += "".join(f"<td>{_cell(good[m], m)}</td>" for m in metrics)
             body.append(f"<tr>{cells}</tr>")
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    if "protocol" in rows and rows["protocol"].notna().any():
+        table = f"<p>Outer rounds: {_esc(protocols_text(rows))}.</p>{table}"
     crashed = rows.loc[rows.index.difference(ok.index)]
     if len(crashed):
         items = "".join(

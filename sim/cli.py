@@ -108,7 +108,7 @@ def aggregate(summaries: list[dict]) -> dict:
     """Means of the numeric top-level metrics over replications, plus every run."""
     first = summaries[0]
     result = {"scenario": first["scenario"], "policy": first["policy"], "on_failure": first.get("on_failure"),
-              "replications": len(summaries)}
+              "protocol": first.get("protocol"), "replications": len(summaries)}
     for key, value in first.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("replication", "seed"):
             values = [s[key] for s in summaries]
@@ -158,9 +158,14 @@ def _rows(results: list[dict]) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def _rounds_caption(protocol: str | None) -> str | None:
+    return None if protocol is None else f"outer rounds: {protocol}"
+
+
 def summary_table(result: dict) -> Table:
     """One run: metric | value, then the failures by kind and the simulator's speed."""
-    table = Table(title=f"{result['scenario']} ({result['policy']}, {result['replications']} replication(s))", box=box.SIMPLE_HEAD)
+    table = Table(title=f"{result['scenario']} ({result['policy']}, {result['replications']} replication(s))",
+                  caption=_rounds_caption(result.get("protocol")), caption_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("metric")
     table.add_column("value", justify="right", overflow="fold")
     for label, (value,) in _rows([result]):
@@ -181,6 +186,12 @@ def comparison_table(results: list[dict], base: Scenario) -> Table:
     table.add_column("metric", no_wrap=True)
     for result in results:
         table.add_column(result["variant"].replace(", ", ",\n"), justify="right")
+    protocols = [r.get("protocol") for r in results]
+    if len(set(protocols)) == 1:
+        table.caption = _rounds_caption(protocols[0])  # the settings every variant's numbers rest on
+        table.caption_justify = "left"
+    else:
+        table.add_row("outer rounds", *[(p or "lockstep").replace(", ", ",\n") for p in protocols])
     for label, values in _rows(results):
         table.add_row(label, *values)
     return table

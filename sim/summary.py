@@ -14,6 +14,7 @@ Names (what ``chaossim run --json`` prints and ``summary.json`` holds):
   repairs that failed over to manual), ``failures_total``, ``interruptions`` (failures that hit a group holding
   chips) and ``absorbed`` (failures that arrived while nothing could be lost), and both per fault name
   (``interruptions_by_fault``, ``absorbed_by_fault``); in a lockstep job every arrival is one or the other;
+* ``protocol``: the DiLoCo-family settings the numbers rest on, in one line (:func:`protocol_settings`);
 * ``steps``, ``tokens``: committed training progress;
 * ``learners``: per group name, chips, downtime, steps, tokens, interruptions;
 * ``islands_detail``: per island its group and downtime (the group's, plus time it sat out of a
@@ -30,9 +31,37 @@ from __future__ import annotations
 import math
 
 from .metrics import Bucket, combine
+from .scenario import Policy
+from .syncer import GraceMode
+from .units import format_duration
 
 AT_END_NOTE_SHARE = 0.1
 """More than this share of goodput resting on the run-end convention gets a note (run, sweep)."""
+
+
+def protocol_settings(training) -> str | None:
+    """The outer-round settings a DiLoCo-family run's numbers rest on, in one line (None for lockstep).
+
+    Decoupled DiLoCo's two schedules are two readings of the protocol with different learners per
+    merge, staleness and goodput (README, "Which schedule"): a table that shows a number must show which."""
+    policy = training.policy
+    timeout = "no timeout" if training.round_timeout is None else f"timeout {format_duration(training.round_timeout)}"
+    if policy is Policy.DILOCO:
+        return f"H {training.inner_steps}, {training.bits} bits, {timeout}"
+    if policy is Policy.STREAMING_DILOCO:
+        return f"H {training.inner_steps}, P {training.fragments}, tau {training.overlap}, {training.bits} bits, {timeout}"
+    if policy is not Policy.DECOUPLED_DILOCO:
+        return None
+    grace = training.grace
+    if grace.mode is GraceMode.ADAPTIVE:
+        cap = "uncapped" if grace.max == math.inf else f"max {format_duration(grace.max)}"
+        window = f"grace adaptive (gamma {grace.gamma:g}, {cap})"
+    elif grace.mode is GraceMode.FIXED:
+        window = f"grace fixed {format_duration(min(grace.fixed, grace.max))}"
+    else:
+        window = "no grace"
+    return (f"schedule {training.schedule.value}, quorum {training.quorum}, {window}, {training.apply.value}, "
+            f"{timeout}, H {training.inner_steps}, P {training.fragments}, tau {training.overlap}, {training.bits} bits")
 
 
 def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, final: bool) -> dict:
@@ -65,6 +94,7 @@ def summarize(ctx, policy, groups, faults, uptime, events: int, wall_s: float, f
         "scenario": ctx.scenario.name,
         "policy": ctx.scenario.training.policy.value,
         "on_failure": groups[0].mode.value if groups else None,
+        "protocol": protocol_settings(ctx.scenario.training),
         "duration_s": now,
         "chips": ctx.topology.total_chips,
         "islands": len(ctx.topology.islands),

@@ -573,6 +573,21 @@ def test_summary_table_says_how_many_rounds_the_loss_rests_on(results):
     assert "<th>rounds the surrogate merged (the loss rests on them) (count)</th>" in sweep_tables(sweep)
 
 
+def test_report_tables_name_the_outer_round_settings(results):
+    """The report's summary table has a row with each run's outer-round settings (lockstep runs say so),
+    and a sweep's table a line with the settings of its points."""
+    from analysis.report import metrics_table, sweep_tables
+
+    run = load_results(results["quick"])
+    assert "<tr><td>outer rounds</td>" not in metrics_table([run])  # lockstep runs only: nothing to name
+    run.summaries["protocol"] = "schedule learner, quorum 2"
+    table = metrics_table([run, load_results(results["elastic"])])
+    assert "<tr><td>outer rounds</td><td>schedule learner, quorum 2</td><td>lockstep</td></tr>" in table
+    sweep = load_results(results["sweep"])
+    sweep.summaries["protocol"] = ["schedule synchronizer"] * (len(sweep.summaries) - 1) + [None]
+    assert "<p>Outer rounds: schedule synchronizer; lockstep.</p>" in sweep_tables(sweep)
+
+
 def test_metric_bars_show_mean_and_replications(results):
     """One bar per run at the mean; downtime is shown in hours."""
     summaries = concat(load_many([results["quick"], results["elastic"]]), "summaries")

@@ -313,6 +313,43 @@ def test_summary_table_shows_mean_counts_unrounded():
     assert "(restart loop, 0.10 s)" in console.export_text()
 
 
+def test_tables_say_which_outer_round_settings_the_numbers_rest_on():
+    """A Decoupled DiLoCo number depends on the schedule, quorum, grace and apply mode (the README's
+    schedule comparison): the run table names them under it; variants that differ in them get a row."""
+    from rich.console import Console
+
+    from sim.cli import comparison_table, summary_table
+    from sim.summary import protocol_settings
+
+    def settings(*sets):
+        return protocol_settings(load_scenario(SCENARIO_DIR / "four-regions-12b.yaml", list(sets)).training)
+
+    assert settings() == ("schedule synchronizer, quorum 1, grace adaptive (gamma 0.5, max 30s), keep_local, "
+                          "no timeout, H 24, P 24, tau 2, 4 bits")
+    assert settings("training.schedule=learner", "training.quorum=2", "training.grace.mode=fixed",
+                    "training.grace.fixed=5s", "training.apply=overwrite", "training.round_timeout=2m").startswith(
+        "schedule learner, quorum 2, grace fixed 5s, overwrite, timeout 2m,")
+    assert settings("training.grace.mode=none", "training.grace.max=.inf").startswith("schedule synchronizer, quorum 1, no grace,")
+    assert settings("training.grace.max=.inf").startswith("schedule synchronizer, quorum 1, grace adaptive (gamma 0.5, uncapped)")
+    assert settings("training.policy=streaming_diloco") == "H 24, P 24, tau 2, 4 bits, timeout 10m"
+    assert protocol_settings(load_scenario(SCENARIO_DIR / "quickstart.yaml").training) is None  # lockstep
+
+    base = {"scenario": "s", "policy": "decoupled_diloco", "replications": 1, "goodput": 0.9, "failures": {},
+            "sim_speedup": 1.0, "events": 1.0, "wall_time_s": 1.0, "halted": [], "runs": [{}]}
+    console = Console(width=80, record=True)
+    console.print(summary_table({**base, "protocol": "schedule learner, quorum 2"}))
+    assert "outer rounds: schedule learner, quorum 2" in console.export_text()
+    scenario = load_scenario(SCENARIO_DIR / "four-regions-12b.yaml")
+    variants = [{**base, "variant": v, "protocol": f"schedule {v}, quorum 1"} for v in ("synchronizer", "learner")]
+    console = Console(width=80, record=True)
+    console.print(comparison_table(variants, scenario))
+    assert re.search(r"outer rounds\s+schedule synchronizer,\s+schedule learner,", console.export_text())
+    console = Console(width=80, record=True)
+    console.print(comparison_table([{**v, "protocol": "quorum 1"} for v in variants], scenario))
+    text = console.export_text()
+    assert "outer rounds: quorum 1" in text and not re.search(r"^\s*outer rounds\s", text, re.MULTILINE)
+
+
 @pytest.mark.parametrize("command", ["run", "sweep", "validate", "export"])
 def test_flags_show_as_flags_in_help(command):
     """``--allow-large`` and ``--goodput-log`` take no value: the help does not show one (``<bool>``)."""

@@ -191,11 +191,13 @@ def unit_text(parser, value: float) -> str | float:
     if not math.isfinite(value):
         return "inf" if value > 0 else value
     units = _WRITE_UNITS[parser]
+    if value == 0:  # in the base unit: a zero detect time reads 0s, not 0d
+        return "0" + next(unit for unit, size in units if size == 1.0)
     # the largest unit with a short exact text first (50000h, not 2083.3333333333335d), then any exact text
     for short in (True, False):
         for unit, size in units:
             number = value / size
-            if abs(number) < 1 and (unit, size) != units[-1] and value != 0:
+            if abs(number) < 1 and (unit, size) != units[-1]:
                 continue  # 30ms, not 0.03s
             for text in ((f"{number:.6g}",) if short else (f"{number:.12g}", repr(number))):
                 if (not short or "e" not in text) and parser(f"{text}{unit}") == value:

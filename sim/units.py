@@ -173,6 +173,8 @@ def format_duration(seconds: float) -> str:
         return "inf"
     if seconds < 0:
         return "-" + format_duration(-seconds)
+    if seconds == 0:
+        return "0s"
     if seconds < 1:
         return f"{seconds * 1e3:.3g}ms"
     if seconds < 120:

@@ -86,7 +86,8 @@ def test_resolved_yaml_round_trips(path: Path):
 
 def test_resolved_units_are_short():
     """A resolved value is written in the largest unit with a short exact text, so the quickstart's
-    ``mtbf: 50000h`` reads back as 50000h, not 2083.3333333333335d, and loads to the same float."""
+    ``mtbf: 50000h`` reads back as 50000h, not 2083.3333333333335d, and loads to the same float; a zero
+    is in the base unit (``detect: 0s``, not 0d)."""
     from sim.schema import unit_text
     from sim.units import parse_bandwidth, parse_count, parse_duration
 
@@ -94,7 +95,8 @@ def test_resolved_units_are_short():
     assert "mtbf: 50000h" in text and "2083" not in text
     for parse, value, written in ((parse_duration, 5400.0, "1.5h"), (parse_duration, 1.5, "1.5s"),
                                   (parse_duration, 0.03, "30ms"), (parse_bandwidth, 2.5e9, "2.5Gbps"),
-                                  (parse_count, 12e9, "12B"), (parse_duration, 1234.567891, "20.576131516666667m")):
+                                  (parse_count, 12e9, "12B"), (parse_duration, 1234.567891, "20.576131516666667m"),
+                                  (parse_duration, 0.0, "0s"), (parse_bandwidth, 0.0, "0bps"), (parse_count, 0.0, "0")):
         assert unit_text(parse, value) == written and parse(written) == value
 
 

@@ -84,7 +84,7 @@ def test_negative_duration_parses_and_models_refuse_it():
         make_scenario("training.checkpoint.write_time=-1m")
 
 
-@pytest.mark.parametrize("seconds, text", [(0.5, "500ms"), (90, "90s"), (2 * H + 45 * 60, "2h45m"), (3 * D + 5, "3d5s"), (3 * D + 2 * H, "3d2h")])
+@pytest.mark.parametrize("seconds, text", [(0.0, "0s"), (0.5, "500ms"), (90, "90s"), (2 * H + 45 * 60, "2h45m"), (3 * D + 5, "3d5s"), (3 * D + 2 * H, "3d2h")])
 def test_format_duration(seconds, text):
     """Durations print in a compact form (at most two parts) that parses back."""
     assert format_duration(seconds) == text

@@ -43,7 +43,7 @@ def protocol_settings(training) -> str | None:
     """The outer-round settings a DiLoCo-family run's numbers rest on, in one line (None for lockstep).
 
     Decoupled DiLoCo's two schedules are two readings of the protocol with different learners per
-    merge, staleness and goodput (README, "Which schedule"): a table that shows a number must show which."""
+    merge, staleness and goodput (README, "The two schedules"): a table that shows a number must show which."""
     policy = training.policy
     timeout = "no timeout" if training.round_timeout is None else f"timeout {format_duration(training.round_timeout)}"
     if policy is Policy.DILOCO:

@@ -186,12 +186,13 @@ def comparison_table(results: list[dict], base: Scenario) -> Table:
     table.add_column("metric", no_wrap=True)
     for result in results:
         table.add_column(result["variant"].replace(", ", ",\n"), justify="right")
-    protocols = [r.get("protocol") for r in results]
-    if len(set(protocols)) == 1:
-        table.caption = _rounds_caption(protocols[0])  # the settings every variant's numbers rest on
-        table.caption_justify = "left"
-    else:
-        table.add_row("outer rounds", *[(p or "lockstep").replace(", ", ",\n") for p in protocols])
+    # the outer-round settings every variant shares under the table, those that differ as a row
+    parts = [(r.get("protocol") or "lockstep").split(", ") for r in results]
+    shared = [p for p in parts[0] if all(p in other for other in parts)]
+    if shared:
+        table.caption, table.caption_justify = _rounds_caption(", ".join(shared)), "left"
+    if any(len(p) > len(shared) for p in parts):
+        table.add_row("outer rounds", *[",\n".join(p for p in ps if p not in shared) for ps in parts])
     for label, values in _rows(results):
         table.add_row(label, *values)
     return table

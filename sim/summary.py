@@ -55,7 +55,7 @@ def protocol_settings(training) -> str | None:
     grace = training.grace
     if grace.mode is GraceMode.ADAPTIVE:
         cap = "uncapped" if grace.max == math.inf else f"max {format_duration(grace.max)}"
-        window = f"grace adaptive (gamma {grace.gamma:g}, {cap})"
+        window = f"grace adaptive gamma {grace.gamma:g} {cap}"  # (no comma: the parts are split at ", ")
     elif grace.mode is GraceMode.FIXED:
         window = f"grace fixed {format_duration(min(grace.fixed, grace.max))}"
     else:
